@@ -1,0 +1,1 @@
+"""The `mae-large` command line."""

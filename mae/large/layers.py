@@ -1,0 +1,119 @@
+"""Transformer building blocks, named so that `state_dict()` keys equal the official checkpoint keys.
+
+`PatchEmbed.proj`, `Block.norm1 / attn.qkv / attn.proj / norm2 / mlp.fc1 / mlp.fc2` are the names that
+timm's `PatchEmbed` and `Block` give and that the released files use; nothing needs renaming on load.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PatchEmbed(nn.Module):
+    """Image -> sequence of patch embeddings: a stride-p convolution, flattened row-major."""
+
+    def __init__(self, img_size: tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.img_size = img_size
+        self.patch_size = (patch_size, patch_size)
+        self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)  # (N, D, gh, gw)
+        return x.flatten(2).transpose(1, 2)  # (N, gh*gw, D)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection (the checkpoint stores q, k, v stacked)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, c = x.shape
+        qkv = self.qkv(x).reshape(n, t, 3, self.num_heads, self.head_dim)  # (N, T, 3, H, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (N, H, T, d)
+        # The fused kernel computes softmax(q k^T / sqrt(d)) v, the scale timm uses, without
+        # materialising the (T, T) matrix more than once.
+        x = F.scaled_dot_product_attention(q, k, v)  # (N, H, T, d)
+        x = x.transpose(1, 2).reshape(n, t, c)  # (N, T, C)
+        return self.proj(x)
+
+
+class Mlp(nn.Module):
+    """fc1 -> exact (erf) GELU -> fc2, as timm's `Mlp` with `nn.GELU`."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample while training."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_path rate must be in [0, 1), got {drop_prob}")
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)  # one draw per sample, broadcast over tokens
+        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        eps: float = 1e-6,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, qkv_bias=True)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def init_official_(module: nn.Module) -> None:
+    """The official `_init_weights`: xavier-uniform Linear weights, zero biases, LayerNorm 1 / 0.
+
+    Meant for `module.apply(init_official_)`; tensors on the meta device are left alone (there is
+    nothing to initialise, and the caller loads real weights into them).
+    """
+    if isinstance(module, nn.Linear) and not module.weight.is_meta:
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm) and module.weight is not None and not module.weight.is_meta:
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,320 @@
+"""The masked autoencoder: official `models_mae.MaskedAutoencoderViT`, self-contained.
+
+Method names and semantics follow the official code (`patchify`, `unpatchify`, `random_masking`,
+`forward_encoder`, `forward_decoder`, `forward_loss`, `forward`), so code written against it runs
+unchanged. Two additions make runs reproducible and well defined:
+
+* every masking entry point takes an optional `noise` tensor (N, L); small values are kept;
+* at mask ratio 0 the loss is the mean over all patches instead of the official 0/0 = NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+from torch import nn
+
+from .config import MAEConfig
+from .layers import Block, PatchEmbed, init_official_
+from .pos_embed import sincos_2d
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from .checkpoint import LoadReport
+
+
+class MAEOutput(NamedTuple):
+    """What `forward` returns; unpacks as the official `loss, pred, mask = model(imgs)`."""
+
+    loss: torch.Tensor  # () scalar
+    pred: torch.Tensor  # (N, L, p*p*C) predicted patches (normalised targets if norm_pix_loss)
+    mask: torch.Tensor  # (N, L) 1 = removed, 0 = visible
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """Everything one masked forward pass produces, for tools that need more than `MAEOutput`."""
+
+    loss: torch.Tensor  # () mean over the batch, as forward()
+    per_image_loss: torch.Tensor  # (N,)
+    pred: torch.Tensor  # (N, L, p*p*C)
+    mask: torch.Tensor  # (N, L)
+    latent: torch.Tensor  # (N, 1 + kept, D) encoder output, cls token first
+    ids_restore: torch.Tensor  # (N, L)
+
+
+def check_mask_ratio(mask_ratio: float, num_patches: int) -> int:
+    """Validate `mask_ratio` and return how many patches stay visible (the official `len_keep`)."""
+    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, (int, float)):
+        raise ValueError(f"mask_ratio must be a number in [0, 1), got {mask_ratio!r}")
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(
+            f"mask_ratio must be in [0, 1) (at 1.0 no patch is visible to the encoder), got {mask_ratio}"
+        )
+    len_keep = int(num_patches * (1 - mask_ratio))
+    if len_keep < 1:
+        raise ValueError(
+            f"mask_ratio {mask_ratio} leaves no visible patch out of {num_patches}; use a smaller ratio"
+        )
+    return len_keep
+
+
+class MaskedAutoencoderViT(nn.Module):
+    """Masked autoencoder with a ViT encoder and a light ViT decoder (He et al., CVPR 2022)."""
+
+    def __init__(self, config: MAEConfig | None = None) -> None:
+        super().__init__()
+        config = config if config is not None else MAEConfig.vit_large()
+        if not isinstance(config, MAEConfig):
+            raise TypeError(f"config must be an MAEConfig, got {type(config).__name__}")
+        self.config = config
+        c = config
+        self.load_report: LoadReport | None = None
+
+        # Registration order matters twice: state_dict() lists direct parameters first (cls_token,
+        # pos_embed, mask_token, decoder_pos_embed) then submodules, exactly as the official files do;
+        # and the random init draws from the RNG in module order, so a seeded build equals the official.
+        # --- encoder ---
+        self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim)
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
+        # Fixed sin-cos table: a parameter (it is in the checkpoint) that is never trained.
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, c.embed_dim), requires_grad=False)
+        self.blocks = nn.ModuleList(
+            Block(c.embed_dim, c.num_heads, c.mlp_ratio, eps=c.layer_norm_eps) for _ in range(c.depth)
+        )
+        self.norm = nn.LayerNorm(c.embed_dim, eps=c.layer_norm_eps)
+        # --- decoder ---
+        self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(
+            torch.zeros(1, num_patches + 1, c.decoder_embed_dim), requires_grad=False
+        )
+        self.decoder_blocks = nn.ModuleList(
+            Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, eps=c.layer_norm_eps)
+            for _ in range(c.decoder_depth)
+        )
+        self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim, eps=c.layer_norm_eps)
+        self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_dim)
+        self.norm_pix_loss = c.norm_pix_loss
+
+        self.initialize_weights()
+
+    # ---- initialisation ------------------------------------------------------------------------
+    def initialize_weights(self) -> None:
+        """The official init: sin-cos tables, xavier-uniform on the flattened patch projection,
+        normal(0.02) cls and mask tokens, then xavier Linear / unit LayerNorm everywhere.
+
+        On the meta device (see `from_pretrained`) this only fills in nothing: there is no memory.
+        """
+        self.reset_pos_embed()
+        w = self.patch_embed.proj.weight
+        if not w.is_meta:
+            with torch.no_grad():
+                # Initialise as a Linear over the flattened (C*p*p) patch, as the official code does.
+                nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        for token in (self.cls_token, self.mask_token):
+            if not token.is_meta:
+                nn.init.normal_(token, std=0.02)
+        self.apply(init_official_)
+
+    def initialize_decoder(self) -> None:
+        """Official init of the decoder part alone (mask token and decoder modules)."""
+        self.reset_pos_embed()
+        if not self.mask_token.is_meta:
+            nn.init.normal_(self.mask_token, std=0.02)
+        for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
+            module.apply(init_official_)
+
+    @torch.no_grad()
+    def reset_pos_embed(self) -> None:
+        """Fill both fixed position tables with the 2-D sin-cos embedding of the current grid."""
+        grid = self.patch_embed.grid_size
+        for table in (self.pos_embed, self.decoder_pos_embed):
+            if not table.is_meta:
+                table.copy_(sincos_2d(table.shape[-1], grid, cls_token=True).unsqueeze(0))
+
+    # ---- patches -------------------------------------------------------------------------------
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, L, p*p*C), each patch row-major over (p, p) with channels last."""
+        self._check_images(imgs)
+        p = self.config.patch_size
+        n, c, h_px, w_px = imgs.shape
+        h, w = h_px // p, w_px // p
+        x = imgs.reshape(n, c, h, p, w, p)  # (N, C, h, p, w, p)
+        x = torch.einsum("nchpwq->nhwpqc", x)  # (N, h, w, p, p, C)
+        return x.reshape(n, h * w, p * p * c)  # (N, L, p*p*C)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, L, p*p*C) -> (N, C, H, W); the inverse of `patchify` for this model's grid."""
+        p, c = self.config.patch_size, self.config.in_chans
+        if x.dim() != 3 or x.shape[-1] != p * p * c:
+            raise ValueError(f"expected patches of shape (N, L, {p * p * c}), got {tuple(x.shape)}")
+        h, w = self.patch_embed.grid_size
+        if x.shape[1] != h * w:
+            side = int(round(x.shape[1] ** 0.5))
+            if side * side != x.shape[1]:
+                raise ValueError(f"{x.shape[1]} patches fit neither the {h}x{w} grid nor a square one")
+            h = w = side
+        n = x.shape[0]
+        x = x.reshape(n, h, w, p, p, c)  # (N, h, w, p, p, C)
+        x = torch.einsum("nhwpqc->nchpwq", x)  # (N, C, h, p, w, p)
+        return x.reshape(n, c, h * p, w * p)  # (N, C, H, W)
+
+    # ---- masking -------------------------------------------------------------------------------
+    def random_masking(
+        self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keep the `len_keep` tokens with the smallest noise, per sample.
+
+        x: (N, L, D). Returns the kept tokens (N, len_keep, D), the binary mask (N, L) with 1 for
+        removed tokens, and `ids_restore` (N, L), the permutation that undoes the shuffle.
+        With no `noise`, draws `torch.rand(N, L)` on x's device once, as the official code does.
+        """
+        n, length, dim = x.shape
+        len_keep = check_mask_ratio(mask_ratio, length)
+        if noise is None:
+            noise = torch.rand(n, length, device=x.device)  # noise in [0, 1)
+        elif noise.shape != (n, length):
+            raise ValueError(f"noise must have shape (N, L) = ({n}, {length}), got {tuple(noise.shape)}")
+        else:
+            noise = noise.to(x.device)
+
+        ids_shuffle = torch.argsort(noise, dim=1)  # ascend: small is keep
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        ids_keep = ids_shuffle[:, :len_keep]  # (N, len_keep)
+        x_masked = torch.gather(x, dim=1, index=ids_keep.unsqueeze(-1).expand(-1, -1, dim))
+
+        mask = torch.ones(n, length, device=x.device, dtype=x.dtype)
+        mask[:, :len_keep] = 0
+        mask = torch.gather(mask, dim=1, index=ids_restore)  # back to the original patch order
+        return x_masked, mask, ids_restore
+
+    # ---- encoder / decoder ---------------------------------------------------------------------
+    def forward_encoder(
+        self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images -> (latent (N, 1 + kept, D), mask (N, L), ids_restore (N, L))."""
+        self._check_images(imgs)
+        check_mask_ratio(mask_ratio, self.patch_embed.num_patches)  # fail before any work
+        x = self.patch_embed(imgs)  # (N, L, D)
+        x = x + self.pos_embed[:, 1:, :]
+        x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)  # (N, kept, D)
+
+        cls_token = self.cls_token + self.pos_embed[:, :1, :]  # (1, 1, D)
+        x = torch.cat((cls_token.expand(x.shape[0], -1, -1), x), dim=1)  # (N, 1 + kept, D)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x), mask, ids_restore
+
+    def forward_decoder(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """Latent (N, 1 + kept, D) -> predicted patches (N, L, p*p*C)."""
+        x = self.decoder_embed(x)  # (N, 1 + kept, Dd)
+        n, kept_plus_cls, dim = x.shape
+        mask_tokens = self.mask_token.expand(n, ids_restore.shape[1] + 1 - kept_plus_cls, -1)
+        x_ = torch.cat([x[:, 1:, :], mask_tokens], dim=1)  # (N, L, Dd), shuffled order
+        x_ = torch.gather(x_, dim=1, index=ids_restore.unsqueeze(-1).expand(-1, -1, dim))  # unshuffle
+        x = torch.cat([x[:, :1, :], x_], dim=1)  # (N, 1 + L, Dd)
+        x = x + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        x = self.decoder_pred(self.decoder_norm(x))  # (N, 1 + L, p*p*C)
+        return x[:, 1:, :]  # drop the cls token
+
+    # ---- loss ----------------------------------------------------------------------------------
+    def loss_target(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Patchified images, normalised per patch when `norm_pix_loss` is on. (N, L, p*p*C)."""
+        target = self.patchify(imgs)
+        if self.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        return target
+
+    def per_image_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean squared error over each image's removed patches. (N,)
+
+        With no removed patch (mask ratio 0) the mean runs over all patches, where the official
+        code divides 0 by 0 and returns NaN.
+        """
+        loss = ((pred - self.loss_target(imgs)) ** 2).mean(dim=-1)  # (N, L) per-patch loss
+        removed = mask.sum(dim=1)  # (N,)
+        masked_mean = (loss * mask).sum(dim=1) / removed.clamp_min(1)
+        return torch.where(removed > 0, masked_mean, loss.mean(dim=1))
+
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The official loss: MSE on removed patches, averaged over all removed patches of the batch."""
+        loss = ((pred - self.loss_target(imgs)) ** 2).mean(dim=-1)  # (N, L)
+        if mask.sum() == 0:  # mask ratio 0: defined as the mean over all patches (official: NaN)
+            return loss.mean()
+        return (loss * mask).sum() / mask.sum()
+
+    # ---- forward -------------------------------------------------------------------------------
+    def forward(
+        self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
+    ) -> MAEOutput:
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
+        pred = self.forward_decoder(latent, ids_restore)  # (N, L, p*p*C)
+        loss = self.forward_loss(imgs, pred, mask)
+        return MAEOutput(loss, pred, mask)
+
+    def reconstruct(
+        self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
+    ) -> Reconstruction:
+        """One masked forward pass with every intermediate result (see `Reconstruction`)."""
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
+        pred = self.forward_decoder(latent, ids_restore)
+        per_image = self.per_image_loss(imgs, pred.float(), mask.float())
+        loss = self.forward_loss(imgs, pred.float(), mask.float())
+        return Reconstruction(loss, per_image, pred, mask, latent, ids_restore)
+
+    # ---- checks --------------------------------------------------------------------------------
+    def _check_images(self, imgs: torch.Tensor) -> None:
+        c = self.config
+        if not isinstance(imgs, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor, got {type(imgs).__name__}")
+        if imgs.dim() != 4:
+            raise ValueError(
+                f"images must be a 4-D batch (N, {c.in_chans}, H, W), got shape {tuple(imgs.shape)}; "
+                "add a batch dimension with imgs.unsqueeze(0)"
+            )
+        if not imgs.is_floating_point():
+            raise ValueError(f"images must be floating point (normalised), got dtype {imgs.dtype}")
+        if imgs.shape[1] != c.in_chans:
+            raise ValueError(f"images must have {c.in_chans} channels, got {imgs.shape[1]} (shape {tuple(imgs.shape)})")
+        if tuple(imgs.shape[2:]) != c.img_size:
+            raise ValueError(
+                f"images must be {c.img_size[0]}x{c.img_size[1]} for this model, got "
+                f"{imgs.shape[2]}x{imgs.shape[3]}; resize them or build the model with img_size="
+                f"({imgs.shape[2]}, {imgs.shape[3]})"
+            )
+
+    # ---- loading (implemented in checkpoint.py) ------------------------------------------------
+    def load_pretrained(self, path: str | Path, *, strict: bool = True, trust: bool = False) -> LoadReport:
+        """Load a checkpoint file into this model; see `mae.large.checkpoint.load_into`."""
+        from .checkpoint import load_into
+
+        return load_into(self, path, strict=strict, trust=trust)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        config: MAEConfig | None = None,
+        *,
+        trust: bool = False,
+        device: str | torch.device = "cpu",
+        **kwargs: Any,
+    ) -> MaskedAutoencoderViT:
+        """Build a model straight from a checkpoint (meta device, mmap); see `checkpoint.from_pretrained`."""
+        from .checkpoint import from_pretrained
+
+        return from_pretrained(cls, path, config, trust=trust, device=device, **kwargs)
+
+
+def mae_vit_large_patch16(**overrides: Any) -> MaskedAutoencoderViT:
+    """The official `mae_vit_large_patch16` (= `mae_vit_large_patch16_dec512d8b`); `overrides` change
+    config fields, e.g. `norm_pix_loss=True` or `img_size=320`."""
+    return MaskedAutoencoderViT(MAEConfig.vit_large(**overrides))

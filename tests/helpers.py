@@ -1,0 +1,92 @@
+"""Shared test helpers: the reference data, small models, HuggingFace peers, checkpoint writers."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from mae.large import MAEConfig, MaskedAutoencoderViT
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+REFERENCE = TESTS / "reference"
+VECTORS = REFERENCE / "mae_official_small_vectors.safetensors"
+MANIFEST = REFERENCE / "mae_vit_large_patch16_keys.json"
+DATA = REPO / "data"
+
+
+@cache
+def manifest() -> dict:
+    return json.loads(MANIFEST.read_text())
+
+
+@cache
+def _vectors() -> dict[str, torch.Tensor]:
+    return load_file(VECTORS)
+
+
+def vectors() -> dict[str, torch.Tensor]:
+    """The official test vectors (fresh copies, so a test cannot spoil them for another)."""
+    return {k: v.clone() for k, v in _vectors().items()}
+
+
+def small_config(**overrides) -> MAEConfig:
+    """The configuration the official vectors were computed with."""
+    with safe_open(VECTORS, "pt") as f:
+        cfg = json.loads(f.metadata()["config"])
+    return MAEConfig(**{**cfg, **overrides})
+
+
+def small_state_dict() -> dict[str, torch.Tensor]:
+    """The official small model's weights, official key names."""
+    return {k[len("model."):]: v for k, v in vectors().items() if k.startswith("model.")}
+
+
+def small_model(**overrides) -> MaskedAutoencoderViT:
+    model = MaskedAutoencoderViT(small_config(**overrides))
+    model.load_state_dict(small_state_dict())
+    return model.eval()
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |a - e| / max |e|: the measure behind the project's 1e-5 promise."""
+    scale = expected.abs().max().clamp_min(1e-12)
+    return ((actual.double() - expected.double()).abs().max() / scale).item()
+
+
+def hf_config(config: MAEConfig, **overrides):
+    """A transformers ViTMAEConfig equal to `config` (LayerNorm eps 1e-6, exact GELU)."""
+    from transformers import ViTMAEConfig
+
+    kwargs = dict(
+        image_size=list(config.img_size) if config.img_size[0] != config.img_size[1] else config.img_size[0],
+        patch_size=config.patch_size,
+        num_channels=config.in_chans,
+        hidden_size=config.embed_dim,
+        num_hidden_layers=config.depth,
+        num_attention_heads=config.num_heads,
+        intermediate_size=config.mlp_hidden_dim,
+        decoder_hidden_size=config.decoder_embed_dim,
+        decoder_num_hidden_layers=config.decoder_depth,
+        decoder_num_attention_heads=config.decoder_num_heads,
+        decoder_intermediate_size=config.decoder_mlp_hidden_dim,
+        layer_norm_eps=config.layer_norm_eps,
+        hidden_act="gelu",
+        qkv_bias=True,
+        norm_pix_loss=config.norm_pix_loss,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    kwargs.update(overrides)
+    return ViTMAEConfig(**kwargs)
+
+
+def save_official(path: Path, state_dict: dict[str, torch.Tensor], **extra) -> Path:
+    """Write a checkpoint in the official file format: torch.save({"model": state_dict})."""
+    torch.save({"model": state_dict, **extra}, path)
+    return path

@@ -1,0 +1,146 @@
+"""Model properties, input validation and the official random init."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mae.large import MAEConfig, MaskedAutoencoderViT
+from tests.helpers import small_config, small_model
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"patch_size": 0}, "patch_size"),
+        ({"img_size": 30}, "img_size"),
+        ({"img_size": (32, 30)}, "img_size"),
+        ({"img_size": "32"}, "img_size"),
+        ({"num_heads": 5}, "num_heads"),
+        ({"decoder_num_heads": 3}, "decoder_num_heads"),
+        ({"depth": -1}, "depth"),
+        ({"mlp_ratio": 0}, "mlp_ratio"),
+        ({"layer_norm_eps": 0.0}, "layer_norm_eps"),
+        ({"in_chans": True}, "in_chans"),
+        ({"embed_dim": 66, "num_heads": 6}, "embed_dim"),
+    ],
+)
+def test_invalid_config_names_the_field(changes: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        small_config(**changes)
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(AttributeError):
+        small_config().depth = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("in_chans", [1, 3, 4])
+@pytest.mark.parametrize("img_size", [(32, 32), (16, 40)])
+def test_patchify_unpatchify_round_trip(in_chans: int, img_size: tuple[int, int]) -> None:
+    model = MaskedAutoencoderViT(small_config(in_chans=in_chans, img_size=img_size))
+    imgs = torch.randn(2, in_chans, *img_size)
+    patches = model.patchify(imgs)
+    assert patches.shape == (2, model.config.num_patches, 64 * in_chans)
+    assert torch.equal(model.unpatchify(patches), imgs)
+
+
+def test_patchify_layout() -> None:
+    """Patch 0 is the top-left p x p square, channels last, row-major within the patch."""
+    model = small_model()
+    imgs = torch.randn(1, 3, 32, 32)
+    patches = model.patchify(imgs)
+    assert torch.equal(patches[0, 0].reshape(8, 8, 3), imgs[0, :, :8, :8].permute(1, 2, 0))
+    assert torch.equal(patches[0, 1].reshape(8, 8, 3), imgs[0, :, :8, 8:16].permute(1, 2, 0))
+    assert torch.equal(patches[0, 4].reshape(8, 8, 3), imgs[0, :, 8:16, :8].permute(1, 2, 0))
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.1, 0.5, 0.75, 0.9, 0.93])
+def test_masking_invariants(ratio: float) -> None:
+    model = small_model()
+    n, length = 5, model.config.num_patches
+    x = torch.randn(n, length, 8)
+    noise = torch.rand(n, length)
+    kept, mask, ids_restore = model.random_masking(x, ratio, noise)
+    len_keep = int(length * (1 - ratio))
+    assert torch.equal(mask.sum(1), torch.full((n,), float(length - len_keep)))
+    ids_shuffle = torch.argsort(noise, dim=1)
+    # ids_restore inverts the shuffle
+    assert torch.equal(torch.gather(ids_shuffle, 1, ids_restore), torch.arange(length).expand(n, -1))
+    # the kept tokens are exactly the visible ones (mask == 0), in ascending-noise order
+    for i in range(n):
+        visible = (mask[i] == 0).nonzero().flatten()
+        assert set(visible.tolist()) == set(ids_shuffle[i, :len_keep].tolist())
+        assert torch.equal(kept[i], x[i, ids_shuffle[i, :len_keep]])
+        # small noise is kept
+        assert noise[i, visible].max() <= noise[i, mask[i] == 1].min() if ratio > 0 else True
+
+
+def test_loss_only_counts_removed_patches() -> None:
+    """Changing the prediction of a visible patch leaves the loss unchanged; of a removed one, not."""
+    model = small_model()
+    imgs = torch.randn(2, 3, 32, 32)
+    noise = torch.rand(2, 16)
+    with torch.no_grad():
+        _, pred, mask = model(imgs, 0.75, noise)
+        base = model.forward_loss(imgs, pred, mask)
+        visible = (mask[0] == 0).nonzero()[0, 0]
+        removed = (mask[0] == 1).nonzero()[0, 0]
+        p2 = pred.clone()
+        p2[0, visible] += 10
+        assert torch.equal(model.forward_loss(imgs, p2, mask), base)
+        p2[0, removed] += 10
+        assert model.forward_loss(imgs, p2, mask) > base
+
+
+@pytest.mark.parametrize("ratio", [1.0, 1.5, -0.1, 0.99, True, "0.5"])
+def test_bad_mask_ratio_is_refused(ratio) -> None:
+    model = small_model()
+    with pytest.raises(ValueError, match="mask_ratio"):
+        model(torch.randn(1, 3, 32, 32), mask_ratio=ratio)
+
+
+@pytest.mark.parametrize(
+    ("imgs", "match"),
+    [
+        (torch.randn(3, 32, 32), "4-D"),
+        (torch.randn(1, 1, 32, 32), "3 channels"),
+        (torch.randn(1, 3, 32, 48), "32x32"),
+        (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "floating point"),
+    ],
+)
+def test_bad_images_are_refused(imgs: torch.Tensor, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        small_model()(imgs)
+
+
+def test_bad_noise_is_refused() -> None:
+    with pytest.raises(ValueError, match="noise must have shape"):
+        small_model()(torch.randn(2, 3, 32, 32), noise=torch.rand(2, 15))
+
+
+def test_official_init() -> None:
+    torch.manual_seed(0)
+    model = MaskedAutoencoderViT(MAEConfig(img_size=64, embed_dim=128, depth=2, num_heads=4,
+                                           decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4))
+    # xavier-uniform bound for a (out, in) weight: sqrt(6 / (in + out))
+    qkv = model.blocks[0].attn.qkv.weight
+    bound = (6 / (qkv.shape[0] + qkv.shape[1])) ** 0.5
+    assert qkv.abs().max() <= bound and qkv.abs().max() > 0.9 * bound
+    w = model.patch_embed.proj.weight.flatten(1)
+    assert w.abs().max() <= (6 / (w.shape[0] + w.shape[1])) ** 0.5
+    assert torch.count_nonzero(model.blocks[0].attn.qkv.bias) == 0
+    assert torch.equal(model.norm.weight, torch.ones_like(model.norm.weight))
+    for token in (model.cls_token, model.mask_token):
+        assert 0.01 < token.std().item() < 0.03
+    # The same seed builds the same model.
+    torch.manual_seed(0)
+    again = MaskedAutoencoderViT(model.config)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_pos_embed_is_not_trained() -> None:
+    model = small_model()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "pos_embed" not in trainable and "decoder_pos_embed" not in trainable
+    assert "cls_token" in trainable and "mask_token" in trainable
