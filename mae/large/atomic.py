@@ -1,0 +1,31 @@
+"""Atomic file writes: a reader, or an interrupted run, never sees a half-written file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; on success it is renamed onto `target`.
+
+    On any exception (KeyboardInterrupt included) the temporary file is removed and `target` is left
+    as it was. The temporary file lives in the same folder so the final rename is atomic.
+    The suffix is kept (`.x.png.tmp-123.png`) so writers that infer the format from it still work.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{target.suffix}", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
