@@ -1,0 +1,329 @@
+"""Image files in, normalised tensors out (and back): exactly the preprocessing of the official MAE demo.
+
+The official demo (`demo/mae_visualize.ipynb`) does `img.resize((224, 224))` (bicubic),
+`np.array(img) / 255.`, minus the ImageNet mean, over the ImageNet std. `preprocess(crop="resize")`
+reproduces that to float rounding; `crop="center"` is an aspect-preserving alternative.
+
+Every problem with a file becomes one `ImageError` naming the file, never a raw Pillow exception, so the
+CLI can report it in one line and carry on with the next image.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_SUFFIXES",
+    "ImageFailure",
+    "collect_images",
+    "denormalize",
+    "load_image",
+    "normalize",
+    "open_image",
+    "preprocess",
+    "to_pil",
+]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+# Lower case; suffixes are compared case-insensitively so "IMG_0001.JPG" counts.
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+# A stable order for messages ("looked for .jpg, .jpeg, ...").
+_SUFFIX_ORDER = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+Crop = Literal["resize", "center"]
+
+
+# ---- finding files ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageFailure:
+    """An input that yielded no image; `reason` is a full sentence that names the path."""
+
+    path: Path
+    reason: str
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[ImageFailure]]:
+    """Expand files and folders into a list of image paths, plus the inputs that gave none.
+
+    * A file is taken as given, whatever its suffix: `open_image` validates it later, so a PNG saved
+      as `.dat` still works and a broken `.jpg` fails with its own message.
+    * A folder contributes its image files (by suffix, case-insensitive), sorted by name. It is not
+      searched recursively, and hidden files (name starting with ".") are skipped: they are macOS
+      `._x.jpg` resource forks or half-written temporary files, never the user's pictures.
+    * A folder with no image, a path that does not exist or a folder that cannot be listed gives an
+      `ImageFailure` instead, so one bad argument does not stop the others.
+
+    Duplicates (the same file reached twice, even by different spellings) are kept once, first
+    occurrence first.
+    """
+    found: list[Path] = []
+    failures: list[ImageFailure] = []
+    seen: set[Path] = set()
+    failed: set[Path] = set()
+
+    def add(path: Path) -> None:
+        key = _identity(path)
+        if key not in seen:
+            seen.add(key)
+            found.append(path)
+
+    def fail(path: Path, reason: str) -> None:
+        key = _identity(path)
+        if key not in failed:
+            failed.add(key)
+            failures.append(ImageFailure(path, reason))
+
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            try:
+                entries = sorted(p for p in path.iterdir() if not p.name.startswith(".") and _is_image_name(p))
+                images = [p for p in entries if p.is_file()]
+            except OSError as exc:
+                fail(path, f"folder {path} cannot be read ({exc.strerror or exc})")
+                continue
+            if not images:
+                looked = ", ".join(_SUFFIX_ORDER)
+                fail(path, f"folder {path} holds no images (looked for {looked})")
+            for image in images:
+                add(image)
+        elif path.exists():
+            add(path)
+        else:
+            fail(path, f"{path} does not exist")
+    return found, failures
+
+
+def _identity(path: Path) -> Path:
+    """The key for duplicate detection: the resolved path, or the path itself if it cannot resolve."""
+    try:
+        return path.resolve()
+    except OSError:  # pragma: no cover - e.g. a symlink loop
+        return path
+
+
+# ---- opening ------------------------------------------------------------------------------------
+def open_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open and fully decode an image file as an RGB `PIL.Image`.
+
+    The EXIF orientation is applied (phone photos come out upright) and every mode becomes RGB:
+    transparency is composited over white, 16-bit and float grayscale are scaled to 0-255 (see
+    `_to_rgb`). Pillow's decompression-bomb warning is treated as an error.
+
+    Raises `ImageError`, with one sentence naming the file and the problem, for a missing file, a
+    folder, an empty file, a file Pillow cannot read, a truncated or damaged file, and a bomb.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"image {path} does not exist; check the path")
+    if path.is_dir():
+        raise ImageError(f"{path} is a directory, not an image file; pass the image files inside it instead")
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError(f"image {path} is empty (0 bytes); re-download or re-export it")
+    except OSError as exc:  # pragma: no cover - a race with deletion, or a permission problem
+        raise ImageError(f"image {path} cannot be read ({exc.strerror or exc})") from exc
+
+    # catch_warnings is process-wide state, but only for the duration of the decode; it turns
+    # Pillow's DecompressionBombWarning (between 1x and 2x the limit) into an exception too.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as src:
+                # Image.open only reads the header; load() decodes every byte, which is where
+                # truncated and damaged files fail.
+                src.load()
+                return _to_rgb(_upright(src))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            limit = Image.MAX_IMAGE_PIXELS
+            raise ImageError(
+                f"image {path} is larger than Pillow's safety limit of {limit} pixels; "
+                "raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+            ) from exc
+        except UnidentifiedImageError as exc:
+            raise ImageError(f"{path} is not an image Pillow can read (unknown or unsupported format)") from exc
+        except PermissionError as exc:
+            raise ImageError(f"image {path} cannot be read (permission denied)") from exc
+        except OSError as exc:
+            if "truncated" in str(exc):
+                raise ImageError(f"image {path} is truncated ({exc}); re-download or re-export it") from exc
+            raise ImageError(f"image {path} is damaged and cannot be decoded ({exc})") from exc
+        except MemoryError:
+            raise
+        except Exception as exc:  # Pillow's plugins also raise SyntaxError, ValueError, struct.error...
+            raise ImageError(
+                f"image {path} is damaged and cannot be decoded ({type(exc).__name__}: {exc})"
+            ) from exc
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag; an unreadable EXIF block leaves the pixels as stored.
+
+    Real cameras write malformed EXIF often enough that refusing the whole picture for it would be
+    worse than showing it unrotated.
+    """
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:
+        return img
+
+
+# Modes with an alpha band ("LAB" has an A that is not alpha, hence a list rather than a test on "A").
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+# Modes whose pixels are not 8-bit and need an explicit scale (Pillow's convert would clip to 255).
+_WIDE_GRAY_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to a new 8-bit RGB image.
+
+    * alpha (RGBA, LA, PA, RGBa, La) and palette or grayscale images with a `transparency` entry:
+      composited over white, since the model has no notion of transparency and white is what a
+      viewer shows;
+    * I;16*: divided by 257 (65535 -> 255);
+    * I (32-bit int, which is also how older Pillow opens 16-bit PNGs): as 16-bit when all values fit
+      0..65535, else stretched from its min..max;
+    * F (float): times 255 when all values fit 0..1, as is when they fit 0..255, else stretched;
+    * everything else (1, L, P, CMYK, YCbCr, LAB, HSV...): Pillow's own conversion.
+    """
+    mode = img.mode
+    if mode in _WIDE_GRAY_MODES:
+        gray = _wide_gray_to_uint8(np.asarray(img), mode)
+        return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode == "RGB":
+        return img.copy()  # a new image, detached from the (closing) file
+    return img.convert("RGB")
+
+
+def _wide_gray_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    x = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if mode.startswith("I;16"):
+        scaled = x / 257.0
+    else:
+        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+        if mode == "I" and lo >= 0 and hi <= 65535:
+            scaled = x / 257.0
+        elif mode == "F" and lo >= 0 and hi <= 1:
+            scaled = x * 255.0
+        elif mode == "F" and lo >= 0 and hi <= 255:
+            scaled = x
+        elif hi > lo:
+            scaled = (x - lo) / (hi - lo) * 255.0
+        else:
+            scaled = np.zeros_like(x)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+# ---- tensors ------------------------------------------------------------------------------------
+def _check_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (size, size)
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+    ):
+        raise ValueError(f"size must be a positive int or an (H, W) pair of positive ints, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def preprocess(
+    img: Image.Image, size: int | tuple[int, int] = (224, 224), crop: Crop = "resize"
+) -> torch.Tensor:
+    """A PIL image to the model's input: a (3, H, W) float32 tensor normalised with ImageNet mean/std.
+
+    `size` is (H, W), torch order. `crop`:
+
+    * "resize" (default): stretch to H x W with bicubic resampling, exactly the official demo
+      (`img.resize((W, H))`, `/ 255.`, `- mean`, `/ std`, in float64 as its numpy code does, then
+      cast to float32);
+    * "center": keep the aspect ratio: scale so the image covers H x W (for a square target, the
+      shorter side becomes the target) with bicubic resampling, then cut the centre.
+    """
+    h, w = _check_size(size)
+    if crop not in ("resize", "center"):
+        raise ValueError(f"crop must be 'resize' or 'center', got {crop!r}")
+    if not isinstance(img, Image.Image):
+        raise TypeError(f"img must be a PIL.Image.Image, got {type(img).__name__}")
+    if img.mode != "RGB":
+        img = _to_rgb(img)
+
+    if crop == "resize":
+        img = img.resize((w, h), Image.Resampling.BICUBIC)
+    else:
+        src_w, src_h = img.size
+        scale = max(w / src_w, h / src_h)
+        # max() guards against rounding just below the target on the covering side.
+        new_w, new_h = max(w, round(src_w * scale)), max(h, round(src_h * scale))
+        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+        left, top = (new_w - w) // 2, (new_h - h) // 2
+        img = img.crop((left, top, left + w, top + h))
+
+    arr = np.asarray(img) / 255.0  # float64, (H, W, 3)
+    arr = (arr - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
+
+
+def load_image(
+    path: str | os.PathLike[str], size: int | tuple[int, int] = (224, 224), crop: Crop = "resize"
+) -> torch.Tensor:
+    """`open_image` then `preprocess`: a file to a normalised (3, H, W) float32 tensor."""
+    return preprocess(open_image(path), size=size, crop=crop)
+
+
+def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in (3, 4) or x.shape[-3] != 3:
+        raise ValueError(f"expected images (3, H, W) or (N, 3, H, W), channels first; got {tuple(x.shape)}")
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    mean = torch.tensor(IMAGENET_MEAN, dtype=dtype, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=dtype, device=x.device).view(3, 1, 1)
+    return mean, std
+
+
+def normalize(x01: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1] to model units: (x - mean) / std per channel; (3, H, W) or (N, 3, H, W)."""
+    mean, std = _stats(x01)
+    return (x01.to(mean.dtype) - mean) / std
+
+
+def denormalize(x: torch.Tensor) -> torch.Tensor:
+    """Model units back to pixels: x * std + mean, clamped to [0, 1]; (3, H, W) or (N, 3, H, W)."""
+    mean, std = _stats(x)
+    return (x.to(mean.dtype) * std + mean).clamp(0.0, 1.0)
+
+
+def to_pil(x01: torch.Tensor) -> Image.Image:
+    """A (3, H, W) tensor in [0, 1] to an 8-bit RGB PIL image (rounded; out-of-range values clamped)."""
+    if not isinstance(x01, torch.Tensor) or x01.dim() != 3 or x01.shape[0] != 3:
+        shape = tuple(x01.shape) if isinstance(x01, torch.Tensor) else type(x01).__name__
+        raise ValueError(f"expected a (3, H, W) tensor in [0, 1], got {shape}")
+    pixels = (x01.detach().float().cpu().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+    return Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy())
+

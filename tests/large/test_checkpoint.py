@@ -1,0 +1,381 @@
+"""Reading, classifying and loading checkpoints: every supported layout, and every bad file refused."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import logging
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mae.large import MAEConfig, MaskedAutoencoderViT
+from mae.large.checkpoint import classify, expected_shapes, key_part, read_checkpoint
+from mae.large.convert import to_huggingface
+from mae.large.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    IncompatibleCheckpointError,
+    UnsafeCheckpointError,
+)
+from tests.helpers import hf_config, relative_error, save_official, small_config, small_state_dict, vectors
+
+
+def encoder_only(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in sd.items() if key_part(k) == "encoder"}
+
+
+def assert_same(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert list(actual) == list(expected) or set(actual) == set(expected)
+    for key, value in expected.items():
+        assert torch.equal(actual[key], value), key
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---- formats -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("container", ["model", "state_dict", "model_state", None])
+@pytest.mark.parametrize("legacy", [False, True])
+def test_official_containers(tmp_path: Path, container: str | None, legacy: bool) -> None:
+    sd = small_state_dict()
+    obj = sd if container is None else {container: sd, "epoch": 3}
+    path = tmp_path / "ckpt.pth"
+    torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
+    data = read_checkpoint(path)
+    assert_same(data.state_dict, sd)
+    assert data.container == ("torch-legacy" if legacy else "torch-zip")
+    assert data.source_format == "official" and data.weights_only
+    assert classify(data.state_dict, small_config()).kind == "full"
+
+
+def test_training_checkpoint_with_args_is_safe_to_read(tmp_path: Path) -> None:
+    sd = small_state_dict()
+    path = save_official(tmp_path / "checkpoint-799.pth", sd, args=argparse.Namespace(lr=1e-3), epoch=799,
+                         optimizer={"state": {}, "param_groups": [{"lr": 0.1}]})
+    data = read_checkpoint(path)
+    assert_same(data.state_dict, sd)
+    assert set(data.extras) == {"args", "epoch", "optimizer"}
+
+
+def test_safetensors(tmp_path: Path) -> None:
+    sd = small_state_dict()
+    path = tmp_path / "weights.safetensors"
+    save_file(sd, path)
+    data = read_checkpoint(path)
+    assert data.container == "safetensors"
+    assert_same(data.state_dict, sd)
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_wrapper_prefixes_are_removed(tmp_path: Path, prefix: str) -> None:
+    sd = small_state_dict()
+    path = save_official(tmp_path / "ddp.pth", {prefix + k: v for k, v in sd.items()})
+    data = read_checkpoint(path)
+    assert_same(data.state_dict, sd)
+    assert any("prefix" in fix for fix in data.fixes)
+
+
+@pytest.mark.parametrize("new_names", [True, False])
+def test_huggingface_layouts(tmp_path: Path, new_names: bool) -> None:
+    sd = small_state_dict()
+    path = tmp_path / "model.safetensors"
+    save_file(to_huggingface(sd, new_names=new_names), path)
+    data = read_checkpoint(path)
+    assert data.source_format == "huggingface"
+    assert_same(data.state_dict, sd)
+
+
+def test_huggingface_encoder_model_is_encoder_only(tmp_path: Path) -> None:
+    """A ViTMAEModel state dict (no `vit.` prefix, no decoder) reads as the encoder."""
+    hf = {k[len("vit."):]: v for k, v in to_huggingface(small_state_dict()).items() if k.startswith("vit.")}
+    path = save_official(tmp_path / "vitmae.pth", hf)
+    data = read_checkpoint(path)
+    assert_same(data.state_dict, encoder_only(small_state_dict()))
+    assert classify(data.state_dict, small_config()).kind == "encoder-only"
+
+
+def test_timm_classifier_keys_are_reported_and_dropped(tmp_path: Path) -> None:
+    enc = encoder_only(small_state_dict())
+    extra = {"head.weight": torch.zeros(10, 64), "head.bias": torch.zeros(10),
+             "fc_norm.weight": torch.ones(64), "fc_norm.bias": torch.zeros(64)}
+    path = save_official(tmp_path / "timm.pth", {**enc, **extra})
+    data = read_checkpoint(path)
+    assert data.source_format == "timm"
+    assert sorted(data.dropped) == sorted(extra)
+    assert_same(data.state_dict, enc)
+    model = MaskedAutoencoderViT.from_pretrained(path, small_config())
+    assert sorted(model.load_report.ignored) == sorted(extra)
+
+
+def test_unknown_huggingface_key_is_named(tmp_path: Path) -> None:
+    hf = to_huggingface(small_state_dict())
+    hf["vit.layers.0.attention.rotary.weight"] = torch.zeros(3)
+    path = save_official(tmp_path / "odd.pth", hf)
+    with pytest.raises(IncompatibleCheckpointError, match="vit.layers.0.attention.rotary.weight"):
+        read_checkpoint(path)
+
+
+# ---- HuggingFace round trip -------------------------------------------------------------------
+def test_transformers_model_saved_as_safetensors_runs_the_same(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = small_config()
+    hf = transformers.ViTMAEForPreTraining(hf_config(config)).eval()
+    path = tmp_path / "hf.safetensors"
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, path)
+    ours = MaskedAutoencoderViT.from_pretrained(path, config)
+    assert ours.load_report.kind == "full" and ours.load_report.source_format == "huggingface"
+    v = vectors()
+    with torch.no_grad():
+        loss, pred, mask = ours(v["input.imgs"], 0.75, v["input.noise"])
+        out = hf(pixel_values=v["input.imgs"], noise=v["input.noise"])
+    assert torch.equal(mask, out.mask)
+    assert relative_error(pred, out.logits) <= 1e-5
+    assert relative_error(loss, out.loss) <= 1e-5
+
+
+# ---- full ViT-Large files ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def vit_l_files(tmp_path_factory) -> tuple[Path, Path, dict[str, torch.Tensor]]:
+    """A full and an encoder-only ViT-L checkpoint in the official format, from a seeded random init."""
+    folder = tmp_path_factory.mktemp("vitl")
+    torch.manual_seed(123)
+    sd = MaskedAutoencoderViT(MAEConfig.vit_large()).state_dict()
+    full = save_official(folder / "mae_visualize_vit_large.pth", sd)
+    enc = save_official(folder / "mae_pretrain_vit_large.pth", encoder_only(sd))
+    return full, enc, sd
+
+
+def test_vit_large_full(vit_l_files) -> None:
+    full, _, sd = vit_l_files
+    before = sha256(full)
+    model = MaskedAutoencoderViT.from_pretrained(full)
+    r = model.load_report
+    assert (r.kind, r.num_loaded, r.num_expected, r.missing, r.unexpected) == ("full", 398, 398, [], [])
+    assert r.num_parameters == 329_541_888 and r.source_format == "official" and r.weights_only
+    assert_same(model.state_dict(), sd)
+    assert not model.training
+    assert not model.pos_embed.requires_grad and model.cls_token.requires_grad
+    # The weights are memory-mapped copy-on-write: changing them in place never touches the file.
+    with torch.no_grad():
+        model.blocks[0].attn.qkv.weight.add_(1.0)
+    assert sha256(full) == before
+
+
+def test_vit_large_encoder_only(vit_l_files, caplog) -> None:
+    _, enc, sd = vit_l_files
+    with caplog.at_level(logging.WARNING), pytest.warns(UserWarning, match="decoder is randomly initialised") as rec:
+        model = MaskedAutoencoderViT.from_pretrained(enc)
+    assert "mae_visualize_vit_large.pth" in str(rec[0].message)
+    assert any("encoder only" in m for m in caplog.messages)
+    r = model.load_report
+    assert (r.kind, r.num_loaded, len(r.missing)) == ("encoder-only", 294, 104) and r.decoder_random
+    assert all(key_part(k) == "decoder" for k in r.missing)
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in encoder_only(sd).items())
+    # The decoder is real memory with the official init: finite, xavier-sized, not the file's values.
+    for key in r.missing:
+        assert not loaded[key].is_meta and torch.isfinite(loaded[key]).all(), key
+    assert torch.equal(model.decoder_norm.weight, torch.ones(512))
+    assert 0.01 < model.mask_token.std().item() < 0.03
+    assert model.decoder_pos_embed.abs().sum() > 0  # the sin-cos table, not zeros
+    with torch.no_grad():
+        loss, _, _ = model(torch.randn(1, 3, 224, 224))
+    assert torch.isfinite(loss)
+
+
+def test_load_pretrained_into_existing_model(vit_l_files) -> None:
+    full, enc, sd = vit_l_files
+    model = MaskedAutoencoderViT(MAEConfig.vit_large())
+    decoder_before = model.decoder_pred.weight.clone()
+    with pytest.warns(UserWarning, match="encoder only"):
+        report = model.load_pretrained(enc)
+    assert report.kind == "encoder-only" and model.load_report is report
+    assert torch.equal(model.decoder_pred.weight, decoder_before)  # the decoder keeps its init
+    assert torch.equal(model.blocks[3].mlp.fc1.weight, sd["blocks.3.mlp.fc1.weight"])
+    report = model.load_pretrained(full)
+    assert report.kind == "full" and report.num_loaded == 398
+    assert_same(model.state_dict(), sd)
+
+
+# ---- bad files --------------------------------------------------------------------------------
+def _truncated(tmp_path: Path) -> Path:
+    path = save_official(tmp_path / "cut.pth", small_state_dict())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _zip_without_data(tmp_path: Path) -> Path:
+    src = save_official(tmp_path / "src.pth", small_state_dict())
+    path = tmp_path / "nodata.pth"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(path, "w") as zout:
+        for item in zin.infolist():
+            if "/data/0" not in item.filename:  # drop the first tensor's storage record
+                zout.writestr(item, zin.read(item.filename))
+    return path
+
+
+def _lying_safetensors(tmp_path: Path) -> Path:
+    path = tmp_path / "liar.safetensors"
+    save_file(small_state_dict(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[:-1000])  # the header still promises the full length
+    return path
+
+
+def _shaped(config: MAEConfig) -> dict[str, torch.Tensor]:
+    """Tensors of the right shapes for `config` that cost one float each (stride-0 views)."""
+    return {k: torch.zeros(1).expand(*s) for k, s in expected_shapes(config).items()}
+
+
+def _vit_base(tmp_path: Path) -> Path:
+    return save_official(tmp_path / "mae_visualize_vit_base.pth", _shaped(MAEConfig.vit_base()))
+
+
+def _vit_huge(tmp_path: Path) -> Path:
+    sd = {k: v for k, v in _shaped(MAEConfig.vit_huge()).items() if key_part(k) == "encoder"}
+    return save_official(tmp_path / "mae_pretrain_vit_huge.pth", sd)
+
+
+def _wrong_shape(tmp_path: Path) -> Path:
+    sd = _shaped(MAEConfig.vit_large())
+    sd["blocks.5.mlp.fc1.weight"] = torch.zeros(1).expand(4000, 1024)
+    return save_official(tmp_path / "wrong_shape.pth", sd)
+
+
+def _extra_key(tmp_path: Path) -> Path:
+    sd = _shaped(MAEConfig.vit_large())
+    sd["blocks.0.attn.rel_pos_bias"] = torch.zeros(3)
+    return save_official(tmp_path / "extra.pth", sd)
+
+
+def _partial_decoder(tmp_path: Path) -> Path:
+    sd = _shaped(MAEConfig.vit_large())
+    del sd["decoder_pred.weight"]
+    return save_official(tmp_path / "partial.pth", sd)
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+BAD_FILES = {
+    "missing": (lambda p: p / "nope.pth", CheckpointNotFoundError, "does not exist"),
+    "directory": (lambda p: p, CheckpointError, "is a directory"),
+    "zero bytes": (lambda p: _write(p / "empty.pth", b""), CheckpointError, "empty"),
+    "random bytes": (lambda p: _write(p / "r.pth", b"\x13" + os.urandom(4096)), CheckpointError, "not a PyTorch"),
+    "truncated": (_truncated, CheckpointError, "truncated or corrupt"),
+    "zip without data record": (_zip_without_data, CheckpointError, "truncated or corrupt"),
+    "lying safetensors": (_lying_safetensors, CheckpointError, "truncated"),
+    "vit-base": (_vit_base, IncompatibleCheckpointError, "looks like an MAE ViT-Base"),
+    "vit-huge": (_vit_huge, IncompatibleCheckpointError, "looks like an MAE ViT-Huge"),
+    "wrong shape": (_wrong_shape, IncompatibleCheckpointError, r"blocks.5.mlp.fc1.weight: expected \[4096, 1024\]"),
+    "extra key": (_extra_key, IncompatibleCheckpointError, "unexpected keys \\(blocks.0.attn.rel_pos_bias"),
+    "partial decoder": (_partial_decoder, IncompatibleCheckpointError, "decoder_pred.weight"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_files_are_refused_and_left_alone(tmp_path: Path, case: str) -> None:
+    make, error, match = BAD_FILES[case]
+    path = make(tmp_path)
+    before = sha256(path) if path.is_file() else None
+    with pytest.raises(error, match=match) as info:
+        MaskedAutoencoderViT.from_pretrained(path)
+    assert str(path.name) in str(info.value) or str(path) in str(info.value)
+    assert "\n" not in str(info.value)
+    if before is not None:
+        assert sha256(path) == before
+
+
+def test_incompatible_load_changes_nothing(tmp_path: Path) -> None:
+    """A refused load_pretrained leaves every weight of the model as it was (no partial load)."""
+    model = MaskedAutoencoderViT(small_config())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sd = small_state_dict()
+    sd["decoder_pred.bias"] = torch.zeros(5)
+    path = save_official(tmp_path / "bad.pth", sd)
+    with pytest.raises(IncompatibleCheckpointError, match="decoder_pred.bias"):
+        model.load_pretrained(path)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+class _RunsCommand:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _CreatesFile:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("payload", [_RunsCommand, _CreatesFile])
+@pytest.mark.parametrize("legacy", [False, True])
+def test_malicious_pickle_does_not_run(tmp_path: Path, payload: type, legacy: bool) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": small_state_dict(), "extra": payload(marker)}, path, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(UnsafeCheckpointError, match="trust") as info:
+        read_checkpoint(path)
+    assert not marker.exists()
+    expected_global = "system" if payload is _RunsCommand else "open"
+    assert expected_global in str(info.value)
+
+
+def test_trust_opt_in_reads_a_file_with_objects(tmp_path: Path) -> None:
+    path = tmp_path / "obj.pth"
+    torch.save({"model": small_state_dict(), "saved": datetime.date(2021, 11, 11)}, path)  # not a weights-only type
+    with pytest.raises(UnsafeCheckpointError, match="datetime.date"):
+        read_checkpoint(path)
+    data = read_checkpoint(path, trust=True)
+    assert not data.weights_only and len(data.state_dict) == 62
+
+
+def test_strict_false_allows_missing_but_never_mismatched(tmp_path: Path) -> None:
+    sd = small_state_dict()
+    del sd["decoder_pred.bias"]
+    path = save_official(tmp_path / "partial.pth", sd)
+    model = MaskedAutoencoderViT(small_config())
+    with pytest.warns(UserWarning, match="strict=False"):
+        report = model.load_pretrained(path, strict=False)
+    assert report.kind == "partial" and report.missing == ["decoder_pred.bias"]
+    sd["decoder_pred.bias"] = torch.zeros(7)
+    save_official(path, sd)
+    with pytest.raises(IncompatibleCheckpointError):
+        model.load_pretrained(path, strict=False)
+
+
+def test_fixed_tables_are_regenerated_for_another_grid(tmp_path: Path) -> None:
+    """A 32x32 checkpoint loads into a 48x32 model: the sin-cos tables are recomputed, exactly."""
+    path = save_official(tmp_path / "small.pth", small_state_dict())
+    config = small_config(img_size=(48, 32))
+    model = MaskedAutoencoderViT.from_pretrained(path, config)
+    reference = MaskedAutoencoderViT(config)
+    assert torch.equal(model.pos_embed, reference.pos_embed)
+    assert any("regenerated" in fix for fix in model.load_report.fixes)
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(1, 3, 48, 32)).loss)
+
+
+def test_half_precision_files_are_cast(tmp_path: Path) -> None:
+    sd = {k: v.half() for k, v in small_state_dict().items()}
+    path = save_official(tmp_path / "fp16.pth", sd)
+    model = MaskedAutoencoderViT.from_pretrained(path, small_config())
+    assert model.blocks[0].attn.qkv.weight.dtype == torch.float32
+    assert any("float16" in fix for fix in model.load_report.fixes)
