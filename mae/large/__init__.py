@@ -5,8 +5,13 @@
     loss, pred, mask = model(imgs)
 """
 
+import logging
+
 from .config import MAEConfig
 from .model import MAEOutput, MaskedAutoencoderViT, Reconstruction, mae_vit_large_patch16
+
+# Library code logs and never prints; the application decides where records go.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "MAEConfig",

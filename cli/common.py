@@ -1,0 +1,159 @@
+"""What every command shares: consoles, option aliases, the one error handler, model loading.
+
+Nothing here imports torch at module level: `mae-large --help` must stay fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mae.large import MaskedAutoencoderViT
+
+DEFAULT_CHECKPOINT = Path("data/mae_visualize_vit_large.pth")
+DEBUG_ENV = "MAE_LARGE_DEBUG"
+
+# Tables and JSON go to stdout; messages, warnings and progress to stderr, so `--json | jq` works.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+STATE: dict[str, bool] = {"debug": False}
+
+# ---- shared option aliases ------------------------------------------------------------------------
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
+TrustOpt = Annotated[bool, typer.Option(
+    "--trust-checkpoint",
+    help="Read a pickle that asks for more than tensors (weights_only=False). It can run code: only for files you trust.",
+)]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
+MaskRatioOpt = Annotated[float, typer.Option("--mask-ratio", min=0.0, max=0.99, help="Fraction of patches removed.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
+SizeOpt = Annotated[str, typer.Option(
+    "--size", help="Input size: 224, or HxW such as 224x320 (multiples of 16; the sin-cos tables are regenerated).",
+)]
+DtypeOpt = Annotated[str, typer.Option(
+    "--dtype", help="float32 (exact) or bfloat16 (faster inference through autocast, slightly different numbers).",
+)]
+
+
+def debug_enabled() -> bool:
+    return STATE["debug"] or os.environ.get(DEBUG_ENV, "") not in ("", "0", "false")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """The one place that turns the project's known errors into one red line and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from mae.large.errors import MAEError  # light: no torch
+
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except MAEError as exc:
+            if debug_enabled():
+                raise
+            fail(str(exc))
+        except (OSError, ValueError) as exc:
+            # Disk full, permission denied, an impossible option combination: the user's to fix.
+            if debug_enabled():
+                raise
+            fail(f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc))
+        except KeyboardInterrupt:
+            err.print("[red]interrupted[/]; files already written are complete, nothing half-written was left")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print `error: message` on one line to stderr and exit."""
+    one_line = " ".join(str(message).split())
+    err.print(f"[bold red]error:[/] {escape(one_line)}")
+    raise typer.Exit(code)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`224` -> (224, 224); `224x320` -> (224, 320)."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise typer.BadParameter(f"size must be like 224 or 224x320, got {text!r}", param_hint="--size") from None
+    if len(values) not in (1, 2) or any(v <= 0 or v % 16 for v in values):
+        raise typer.BadParameter(f"size must be positive multiples of 16 (224 or 224x320), got {text!r}",
+                                 param_hint="--size")
+    return (values[0], values[-1])
+
+
+def parse_dtype(name: str):  # -> torch.dtype
+    import torch
+
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if name.lower() not in table:
+        raise typer.BadParameter(f"dtype must be float32 or bfloat16, got {name!r}", param_hint="--dtype")
+    return table[name.lower()]
+
+
+def load_model(
+    checkpoint: Path | None,
+    *,
+    size: tuple[int, int] = (224, 224),
+    device: str = "auto",
+    trust: bool = False,
+    norm_pix_loss: bool = False,
+    quiet: bool = False,
+    seed: int = 0,
+) -> MaskedAutoencoderViT:
+    """The ViT-L model from `checkpoint` (fast path: meta device + mmap), or a seeded random init for None."""
+    import torch
+
+    from mae.large import MAEConfig, MaskedAutoencoderViT
+    from mae.large.pipeline import resolve_device
+
+    target = resolve_device(device)
+    config = MAEConfig.vit_large(img_size=size, norm_pix_loss=norm_pix_loss)
+    if checkpoint is None:
+        torch.manual_seed(seed)
+        model = MaskedAutoencoderViT(config).to(target).eval()
+        if not quiet:
+            err.print(f"[yellow]random init[/]: no checkpoint, every weight is random (official init, seed {seed})")
+        return model
+    with warnings.catch_warnings():
+        # The library warns loudly about a random decoder; the CLI shows the report's warnings itself.
+        warnings.simplefilter("ignore", UserWarning)
+        model = MaskedAutoencoderViT.from_pretrained(checkpoint, config, trust=trust, device=target)
+    if not quiet:
+        report_load(model)
+    return model
+
+
+def report_load(model: MaskedAutoencoderViT) -> None:
+    r = model.load_report
+    if r is None:
+        return
+    colour = "green" if r.kind == "full" else "yellow"
+    err.print(f"[{colour}]{r.kind}[/] checkpoint {escape(str(r.path))}: {r.num_loaded}/{r.num_expected} tensors "
+              f"({r.source_format}, {r.container})")
+    for fix in r.fixes:
+        err.print(f"  [dim]- {escape(fix)}[/]")
+    for message in r.warnings:
+        err.print(f"[bold yellow]warning:[/] {escape(message)}")

@@ -1,0 +1,135 @@
+"""`mae-large loss`: the requirements' noise benchmark (or the loss on real images), with a CI gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cli.common import (
+    DEFAULT_CHECKPOINT,
+    BatchSizeOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    MaskRatioOpt,
+    SizeOpt,
+    TrustOpt,
+    err,
+    fail,
+    handle_errors,
+    load_model,
+    out,
+    parse_dtype,
+    parse_size,
+    print_json,
+)
+
+
+@handle_errors
+def loss_command(
+    images: Annotated[list[Path] | None, typer.Argument(help="Images and/or folders (instead of --noise).",
+                                                        show_default=False)] = None,
+    noise: Annotated[bool, typer.Option("--noise", help="Feed randn images in ImageNet-normalised space.")] = False,
+    samples: Annotated[int, typer.Option("--samples", min=1, help="Noise images to average over.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the noise images, masks and a random init.")] = 0,
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", "-c", help=f"Checkpoint; default {DEFAULT_CHECKPOINT} if it exists, else a random init.",
+        show_default=False)] = None,
+    random_init: Annotated[bool, typer.Option("--random-init", help="Use a random init even if a checkpoint exists.")] = False,
+    norm_pix_loss: Annotated[bool, typer.Option("--norm-pix-loss", help="Per-patch normalised pixel targets.")] = False,
+    mask_ratio: MaskRatioOpt = 0.75,
+    batch_size: BatchSizeOpt = 8,
+    device: DeviceOpt = "auto",
+    size: SizeOpt = "224",
+    dtype: DtypeOpt = "float32",
+    check: Annotated[bool, typer.Option(
+        "--check", help="Exit 1 if the mean is outside the tolerance of the expected value.")] = False,
+    json_: JsonOpt = False,
+    trust: TrustOpt = False,
+) -> None:
+    """Mean reconstruction loss over noise or images; compares noise losses to the expected values
+    (full checkpoint ~1.0, encoder-only ~1.87, random init ~1.74)."""
+    if noise == bool(images):
+        raise typer.BadParameter("give either --noise or image paths (not both, not neither)")
+    if random_init and checkpoint is not None:
+        raise typer.BadParameter("--random-init and --checkpoint exclude each other")
+    hw = parse_size(size)
+    torch_dtype = parse_dtype(dtype)
+    if random_init:
+        chosen = None
+    elif checkpoint is not None:
+        chosen = checkpoint
+    else:
+        chosen = DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.exists() else None
+        if chosen is None and not json_:
+            err.print(f"[yellow]no checkpoint at {DEFAULT_CHECKPOINT}[/]: measuring a random init instead "
+                      "(`mae-large download visualize` fetches the full checkpoint)")
+
+    from mae.large.pipeline import NOISE_LOSS_TOLERANCE, LossResult, checkpoint_kind, noise_loss
+
+    model = load_model(chosen, size=hw, device=device, trust=trust, norm_pix_loss=norm_pix_loss, quiet=json_, seed=seed)
+    kind = checkpoint_kind(model)
+    if noise:
+        result = noise_loss(model, kind, samples=samples, seed=seed, mask_ratio=mask_ratio, batch_size=batch_size,
+                            dtype=torch_dtype)
+    else:
+        result = _image_loss(model, kind, images or [], seed, mask_ratio, batch_size, torch_dtype, NOISE_LOSS_TOLERANCE)
+        assert isinstance(result, LossResult)
+    verdict = _verdict(result)
+    if json_:
+        print_json({"checkpoint": str(chosen) if chosen else None, "kind": kind, "source": result.source,
+                    "samples": len(result.losses), "mean": result.mean, "std": result.std, "losses": result.losses,
+                    "mask_ratio": mask_ratio, "norm_pix_loss": norm_pix_loss, "expected": result.expected,
+                    "tolerance": result.tolerance if result.expected is not None else None, "verdict": verdict,
+                    "dtype": dtype})
+    else:
+        out.print(_table(result, chosen, verdict))
+    if check:
+        if result.expected is None:
+            fail("--check needs the noise benchmark's conditions (--noise, mask ratio 0.75, no --norm-pix-loss)")
+        if not result.within_tolerance:
+            fail(f"mean loss {result.mean:.4f} is outside {result.expected} +- {result.tolerance} expected for a "
+                 f"{kind} model")
+
+
+def _image_loss(model, kind, images, seed, mask_ratio, batch_size, dtype, tolerance):
+    from mae.large.errors import ImageError
+    from mae.large.image import ImageFailure, collect_images
+    from mae.large.pipeline import LossResult, reconstruct_files
+
+    paths, failures = collect_images(images)
+    losses = []
+    for item in reconstruct_files(model, paths, mask_ratio=mask_ratio, seed=seed, batch_size=batch_size, dtype=dtype):
+        if isinstance(item, ImageFailure):
+            failures.append(item)
+        else:
+            losses.append(item.loss)
+    for f in failures:
+        err.print(f"[red]skipped[/] {escape(f.reason)}")
+    if not losses:
+        raise ImageError("no image could be read: " + "; ".join(f.reason for f in failures))
+    return LossResult("images", kind, losses, mask_ratio, model.norm_pix_loss, None, tolerance)
+
+
+def _verdict(result) -> str:
+    if result.expected is None:
+        return "no expected value (the targets are for --noise at mask ratio 0.75 without --norm-pix-loss)"
+    if result.within_tolerance:
+        return "as expected"
+    return "OUTSIDE the expected range"
+
+
+def _table(result, checkpoint, verdict: str) -> Table:
+    table = Table(title=f"reconstruction loss on {result.source} (mask ratio {result.mask_ratio})")
+    for col in ("checkpoint", "kind", "samples", "mean", "std", "expected", "verdict"):
+        table.add_column(col, justify="right" if col in ("samples", "mean", "std") else "left")
+    expected = f"~{result.expected} +- {result.tolerance}" if result.expected is not None else "-"
+    style = "green" if result.within_tolerance else ("red" if result.within_tolerance is False else "")
+    table.add_row(escape(str(checkpoint) if checkpoint else "(random init)"), result.kind, str(len(result.losses)),
+                  f"{result.mean:.4f}", f"{result.std:.4f}", expected,
+                  f"[{style}]{escape(verdict)}[/]" if style else escape(verdict))
+    return table

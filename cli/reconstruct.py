@@ -1,0 +1,163 @@
+"""`mae-large reconstruct IMAGE...`: the official demo's four-panel figure for each image."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cli.common import (
+    DEFAULT_CHECKPOINT,
+    BatchSizeOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    MaskRatioOpt,
+    SizeOpt,
+    TrustOpt,
+    err,
+    handle_errors,
+    load_model,
+    out,
+    parse_dtype,
+    parse_size,
+    print_json,
+)
+
+PANEL_FILES = ("original", "masked", "reconstruction", "reconstruction_visible")
+
+
+@handle_errors
+def reconstruct_command(
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.", show_default=False)],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Full (398-key) checkpoint.")] = DEFAULT_CHECKPOINT,
+    mask_ratio: MaskRatioOpt = 0.75,
+    seed: Annotated[int, typer.Option("--seed", help="Masking seed; the same seed gives the same mask (official demo: 2).")] = 2,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the figures.")] = Path("outputs"),
+    device: DeviceOpt = "auto",
+    batch_size: BatchSizeOpt = 8,
+    norm_pix: Annotated[bool, typer.Option(
+        "--norm-pix", help="The checkpoint predicts per-patch normalised pixels (trained with --norm_pix_loss); "
+        "the prediction is un-normalised with the visible patches' statistics.")] = False,
+    crop: Annotated[str, typer.Option(
+        "--crop", help="resize (official demo: squash to the size) or center (keep aspect, crop).")] = "resize",
+    size: SizeOpt = "224",
+    save_panels: Annotated[bool, typer.Option("--save-panels", help="Also write each panel as its own PNG.")] = False,
+    allow_random_decoder: Annotated[bool, typer.Option(
+        "--allow-random-decoder", help="Draw even with an encoder-only checkpoint (the decoder is then random).")] = False,
+    dtype: DtypeOpt = "float32",
+    json_: JsonOpt = False,
+    trust: TrustOpt = False,
+) -> None:
+    """Mask each image, reconstruct it, and save the four-panel figure (original, masked, reconstruction,
+    reconstruction + visible) with its loss."""
+    if crop not in ("resize", "center"):
+        raise typer.BadParameter("crop must be resize or center", param_hint="--crop")
+    hw = parse_size(size)
+    torch_dtype = parse_dtype(dtype)
+
+    from mae.large.image import ImageFailure, collect_images
+    from mae.large.pipeline import require_decoder
+
+    paths, failures = collect_images(images)
+    if not paths:
+        reasons = "; ".join(f.reason for f in failures) or "no inputs"
+        from mae.large.errors import ImageError
+
+        raise ImageError(f"no image to reconstruct: {reasons}")
+    model = load_model(checkpoint, size=hw, device=device, trust=trust, norm_pix_loss=norm_pix, quiet=json_)
+    require_decoder(model, allow_random_decoder)
+    random_decoder = model.load_report is not None and model.load_report.decoder_random
+
+    from mae.large.figures import make_panels, reconstruction_figure, save_figure, save_panel
+    from mae.large.pipeline import reconstruct_files
+
+    names = _output_names(paths)
+    rows: list[dict] = [{"image": str(f.path), "error": f.reason} for f in failures]
+    crop_mode: Literal["resize", "center"] = "center" if crop == "center" else "resize"
+    started = time.perf_counter()
+    with _progress(len(paths), quiet=json_ or len(paths) < 2) as advance:
+        for item in reconstruct_files(model, paths, mask_ratio=mask_ratio, seed=seed, crop=crop_mode,
+                                      batch_size=batch_size, dtype=torch_dtype):
+            advance()
+            if isinstance(item, ImageFailure):
+                failures.append(item)
+                rows.append({"image": str(item.path), "error": item.reason})
+                if not json_:
+                    err.print(f"[red]skipped[/] {escape(item.reason)}")
+                continue
+            panels = make_panels(model, item.image[None], item.pred[None], item.mask[None], norm_pix=norm_pix)[0]
+            note = ", ".join(n for n in ("random decoder" if random_decoder else "",
+                                         "norm-pix prediction un-normalised with visible-patch statistics"
+                                         if norm_pix else "") if n) or None
+            fig = reconstruction_figure(panels, title=item.path.name, loss=item.loss, note=note)
+            stem = names[item.path]
+            figure_path = save_figure(fig, out_dir / f"{stem}.png")
+            written = [str(figure_path)]
+            if save_panels:
+                for label, panel in zip(PANEL_FILES, panels.as_list()):
+                    written.append(str(save_panel(panel, out_dir / f"{stem}.{label}.png")))
+            rows.append({"image": str(item.path), "loss": item.loss, "output": str(figure_path), "files": written})
+    seconds = time.perf_counter() - started
+    ok = [r for r in rows if "error" not in r]
+    if json_:
+        print_json({"checkpoint": str(checkpoint), "kind": model.load_report.kind if model.load_report else "random-init",
+                    "mask_ratio": mask_ratio, "seed": seed, "norm_pix": norm_pix, "dtype": dtype,
+                    "seconds": round(seconds, 3), "images": rows, "failed": len(failures)})
+    else:
+        out.print(_summary_table(rows, mask_ratio, seed))
+    if failures:
+        if not json_:
+            err.print(f"[red]{len(failures)} of {len(failures) + len(ok)} inputs failed[/]; the others were written")
+        raise typer.Exit(1)
+
+
+def _output_names(paths: list[Path]) -> dict[Path, str]:
+    """`cat.jpg` -> `cat`; two inputs with the same stem get `_2`, `_3` ... so nothing is overwritten."""
+    seen: dict[str, int] = {}
+    names: dict[Path, str] = {}
+    for path in paths:
+        stem = path.stem
+        seen[stem] = seen.get(stem, 0) + 1
+        names[path] = stem if seen[stem] == 1 else f"{stem}_{seen[stem]}"
+    return names
+
+
+def _summary_table(rows: list[dict], mask_ratio: float, seed: int) -> Table:
+    table = Table(title=f"reconstructions (mask ratio {mask_ratio}, seed {seed})")
+    table.add_column("image")
+    table.add_column("loss", justify="right")
+    table.add_column("output")
+    for r in rows:
+        if "error" in r:
+            table.add_row(escape(r["image"]), "[red]failed[/]", escape(r["error"]))
+        else:
+            table.add_row(escape(r["image"]), f"{r['loss']:.4f}", escape(r["output"]))
+    return table
+
+
+class _progress:
+    """A rich progress bar on stderr for several images; a no-op otherwise."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total, self.quiet = total, quiet
+        self.bar = None
+
+    def __enter__(self):
+        if self.quiet:
+            return lambda: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("reconstructing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=err, transient=True)
+        self.bar.start()
+        task = self.bar.add_task("images", total=self.total)
+        return lambda: self.bar.advance(task)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()

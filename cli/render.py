@@ -1,0 +1,86 @@
+"""Rich renderings shared by the commands. Pure functions: data in, renderable out."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mae.large.summary import CheckpointSummary, TensorGroup
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+def summary_panel(s: CheckpointSummary) -> Panel:
+    c = s.classification
+    kind_style = {"full": "green", "encoder-only": "yellow"}.get(c.kind, "red")
+    expected = {"full": c.num_expected, "encoder-only": c.num_encoder}.get(c.kind)
+    count = f"{c.num_tensors}" + (f" / {expected} expected" if expected else
+                                  f" (full: {c.num_expected}, encoder-only: {c.num_encoder})")
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    rows: list[tuple[str, str]] = [
+        ("file", escape(str(s.path))),
+        ("size", f"{human_bytes(s.size_bytes)} ({s.size_bytes:,} bytes)"),
+        ("format", f"{s.source_format} ({s.container})"),
+        ("kind", f"[{kind_style}]{c.kind}[/]"),
+        ("tensors", count),
+        ("parameters", f"{s.num_parameters:,}"),
+        ("dtypes", ", ".join(f"{k} x{v}" for k, v in s.dtypes.items()) or "-"),
+        ("weights_only", "yes: plain tensors, safe to load" if s.weights_only else
+         "[red]no[/]: the file asks for objects beyond tensors (read only because of --trust-checkpoint)"),
+    ]
+    if s.extras:
+        rows.append(("other entries", escape(", ".join(s.extras))))
+    for fix in s.fixes:
+        rows.append(("read", escape(fix)))
+    for label, value in rows:
+        grid.add_row(label, value)
+    return Panel(grid, title="checkpoint", expand=False)
+
+
+def tensor_table(groups: list[TensorGroup] | list[Any], folded: bool) -> Table:
+    table = Table(title="tensors" + (" (blocks folded; --all lists every key)" if folded else ""), show_lines=False)
+    table.add_column("name", overflow="fold")
+    table.add_column("shape", no_wrap=True)
+    table.add_column("dtype")
+    if folded:
+        table.add_column("count", justify="right")
+    table.add_column("numel", justify="right")
+    table.add_column("part")
+    for g in groups:
+        style = {"encoder": "", "decoder": "cyan", "other": "red"}.get(g.part, "")
+        cells = [escape(g.name), str(list(g.shape)), g.dtype]
+        if folded:
+            cells.append(str(g.count))
+        cells += [f"{g.numel:,}", f"[{style}]{g.part}[/]" if style else g.part]
+        table.add_row(*cells)
+    return table
+
+
+def verdict_panel(s: CheckpointSummary) -> Panel:
+    c = s.classification
+    lines = [escape(s.verdict())]
+    if not c.loadable:
+        for m in c.mismatched[:10]:
+            lines.append(f"  shape  {escape(str(m))}")
+        for k in c.missing[:10]:
+            lines.append(f"  missing  {escape(k)}")
+        for k in c.unexpected[:10]:
+            lines.append(f"  unexpected  {escape(k)}")
+        hidden = max(0, len(c.mismatched) - 10) + max(0, len(c.missing) - 10) + max(0, len(c.unexpected) - 10)
+        if hidden:
+            lines.append(f"  ... and {hidden} more (--json lists them all)")
+    style = {"full": "green", "encoder-only": "yellow"}.get(c.kind, "red")
+    return Panel("\n".join(lines), title="verdict against mae_vit_large_patch16", border_style=style, expand=False)

@@ -1,0 +1,168 @@
+"""`inspect`: what a checkpoint file holds, measured against MAE ViT-Large, without building the model.
+
+The file is memory-mapped and only its tensor metadata (names, shapes, dtypes) is used, so inspecting a
+1.3 GB checkpoint costs almost no memory and no model construction.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import (
+    Classification,
+    classify,
+    expected_shapes,
+    key_part,
+    read_checkpoint,
+)
+from .config import MAEConfig
+from .errors import UnsafeCheckpointError
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    numel: int
+    part: str  # encoder | decoder | other (not a key of the model)
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    path: Path
+    size_bytes: int
+    container: str
+    source_format: str
+    weights_only: bool  # loads with torch.load(weights_only=True)
+    unsafe_reason: str | None  # why weights_only refused the file, when it did and trust was given
+    classification: Classification
+    tensors: list[TensorInfo]
+    fixes: list[str]
+    dropped: list[str]
+    extras: list[str]
+    model_name: str = "mae_vit_large_patch16"
+    dtypes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.classification.kind
+
+    @property
+    def loadable(self) -> bool:
+        return self.classification.loadable
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    def verdict(self) -> str:
+        c = self.classification
+        if c.kind == "full":
+            return f"loadable as is: all {c.num_expected} tensors of {self.model_name} (encoder + decoder)"
+        if c.kind == "encoder-only":
+            return (f"loadable for fine-tuning and features: the {c.num_encoder} encoder tensors; the decoder is NOT in "
+                    "this file, so reconstructions need mae_visualize_vit_large.pth")
+        hint = f"; {c.hint}" if c.hint else ""
+        return f"not loadable into {self.model_name}: {c.problem()}{hint}"
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.classification
+        return {
+            "path": str(self.path),
+            "size_bytes": self.size_bytes,
+            "container": self.container,
+            "source_format": self.source_format,
+            "kind": c.kind,
+            "loadable": c.loadable,
+            "num_tensors": c.num_tensors,
+            "num_expected_full": c.num_expected,
+            "num_expected_encoder": c.num_encoder,
+            "num_parameters": self.num_parameters,
+            "dtypes": self.dtypes,
+            "weights_only": self.weights_only,
+            "unsafe_reason": self.unsafe_reason,
+            "missing": c.missing,
+            "unexpected": c.unexpected,
+            "mismatched": [{"name": m.name, "expected": list(m.expected), "actual": list(m.actual)} for m in c.mismatched],
+            "looks_like": c.looks_like,
+            "hint": c.hint,
+            "verdict": self.verdict(),
+            "fixes": self.fixes,
+            "dropped": self.dropped,
+            "extras": self.extras,
+            "tensors": [{**asdict(t), "shape": list(t.shape)} for t in self.tensors],
+        }
+
+
+def summarize(path: str | Path, *, trust: bool = False, config: MAEConfig | None = None) -> CheckpointSummary:
+    """Read `path` (memory-mapped) and describe it against `config` (default ViT-Large)."""
+    config = config or MAEConfig.vit_large()
+    unsafe_reason = None
+    try:
+        data = read_checkpoint(path, trust=False)
+    except UnsafeCheckpointError as exc:
+        if not trust:
+            raise
+        unsafe_reason = str(exc)
+        data = read_checkpoint(path, trust=True)
+    expected = expected_shapes(config)
+    tensors = [
+        TensorInfo(name, tuple(t.shape), str(t.dtype).removeprefix("torch."), t.numel(),
+                   key_part(name) if name in expected else "other")
+        for name, t in data.state_dict.items()
+    ]
+    dtypes = dict(Counter(t.dtype for t in tensors))
+    return CheckpointSummary(
+        path=data.path, size_bytes=data.path.stat().st_size, container=data.container,
+        source_format=data.source_format, weights_only=unsafe_reason is None, unsafe_reason=unsafe_reason,
+        classification=classify(data.state_dict, config), tensors=tensors, fixes=data.fixes,
+        dropped=data.dropped, extras=data.extras, dtypes=dtypes,
+    )
+
+
+_BLOCK = re.compile(r"^(blocks|decoder_blocks)\.(\d+)\.(.+)$")
+
+
+@dataclass(frozen=True)
+class TensorGroup:
+    """Rows of the key table: one per tensor, or one per block-tensor type across all blocks."""
+
+    name: str  # e.g. "blocks.{0-23}.attn.qkv.weight"
+    shape: tuple[int, ...]
+    dtype: str
+    count: int
+    numel: int  # total over the group
+    part: str
+
+
+def group_tensors(tensors: list[TensorInfo]) -> list[TensorGroup]:
+    """Fold `blocks.{i}.X` into one row per X (when every block agrees on shape and dtype)."""
+    groups: dict[str, list[TensorInfo]] = {}
+    order: list[str] = []
+    for t in tensors:
+        match = _BLOCK.match(t.name)
+        key = f"{match.group(1)}.*.{match.group(3)}|{t.shape}|{t.dtype}" if match else t.name
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(t)
+    rows = []
+    for key in order:
+        members = groups[key]
+        first = members[0]
+        if len(members) == 1 and not _BLOCK.match(first.name):
+            rows.append(TensorGroup(first.name, first.shape, first.dtype, 1, first.numel, first.part))
+            continue
+        match = _BLOCK.match(first.name)
+        assert match is not None  # grouped keys all matched
+        indices = sorted(int(_BLOCK.match(m.name).group(2)) for m in members)  # type: ignore[union-attr]
+        span = f"{indices[0]}-{indices[-1]}" if indices == list(range(indices[0], indices[-1] + 1)) else ",".join(
+            map(str, indices))
+        rows.append(TensorGroup(f"{match.group(1)}.{{{span}}}.{match.group(3)}", first.shape, first.dtype,
+                                len(members), sum(m.numel for m in members), first.part))
+    return rows
