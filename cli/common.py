@@ -113,6 +113,13 @@ def parse_dtype(name: str):  # -> torch.dtype
     return table[name.lower()]
 
 
+def model_config(size: tuple[int, int], norm_pix_loss: bool):  # -> MAEConfig
+    """The architecture every command builds: MAE ViT-Large/16 at `size`."""
+    from mae.large import MAEConfig
+
+    return MAEConfig.vit_large(img_size=size, norm_pix_loss=norm_pix_loss)
+
+
 def load_model(
     checkpoint: Path | None,
     *,
@@ -126,11 +133,11 @@ def load_model(
     """The ViT-L model from `checkpoint` (fast path: meta device + mmap), or a seeded random init for None."""
     import torch
 
-    from mae.large import MAEConfig, MaskedAutoencoderViT
+    from mae.large import MaskedAutoencoderViT
     from mae.large.pipeline import resolve_device
 
     target = resolve_device(device)
-    config = MAEConfig.vit_large(img_size=size, norm_pix_loss=norm_pix_loss)
+    config = model_config(size, norm_pix_loss)
     if checkpoint is None:
         torch.manual_seed(seed)
         model = MaskedAutoencoderViT(config).to(target).eval()

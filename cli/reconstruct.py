@@ -101,7 +101,8 @@ def reconstruct_command(
             if save_panels:
                 for label, panel in zip(PANEL_FILES, panels.as_list()):
                     written.append(str(save_panel(panel, out_dir / f"{stem}.{label}.png")))
-            rows.append({"image": str(item.path), "loss": item.loss, "output": str(figure_path), "files": written})
+            rows.append({"image": str(item.path), "loss": item.loss, "output": str(figure_path), "files": written,
+                         "note": note})
     seconds = time.perf_counter() - started
     ok = [r for r in rows if "error" not in r]
     if json_:

@@ -90,3 +90,16 @@ def save_official(path: Path, state_dict: dict[str, torch.Tensor], **extra) -> P
     """Write a checkpoint in the official file format: torch.save({"model": state_dict})."""
     torch.save({"model": state_dict, **extra}, path)
     return path
+
+
+def encoder_only(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The encoder part of an official state dict (what mae_pretrain_vit_large.pth holds)."""
+    return {k: v for k, v in sd.items() if not k.startswith(("mask_token", "decoder_"))}
+
+
+def shaped_state_dict(config: MAEConfig) -> dict[str, torch.Tensor]:
+    """Tensors with the right shapes for `config` that cost one float each (stride-0 views): for tests
+    that only look at names and shapes, the file stays a few kilobytes."""
+    from mae.large.checkpoint import expected_shapes
+
+    return {k: torch.zeros(1).expand(*s) for k, s in expected_shapes(config).items()}

@@ -9,6 +9,7 @@ import logging
 
 from .config import MAEConfig
 from .model import MAEOutput, MaskedAutoencoderViT, Reconstruction, mae_vit_large_patch16
+from .vit import VisionTransformer, ViTConfig, param_groups_lrd, vit_large_patch16
 
 # Library code logs and never prints; the application decides where records go.
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -18,5 +19,9 @@ __all__ = [
     "MAEOutput",
     "MaskedAutoencoderViT",
     "Reconstruction",
+    "ViTConfig",
+    "VisionTransformer",
     "mae_vit_large_patch16",
+    "param_groups_lrd",
+    "vit_large_patch16",
 ]

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from mae.large import MAEConfig, MaskedAutoencoderViT
-from mae.large.checkpoint import classify, expected_shapes, key_part, read_checkpoint
+from mae.large.checkpoint import classify, key_part, read_checkpoint
 from mae.large.convert import to_huggingface
 from mae.large.errors import (
     CheckpointError,
@@ -23,11 +23,16 @@ from mae.large.errors import (
     IncompatibleCheckpointError,
     UnsafeCheckpointError,
 )
-from tests.helpers import hf_config, relative_error, save_official, small_config, small_state_dict, vectors
-
-
-def encoder_only(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in sd.items() if key_part(k) == "encoder"}
+from tests.helpers import (
+    encoder_only,
+    hf_config,
+    relative_error,
+    save_official,
+    shaped_state_dict,
+    small_config,
+    small_state_dict,
+    vectors,
+)
 
 
 def assert_same(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
@@ -141,18 +146,7 @@ def test_transformers_model_saved_as_safetensors_runs_the_same(tmp_path: Path) -
     assert relative_error(loss, out.loss) <= 1e-5
 
 
-# ---- full ViT-Large files ---------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def vit_l_files(tmp_path_factory) -> tuple[Path, Path, dict[str, torch.Tensor]]:
-    """A full and an encoder-only ViT-L checkpoint in the official format, from a seeded random init."""
-    folder = tmp_path_factory.mktemp("vitl")
-    torch.manual_seed(123)
-    sd = MaskedAutoencoderViT(MAEConfig.vit_large()).state_dict()
-    full = save_official(folder / "mae_visualize_vit_large.pth", sd)
-    enc = save_official(folder / "mae_pretrain_vit_large.pth", encoder_only(sd))
-    return full, enc, sd
-
-
+# ---- full ViT-Large files (the vit_l_files fixture is in conftest.py) ------------------------
 def test_vit_large_full(vit_l_files) -> None:
     full, _, sd = vit_l_files
     before = sha256(full)
@@ -231,34 +225,29 @@ def _lying_safetensors(tmp_path: Path) -> Path:
     return path
 
 
-def _shaped(config: MAEConfig) -> dict[str, torch.Tensor]:
-    """Tensors of the right shapes for `config` that cost one float each (stride-0 views)."""
-    return {k: torch.zeros(1).expand(*s) for k, s in expected_shapes(config).items()}
-
-
 def _vit_base(tmp_path: Path) -> Path:
-    return save_official(tmp_path / "mae_visualize_vit_base.pth", _shaped(MAEConfig.vit_base()))
+    return save_official(tmp_path / "mae_visualize_vit_base.pth", shaped_state_dict(MAEConfig.vit_base()))
 
 
 def _vit_huge(tmp_path: Path) -> Path:
-    sd = {k: v for k, v in _shaped(MAEConfig.vit_huge()).items() if key_part(k) == "encoder"}
+    sd = {k: v for k, v in shaped_state_dict(MAEConfig.vit_huge()).items() if key_part(k) == "encoder"}
     return save_official(tmp_path / "mae_pretrain_vit_huge.pth", sd)
 
 
 def _wrong_shape(tmp_path: Path) -> Path:
-    sd = _shaped(MAEConfig.vit_large())
+    sd = shaped_state_dict(MAEConfig.vit_large())
     sd["blocks.5.mlp.fc1.weight"] = torch.zeros(1).expand(4000, 1024)
     return save_official(tmp_path / "wrong_shape.pth", sd)
 
 
 def _extra_key(tmp_path: Path) -> Path:
-    sd = _shaped(MAEConfig.vit_large())
+    sd = shaped_state_dict(MAEConfig.vit_large())
     sd["blocks.0.attn.rel_pos_bias"] = torch.zeros(3)
     return save_official(tmp_path / "extra.pth", sd)
 
 
 def _partial_decoder(tmp_path: Path) -> Path:
-    sd = _shaped(MAEConfig.vit_large())
+    sd = shaped_state_dict(MAEConfig.vit_large())
     del sd["decoder_pred.weight"]
     return save_official(tmp_path / "partial.pth", sd)
 

@@ -1,0 +1,436 @@
+"""The fine-tuning classifier: official `models_vit.py`, `util/lr_decay.py` and `interpolate_pos_embed`.
+
+`VisionTransformer` is the MAE encoder with a classification head. Its state_dict keys are the MAE
+encoder keys (`cls_token`, `pos_embed`, `patch_embed.proj.*`, `blocks.{i}.*`), so pre-trained weights
+load without renaming, plus the classifier: `head.*` and either `fc_norm.*` (global pooling, where the
+official code deletes `norm`) or `norm.*` (cls-token pooling).
+
+Two differences from the MAE encoder follow the official fine-tuning code: the position table is a
+*learned* parameter (initialised with the sin-cos table, then trained), and the blocks use stochastic
+depth with linearly increasing rates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+
+from .config import MAEConfig, Size2D, to_2tuple
+from .errors import IncompatibleCheckpointError
+from .layers import Block, PatchEmbed, init_official_
+from .pos_embed import resize_pos_embed, sincos_2d
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .checkpoint import LoadReport
+
+logger = logging.getLogger(__name__)
+
+StateDict = dict[str, torch.Tensor]
+
+# Keys of a pre-training checkpoint that a classifier has no use for.
+DECODER_PREFIXES: tuple[str, ...] = ("mask_token", "decoder_")
+# Keys of a fine-tuned checkpoint's classifier; `load_encoder_state` always starts a fresh one.
+CLASSIFIER_PREFIXES: tuple[str, ...] = ("head.", "fc_norm.")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Shape of the classifier; defaults are the official `vit_large_patch16` fine-tuning model."""
+
+    img_size: Size2D = (224, 224)
+    patch_size: int = 16
+    in_chans: int = 3
+    embed_dim: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000  # 0: no head, forward returns the pooled features
+    global_pool: bool = True  # mean of the patch tokens + fc_norm (official default); else norm + cls token
+    drop_path_rate: float = 0.1  # stochastic depth of the last block; the first block gets 0
+    layer_norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "img_size", to_2tuple(self.img_size, "img_size"))
+        for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
+            if not _positive_int(getattr(self, name)):
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for side, length in zip(("height", "width"), self.img_size):
+            if length <= 0 or length % self.patch_size:
+                raise ValueError(
+                    f"img_size {side} {length} must be a positive multiple of patch_size {self.patch_size}"
+                )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads}")
+        if self.embed_dim % 4:  # the initial position table is the 2-D sin-cos one
+            raise ValueError(f"embed_dim must be a multiple of 4 for the 2-D sin-cos position table, got {self.embed_dim}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0 (0: no head), got {self.num_classes!r}")
+        if not isinstance(self.global_pool, bool):
+            raise ValueError(f"global_pool must be a bool, got {self.global_pool!r}")
+        rate = self.drop_path_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop_path_rate must be a number in [0, 1), got {rate!r}")
+        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) or self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
+        if not isinstance(self.layer_norm_eps, float) or not 0 < self.layer_norm_eps < 1:
+            raise ValueError(f"layer_norm_eps must be a float in (0, 1), got {self.layer_norm_eps!r}")
+
+    @property
+    def grid_size(self) -> Size2D:
+        """Patches per side, (rows, columns)."""
+        return (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    def replace(self, **changes: Any) -> ViTConfig:
+        """A copy with `changes` applied (and validated)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def from_mae(cls, config: MAEConfig, **overrides: Any) -> ViTConfig:
+        """The classifier over the encoder of `config` (its decoder fields have no counterpart)."""
+        shared = {name: getattr(config, name) for name in
+                  ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "layer_norm_eps")}
+        return cls(**{**shared, **overrides})
+
+
+class VisionTransformer(nn.Module):
+    """ViT classifier for fine-tuning MAE encoders (official `models_vit.VisionTransformer`)."""
+
+    def __init__(self, config: ViTConfig | None = None) -> None:
+        super().__init__()
+        config = config if config is not None else ViTConfig()
+        if not isinstance(config, ViTConfig):
+            raise TypeError(f"config must be a ViTConfig, got {type(config).__name__}")
+        self.config = c = config
+        self.global_pool = c.global_pool
+        self.grad_checkpointing = False
+        self.load_report: LoadReport | None = None
+
+        # Registration order gives the official state_dict order: cls_token, pos_embed, patch_embed,
+        # blocks, [norm], head, [fc_norm] (timm registers head in its constructor; models_vit adds
+        # fc_norm afterwards).
+        self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
+        # Learned here (the MAE encoder keeps it fixed): the official fine-tuning trains it.
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, c.embed_dim))
+        # Stochastic depth grows linearly with depth: shallow features are kept, deep ones regularised.
+        rates = torch.linspace(0, c.drop_path_rate, c.depth, device="cpu").tolist()
+        self.blocks = nn.ModuleList(
+            Block(c.embed_dim, c.num_heads, c.mlp_ratio, eps=c.layer_norm_eps, drop_path=rate) for rate in rates
+        )
+        if not c.global_pool:
+            self.norm = nn.LayerNorm(c.embed_dim, eps=c.layer_norm_eps)
+        self.head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        if c.global_pool:
+            self.fc_norm = nn.LayerNorm(c.embed_dim, eps=c.layer_norm_eps)
+
+        self.initialize_weights()
+
+    # ---- initialisation ------------------------------------------------------------------------
+    def initialize_weights(self) -> None:
+        """Official MAE init for the encoder, then the official fine-tuning init of the head.
+
+        Tensors on the meta device are skipped: there is nothing to fill, weights are loaded later.
+        """
+        with torch.no_grad():
+            if not self.pos_embed.is_meta:  # sin-cos start: an untrained model already knows positions
+                self.pos_embed.copy_(sincos_2d(self.pos_embed.shape[-1], self.patch_embed.grid_size, cls_token=True)[None])
+            w = self.patch_embed.proj.weight
+            if not w.is_meta:  # as a Linear over the flattened patch, like models_mae
+                nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+            if not self.cls_token.is_meta:
+                nn.init.normal_(self.cls_token, std=0.02)
+        self.apply(init_official_)
+        self.reset_classifier()
+
+    @torch.no_grad()
+    def reset_classifier(self) -> None:
+        """A fresh head (`trunc_normal_(head.weight, std=2e-5)`, zero bias: main_finetune.py) and unit
+        fc_norm. The tiny head weights make the initial logits ~0, so the first steps do not wreck the
+        pre-trained features with large gradients."""
+        if isinstance(self.head, nn.Linear) and not self.head.weight.is_meta:
+            nn.init.trunc_normal_(self.head.weight, std=2e-5)
+            nn.init.zeros_(self.head.bias)
+        fc_norm = getattr(self, "fc_norm", None)
+        if fc_norm is not None and not fc_norm.weight.is_meta:
+            nn.init.ones_(fc_norm.weight)
+            nn.init.zeros_(fc_norm.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters the official recipe exempts from weight decay (timm's hook of the same name)."""
+        return {"cls_token", "pos_embed"}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward instead of storing them (training only)."""
+        self.grad_checkpointing = bool(enable)
+
+    # ---- forward -------------------------------------------------------------------------------
+    def _run_blocks(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Images -> block output (N, 1 + L, D), cls token first."""
+        self._check_images(imgs)
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]  # (N, L, D)
+        cls_token = self.cls_token + self.pos_embed[:, :1, :]  # (1, 1, D)
+        x = torch.cat((cls_token.expand(x.shape[0], -1, -1), x), dim=1)  # (N, 1 + L, D)
+        checkpointing = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        for blk in self.blocks:
+            # Non-reentrant checkpointing restores the RNG state, so drop path draws the same masks
+            # in the recomputation and the gradients equal those of a plain run.
+            x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False) if checkpointing else blk(x)
+        return x
+
+    def forward_tokens(self, imgs: torch.Tensor) -> torch.Tensor:
+        """The token sequence after the blocks, (N, 1 + L, D).
+
+        With `global_pool=False` it is passed through `norm`, exactly what the MAE encoder returns at
+        mask ratio 0. With `global_pool=True` the model has no per-token norm (`fc_norm` normalises
+        the *pooled* vector, and the official code deletes `norm`), so the raw block output is returned.
+        """
+        x = self._run_blocks(imgs)
+        return x if self.global_pool else self.norm(x)
+
+    def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Pooled features (N, D): mean of the patch tokens + fc_norm, or the normed cls token."""
+        x = self._run_blocks(imgs)
+        if self.global_pool:
+            return self.fc_norm(x[:, 1:, :].mean(dim=1))
+        return self.norm(x)[:, 0]
+
+    def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Images (N, C, H, W) -> logits (N, num_classes), or features (N, D) when num_classes == 0."""
+        return self.head(self.forward_features(imgs))
+
+    def _check_images(self, imgs: torch.Tensor) -> None:
+        c = self.config
+        if not isinstance(imgs, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor, got {type(imgs).__name__}")
+        if imgs.dim() != 4:
+            raise ValueError(
+                f"images must be a 4-D batch (N, {c.in_chans}, H, W), got shape {tuple(imgs.shape)}; "
+                "add a batch dimension with imgs.unsqueeze(0)"
+            )
+        if not imgs.is_floating_point():
+            raise ValueError(f"images must be floating point (normalised), got dtype {imgs.dtype}")
+        if imgs.shape[1] != c.in_chans:
+            raise ValueError(f"images must have {c.in_chans} channels, got {imgs.shape[1]} (shape {tuple(imgs.shape)})")
+        if tuple(imgs.shape[2:]) != c.img_size:
+            raise ValueError(
+                f"images must be {c.img_size[0]}x{c.img_size[1]} for this model, got "
+                f"{imgs.shape[2]}x{imgs.shape[3]}; resize them or build the model with img_size="
+                f"({imgs.shape[2]}, {imgs.shape[3]}) (the position table is interpolated on load)"
+            )
+
+    # ---- loading -------------------------------------------------------------------------------
+    def load_encoder_state(self, sd: StateDict) -> dict[str, list[str]]:
+        """Load pre-trained encoder weights (official key names) and start a fresh classifier.
+
+        All or nothing: `encoder_state_for_classifier` checks every key and shape first and raises
+        `IncompatibleCheckpointError` before any tensor is copied. Returns the report:
+        {"loaded", "ignored", "notes", "initialised"} lists of key names / sentences.
+        """
+        state, ignored, notes = encoder_state_for_classifier(sd, self)
+        result = self.load_state_dict(state, strict=False)
+        classifier = {k for k in self.state_dict() if k.startswith(CLASSIFIER_PREFIXES)}
+        if result.unexpected_keys or set(result.missing_keys) != classifier:  # a bug here, not a bad file
+            raise RuntimeError(
+                f"encoder load left missing={result.missing_keys} unexpected={result.unexpected_keys}; "
+                f"only the classifier {sorted(classifier)} should be missing"
+            )
+        self.reset_classifier()  # as main_finetune.py does after loading
+        logger.info("loaded %d encoder tensors, ignored %d keys; %s", len(state), len(ignored), "; ".join(notes))
+        return {"loaded": list(state), "ignored": ignored, "notes": notes, "initialised": sorted(classifier)}
+
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        config: ViTConfig | None = None,
+        *,
+        trust: bool = False,
+        device: str | torch.device = "cpu",
+        **overrides: Any,
+    ) -> VisionTransformer:
+        """A classifier whose encoder comes from an MAE checkpoint (encoder-only or full, any layout
+        `read_checkpoint` knows); the head and `fc_norm` start fresh. `overrides` change config fields,
+        e.g. `num_classes=10, img_size=320`. The load report is kept as `model.load_report`.
+
+        The module is built on the meta device and the file's tensors are assigned (memory-mapped), so
+        the 300 M encoder parameters are neither initialised nor copied.
+        """
+        from .checkpoint import LoadReport, classify, read_checkpoint
+
+        config = (config or ViTConfig()).replace(**overrides)
+        data = read_checkpoint(path, trust=trust)
+        with torch.device("meta"):
+            model = cls(config)
+        state, ignored, notes = encoder_state_for_classifier(data.state_dict, model)
+        state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+        model.load_state_dict(state, strict=False, assign=True)
+        # What the file did not provide (the classifier) gets memory and its fine-tuning init.
+        for module in model.modules():
+            if any(p.is_meta for p in module.parameters(recurse=False)):
+                module.to_empty(device="cpu", recurse=False)
+                init_official_(module)
+        model.reset_classifier()
+        mae_view = MAEConfig(img_size=config.img_size, patch_size=config.patch_size, in_chans=config.in_chans,
+                             embed_dim=config.embed_dim, depth=config.depth, num_heads=config.num_heads,
+                             mlp_ratio=config.mlp_ratio)
+        kind = classify(data.state_dict, mae_view).kind
+        kind = kind if kind in ("full", "encoder-only") else "encoder-only"  # the encoder checks passed above
+        model.load_report = LoadReport(
+            path=data.path, kind=kind, source_format=data.source_format, container=data.container,
+            num_loaded=len(state), num_expected=len(model.state_dict()),
+            missing=[k for k in model.state_dict() if k not in state],
+            unexpected=[], ignored=[*data.dropped, *ignored], fixes=[*data.fixes, *notes],
+            num_parameters=sum(t.numel() for t in state.values()), weights_only=data.weights_only,
+        )
+        logger.info("%s: %d encoder tensors loaded into the classifier; ignored %d keys", data.path.name,
+                    len(state), len(model.load_report.ignored))
+        return model.to(device)
+
+
+def encoder_state_for_classifier(sd: StateDict, model: VisionTransformer) -> tuple[StateDict, list[str], list[str]]:
+    """Select and fit the tensors of a (pre-training) checkpoint that `model`'s encoder needs.
+
+    Returns (tensors to load, ignored key names, notes). Ignored: decoder keys (`mask_token`,
+    `decoder_*`), `norm.*` when the model pools globally (it has `fc_norm` instead) and a fine-tuned
+    file's `head.*` / `fc_norm.*` (a fresh classifier is always started). A `pos_embed` on another
+    patch grid is bicubically resized to the model's, as the official `interpolate_pos_embed` does.
+    Raises `IncompatibleCheckpointError` naming the first missing encoder key, shape mismatch or
+    unknown key; nothing is returned partially.
+    """
+    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith(CLASSIFIER_PREFIXES)}
+    for key in expected:
+        if key not in sd:
+            raise IncompatibleCheckpointError(
+                f"checkpoint has no encoder tensor {key!r}; it is not an MAE/ViT checkpoint of this architecture"
+            )
+    decoder = [k for k in sd if k.startswith(DECODER_PREFIXES)]
+    pooled_norm = [k for k in sd if k.startswith("norm.") and model.global_pool]
+    classifier = [k for k in sd if k.startswith(CLASSIFIER_PREFIXES)]
+    ignored = decoder + pooled_norm + classifier
+    unknown = [k for k in sd if k not in expected and k not in ignored]
+    if unknown:
+        raise IncompatibleCheckpointError(
+            f"checkpoint key {unknown[0]!r} is neither encoder, decoder nor classifier ({len(unknown)} such keys); "
+            "convert the file to the official key names first"
+        )
+
+    notes: list[str] = []
+    state: StateDict = {k: sd[k] for k in expected}
+    pos, want = state["pos_embed"], expected["pos_embed"]
+    if pos.dim() == 3 and pos.shape[0] == 1 and pos.shape[2] == want[2] and pos.shape[1] != want[1]:
+        old_patches = pos.shape[1] - 1
+        side = int(round(old_patches**0.5))
+        if side * side != old_patches:  # the official code only knows square grids; so do the files
+            raise IncompatibleCheckpointError(
+                f"pos_embed {tuple(pos.shape)} holds {old_patches} patches, not a square grid; cannot resize it"
+            )
+        grid = model.patch_embed.grid_size
+        state["pos_embed"] = interpolate_pos_embed(pos, grid, (side, side))
+        notes.append(f"pos_embed interpolated from {side}x{side} to {grid[0]}x{grid[1]} (bicubic)")
+    for key, shape in expected.items():
+        if state[key].shape != shape:
+            raise IncompatibleCheckpointError(
+                f"checkpoint tensor {key!r} has shape {tuple(state[key].shape)}, the model expects {tuple(shape)}"
+            )
+    if decoder:
+        notes.append(f"ignored {len(decoder)} decoder tensors (mask_token, decoder_*): a classifier has no decoder")
+    if pooled_norm:
+        notes.append(f"ignored {', '.join(pooled_norm)}: with global_pool the official model replaces norm by fc_norm")
+    if classifier:
+        notes.append(f"ignored the checkpoint's classifier ({', '.join(classifier)}): a fresh head is initialised")
+    return state, ignored, notes
+
+
+def interpolate_pos_embed(
+    pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """(1, 1 + gh*gw, D) -> (1, 1 + gh'*gw', D): the official `interpolate_pos_embed`.
+
+    Bicubic, align_corners=False; the cls row is kept; a table already on `new_grid` is returned as is.
+    `old_grid` defaults to the square grid the official code assumes.
+    """
+    return resize_pos_embed(pos_embed, new_grid, old_grid, num_extra_tokens=1)
+
+
+# ---- layer-wise learning-rate decay (official util/lr_decay.py) ------------------------------------
+def layer_id_for_vit(name: str, num_layers: int) -> int:
+    """Embeddings -> 0, `blocks.i` -> i + 1, everything after the blocks (norms, head) -> num_layers."""
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return num_layers
+
+
+def param_groups_lrd(
+    model: VisionTransformer,
+    weight_decay: float = 0.05,
+    no_weight_decay_list: Iterable[str] = ("cls_token", "pos_embed"),
+    layer_decay: float = 0.75,
+) -> list[dict[str, Any]]:
+    """Optimizer groups with layer-wise lr decay: the official `param_groups_lrd`.
+
+    Group `layer_{id}_{decay|no_decay}` has `lr_scale = layer_decay ** (num_layers - id)` with
+    num_layers = depth + 1, so the head trains at the full rate and the patch embedding at
+    layer_decay ** (depth + 1). Biases, norms (ndim 1) and `no_weight_decay_list` get no weight decay.
+    Each group also lists its `param_names` (a key torch optimizers accept and keep in their state).
+    Apply the scales with `apply_lr_scale` every time the learning rate changes.
+    """
+    no_decay = set(no_weight_decay_list)
+    num_layers = len(model.blocks) + 1
+    layer_scales = [layer_decay ** (num_layers - i) for i in range(num_layers + 1)]
+    groups: dict[str, dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = not (param.ndim == 1 or name in no_decay)
+        layer_id = layer_id_for_vit(name, num_layers)
+        group_name = f"layer_{layer_id}_{'decay' if decay else 'no_decay'}"
+        group = groups.setdefault(group_name, {
+            "lr_scale": layer_scales[layer_id],
+            "weight_decay": weight_decay if decay else 0.0,
+            "params": [],
+            "param_names": [],
+        })
+        group["params"].append(param)
+        group["param_names"].append(name)
+    return list(groups.values())
+
+
+def apply_lr_scale(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set each group's lr to `lr * lr_scale` (groups without a scale get `lr`): the official
+    `adjust_learning_rate` minus the schedule."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+# ---- the official sizes (models_vit.py) -----------------------------------------------------------
+def vit_base_patch16(**overrides: Any) -> VisionTransformer:
+    return VisionTransformer(ViTConfig(**{"embed_dim": 768, "depth": 12, "num_heads": 12, **overrides}))
+
+
+def vit_large_patch16(**overrides: Any) -> VisionTransformer:
+    """The classifier over the published MAE ViT-L/16 encoder; e.g. `vit_large_patch16(num_classes=10)`."""
+    return VisionTransformer(ViTConfig(**{
+        "img_size": 224, "num_classes": 1000, "global_pool": True, "drop_path_rate": 0.1, **overrides,
+    }))
+
+
+def vit_huge_patch14(**overrides: Any) -> VisionTransformer:
+    return VisionTransformer(ViTConfig(**{"patch_size": 14, "embed_dim": 1280, "depth": 32, "num_heads": 16, **overrides}))
