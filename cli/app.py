@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli import common, inspect, loss, reconstruct
+from cli import common, download, inspect, loss, reconstruct
 
 app = typer.Typer(
     name="mae-large",
@@ -46,6 +46,7 @@ def root(
 app.command("inspect")(inspect.inspect_command)
 app.command("reconstruct")(reconstruct.reconstruct_command)
 app.command("loss")(loss.loss_command)
+app.command("download")(download.download_command)
 
 
 def main() -> None:

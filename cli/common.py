@@ -25,7 +25,9 @@ DEFAULT_CHECKPOINT = Path("data/mae_visualize_vit_large.pth")
 DEBUG_ENV = "MAE_LARGE_DEBUG"
 
 # Tables and JSON go to stdout; messages, warnings and progress to stderr, so `--json | jq` works.
-out = Console(soft_wrap=True)
+# Piped or captured output gets 120 columns (not rich's default 80) so key names are not cut.
+_PIPED = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+out = Console(width=120 if _PIPED else None)
 err = Console(stderr=True, soft_wrap=True)
 STATE: dict[str, bool] = {"debug": False}
 

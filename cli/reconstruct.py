@@ -130,9 +130,9 @@ def _output_names(paths: list[Path]) -> dict[Path, str]:
 
 def _summary_table(rows: list[dict], mask_ratio: float, seed: int) -> Table:
     table = Table(title=f"reconstructions (mask ratio {mask_ratio}, seed {seed})")
-    table.add_column("image")
+    table.add_column("image", overflow="fold")
     table.add_column("loss", justify="right")
-    table.add_column("output")
+    table.add_column("output", overflow="fold")
     for r in rows:
         if "error" in r:
             table.add_row(escape(r["image"]), "[red]failed[/]", escape(r["error"]))

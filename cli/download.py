@@ -1,0 +1,104 @@
+"""`mae-large download NAME...`: fetch the published checkpoints, resumably, keeping only verified files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cli.common import JsonOpt, err, handle_errors, out, print_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mae.large.download import CheckpointSpec, DownloadResult
+
+
+@handle_errors
+def download_command(
+    names: Annotated[list[str] | None, typer.Argument(
+        help="Checkpoints to fetch: visualize, visualize-gan, pretrain, or all (see --list).", show_default=False)] = None,
+    dest: Annotated[Path, typer.Option("--dest", help="Folder to save into.")] = Path("data"),
+    list_: Annotated[bool, typer.Option("--list", help="List the known checkpoints and what each is for.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Fetch again even if a verified copy is present.")] = False,
+    base_url: Annotated[str | None, typer.Option(
+        "--base-url", envvar="MAE_LARGE_BASE_URL", show_default=False,
+        help="A mirror holding the files flat: each is fetched from BASE_URL/<file name>.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait to connect and per read.")] = 30.0,
+    json_: JsonOpt = False,
+) -> None:
+    """Download Meta's MAE ViT-Large checkpoints; an interrupted download resumes, a wrong file is never kept."""
+    # The library module pulls in torch (through the mae.large package): import it only when run.
+    from mae.large.download import REGISTRY, resolve_names
+
+    if list_:
+        _list(list(REGISTRY.values()), json_)
+        return
+    if not names:
+        raise typer.BadParameter("give checkpoint names (visualize, visualize-gan, pretrain or all), or --list",
+                                 param_hint="NAMES")
+    specs = resolve_names(names)
+    rows = []
+    for spec in specs:
+        result = _fetch(spec, dest, force=force, base_url=base_url, timeout=timeout)
+        rows.append({"name": spec.name, "path": str(result.path), "status": result.status, "kind": result.kind,
+                     "num_tensors": result.num_tensors, "bytes_fetched": result.bytes_fetched,
+                     "seconds": round(result.seconds, 3), "url": result.url})
+    if json_:
+        print_json(rows)
+        return
+    table = Table(title="downloads")
+    for column in ("name", "path", "status", "kind"):
+        table.add_column(column)
+    for row in rows:
+        colour = "green" if row["kind"] == "full" else "yellow"
+        table.add_row(row["name"], escape(row["path"]), row["status"], f"[{colour}]{row['kind']}[/]")
+    out.print(table)
+
+
+def _fetch(spec: CheckpointSpec, dest: Path, *, force: bool, base_url: str | None, timeout: float) -> DownloadResult:
+    """One download with a progress bar on stderr (so `--json` on stdout stays clean)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from mae.large.download import download
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(escape(spec.filename), total=spec.size)
+
+        def on_progress(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total if total is not None else spec.size)
+
+        result = download(spec, dest, base_url=base_url, force=force, timeout=timeout, progress=on_progress)
+    if result.status == "present":
+        err.print(f"[green]present[/] {escape(str(result.path))} (verified; --force fetches it again)")
+    else:
+        err.print(f"[green]{result.status}[/] {escape(str(result.path))}: {result.bytes_fetched:,} bytes in "
+                  f"{result.seconds:.1f} s, verified ({result.num_tensors} tensors, {result.kind})")
+    return result
+
+
+def _list(specs: list[CheckpointSpec], json_: bool) -> None:
+    if json_:
+        print_json([{"name": s.name, "file": s.filename, "url": s.url, "size": s.size, "md5_prefix": s.md5_prefix,
+                     "kind": s.kind, "num_tensors": s.num_tensors, "purpose": s.purpose} for s in specs])
+        return
+    table = Table(title="MAE ViT-Large checkpoints")
+    for column in ("name", "file", "size", "kind", "tensors", "purpose"):
+        table.add_column(column, justify="right" if column in ("size", "tensors") else "left")
+    for s in specs:
+        colour = "green" if s.kind == "full" else "yellow"
+        size = f"{s.size / 1e9:.2f} GB" if s.size else "unknown"
+        table.add_row(s.name, s.filename, size, f"[{colour}]{s.kind}[/]", str(s.num_tensors), escape(s.purpose))
+    out.print(table)
+    out.print("Reconstruction (`mae-large reconstruct`) needs a [green]full[/] checkpoint: visualize or visualize-gan. "
+              "pretrain holds the [yellow]encoder only[/]: for fine-tuning / features; its decoder would be random.")

@@ -1,0 +1,97 @@
+"""`mae-large inspect`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from cli.app import app
+from mae.large import MAEConfig
+from tests.cli.conftest import flat
+from tests.helpers import encoder_only, save_official, shaped_state_dict
+
+
+def _vit_l(tmp_path: Path, name: str, encoder: bool = False) -> Path:
+    sd = shaped_state_dict(MAEConfig.vit_large())
+    return save_official(tmp_path / name, encoder_only(sd) if encoder else sd)
+
+
+def test_full_checkpoint(runner, tmp_path: Path) -> None:
+    path = _vit_l(tmp_path, "mae_visualize_vit_large.pth")
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "full" in result.output and "398 / 398 expected" in result.output
+    assert "329,541,888" in result.output and "loadable as is" in flat(result.output)
+    assert "blocks.{0-23}.attn.qkv.weight" in result.output and "blocks.7.attn.qkv.weight" not in result.output
+
+
+def test_encoder_only_checkpoint(runner, tmp_path: Path) -> None:
+    path = _vit_l(tmp_path, "mae_pretrain_vit_large.pth", encoder=True)
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 0
+    assert "encoder-only" in result.output and "294 / 294 expected" in result.output
+    assert "mae_visualize_vit_large.pth" in flat(result.output)  # the verdict says which file reconstructs
+
+
+def test_all_lists_every_key(runner, tmp_path: Path) -> None:
+    path = _vit_l(tmp_path, "full.pth")
+    result = runner.invoke(app, ["inspect", "--all", str(path)])
+    assert result.exit_code == 0
+    assert "blocks.23.mlp.fc2.bias" in result.output and "decoder_blocks.7.norm1.weight" in result.output
+
+
+def test_json(runner, tmp_path: Path) -> None:
+    path = _vit_l(tmp_path, "enc.pth", encoder=True)
+    result = runner.invoke(app, ["inspect", "--json", str(path)])
+    data = json.loads(result.stdout)
+    assert (data["kind"], data["num_tensors"], data["loadable"]) == ("encoder-only", 294, True)
+    assert data["num_parameters"] == 303_301_632 and len(data["tensors"]) == 294
+    assert data["weights_only"] is True
+
+
+def test_vit_base_is_recognised(runner, tmp_path: Path) -> None:
+    path = save_official(tmp_path / "base.pth", shaped_state_dict(MAEConfig.vit_base()))
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 1
+    assert "ViT-Base" in flat(result.output) and "not loadable" in flat(result.output)
+
+
+def test_wrong_shape_names_key_and_shapes(runner, tmp_path: Path) -> None:
+    sd = shaped_state_dict(MAEConfig.vit_large())
+    sd["decoder_pred.weight"] = torch.zeros(1).expand(512, 512)
+    path = save_official(tmp_path / "bad.pth", sd)
+    result = runner.invoke(app, ["inspect", "--json", str(path)])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["mismatched"] == [{"name": "decoder_pred.weight", "expected": [768, 512], "actual": [512, 512]}]
+
+
+def test_missing_file_one_line(runner, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["inspect", str(tmp_path / "mae_visualize_vit_large.pth")])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "mae-large download visualize" in lines[0]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def test_unsafe_pickle_needs_trust(runner, tmp_path: Path) -> None:
+    path = tmp_path / "evil.pth"
+    torch.save({"model": shaped_state_dict(MAEConfig.vit_large()), "x": _Evil()}, path)
+    before = path.read_bytes()
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 1 and "--trust-checkpoint" in result.stderr and "system" in result.stderr
+    assert path.read_bytes() == before
+
+
+def test_debug_shows_the_traceback(runner, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["--debug", "inspect", str(tmp_path / "nope.pth")])
+    assert result.exit_code != 0
+    assert result.exception is not None and "does not exist" in str(result.exception)

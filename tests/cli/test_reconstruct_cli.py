@@ -1,0 +1,180 @@
+"""`mae-large reconstruct`: figures, masks, batching, and every refusal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cli.app import app
+from tests.cli.conftest import write_image
+
+
+def _run(runner, *args):
+    return runner.invoke(app, ["reconstruct", *map(str, args)])
+
+
+def _mask_for_seed(seed: int, num_patches: int, ratio: float = 0.75) -> torch.Tensor:
+    """The mask the official demo draws after torch.manual_seed(seed): 1 = removed."""
+    torch.manual_seed(seed)
+    noise = torch.rand(1, num_patches)
+    keep = int(num_patches * (1 - ratio))
+    mask = torch.ones(num_patches)
+    mask[torch.argsort(noise, dim=1)[0, :keep]] = 0
+    return mask
+
+
+def test_one_image(runner, small_arch, small_ckpts, images, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = _run(runner, images[0], "-c", small_ckpts[0], "--out", out)
+    assert result.exit_code == 0, result.output
+    figure = out / "img0.png"
+    with Image.open(figure) as im:
+        assert im.size == (1600, 480) and im.format == "PNG"
+    assert "reconstructions (mask ratio 0.75, seed 2)" in result.stdout and "loss" in result.stdout
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+def test_masked_panel_is_masked_where_the_mask_says(runner, small_arch, small_ckpts, images, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = _run(runner, images[0], "-c", small_ckpts[0], "--out", out, "--save-panels", "--seed", "5")
+    assert result.exit_code == 0, result.output
+    masked = np.asarray(Image.open(out / "img0.masked.png")).astype(int)
+    original = np.asarray(Image.open(out / "img0.original.png")).astype(int)
+    assert masked.shape == original.shape == (32, 32, 3)
+    mean_colour = np.round(np.array([0.485, 0.456, 0.406]) * 255)
+    mask = _mask_for_seed(5, 16).reshape(4, 4)
+    for r in range(4):
+        for c in range(4):
+            block = masked[r * 8:(r + 1) * 8, c * 8:(c + 1) * 8]
+            if mask[r, c] == 1:
+                assert np.abs(block - mean_colour).max() <= 1, (r, c)
+            else:
+                assert np.array_equal(block, original[r * 8:(r + 1) * 8, c * 8:(c + 1) * 8]), (r, c)
+    for label in ("original", "masked", "reconstruction", "reconstruction_visible"):
+        assert (out / f"img0.{label}.png").exists()
+
+
+def test_same_seed_same_mask_other_seed_other_mask(runner, small_arch, small_ckpts, images, tmp_path: Path) -> None:
+    panels = {}
+    for name, seed in (("a", 2), ("b", 2), ("c", 3)):
+        out = tmp_path / name
+        assert _run(runner, images[1], "-c", small_ckpts[0], "--out", out, "--save-panels", "--seed", seed).exit_code == 0
+        panels[name] = (out / "img1.masked.png").read_bytes()
+    assert panels["a"] == panels["b"] and panels["a"] != panels["c"]
+
+
+def test_folder_batches_and_json(runner, small_arch, small_ckpts, images, tmp_path: Path) -> None:
+    results = {}
+    for batch in (1, 2):
+        out = tmp_path / f"b{batch}"
+        result = runner.invoke(app, ["reconstruct", str(images[0].parent), "-c", str(small_ckpts[0]), "--out", str(out),
+                                     "--batch-size", str(batch), "--json"])
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.stdout)
+        assert [Path(r["image"]).name for r in data["images"]] == ["img0.png", "img1.png", "img2.png"]
+        results[batch] = [r["loss"] for r in data["images"]]
+        assert all(Path(r["output"]).exists() for r in data["images"])
+    assert results[1] == pytest.approx(results[2], rel=1e-6)
+
+
+def test_bad_images_are_skipped_and_reported(runner, small_arch, small_ckpts, images, tmp_path: Path) -> None:
+    folder = images[0].parent
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not an image")
+    truncated = folder / "cut.png"
+    write_image(truncated, size=(64, 64), seed=9)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["reconstruct", str(folder), "-c", str(small_ckpts[0]), "--out", str(out), "--json"])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["failed"] == 3
+    failed = {Path(r["image"]).name for r in data["images"] if "error" in r}
+    assert failed == {"empty.png", "notes.jpg", "cut.png"}
+    assert sorted(p.name for p in out.glob("*.png")) == ["img0.png", "img1.png", "img2.png"]
+    assert "Traceback" not in result.output
+
+
+def test_folder_without_images(runner, small_arch, small_ckpts, tmp_path: Path) -> None:
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    result = _run(runner, empty, "-c", small_ckpts[0], "--out", tmp_path / "out")
+    assert result.exit_code == 1
+    assert "holds no images" in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_encoder_only_is_refused(runner, small_arch, small_ckpts, images, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = _run(runner, images[0], "-c", small_ckpts[1], "--out", out)
+    assert result.exit_code == 1
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1
+    assert "mae_visualize_vit_large.pth" in error[0] and "mae-large download visualize" in error[0]
+    assert not out.exists()
+
+
+def test_allow_random_decoder_labels_the_figure(runner, small_arch, small_ckpts, images, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["reconstruct", str(images[0]), "-c", str(small_ckpts[1]), "--out", str(out),
+                                 "--allow-random-decoder", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["kind"] == "encoder-only" and "random decoder" in data["images"][0]["note"]
+    assert (out / "img0.png").exists()
+
+
+def test_missing_checkpoint_says_how_to_get_it(runner, small_arch, images, tmp_path: Path) -> None:
+    result = _run(runner, images[0], "-c", tmp_path / "data" / "mae_visualize_vit_large.pth", "--out", tmp_path / "o")
+    assert result.exit_code == 1
+    assert "does not exist" in result.stderr and "mae-large download visualize" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_norm_pix_and_center_crop(runner, small_arch, small_ckpts, images, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["reconstruct", str(images[0]), "-c", str(small_ckpts[0]), "--out", str(tmp_path / "o"),
+                                 "--norm-pix", "--crop", "center", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "un-normalised" in json.loads(result.stdout)["images"][0]["note"]
+
+
+@pytest.mark.parametrize(("args", "code"), [
+    (["--mask-ratio", "1.0"], 2), (["--batch-size", "0"], 2), (["--crop", "zoom"], 2), (["--size", "100"], 2),
+    (["--dtype", "int8"], 2), (["--device", "tpu"], 1),
+])
+def test_bad_options(runner, small_arch, small_ckpts, images, tmp_path: Path, args, code) -> None:
+    result = _run(runner, images[0], "-c", small_ckpts[0], "--out", tmp_path / "o", *args)
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_interrupted_write_leaves_no_partial_file(runner, small_arch, small_ckpts, images, tmp_path: Path,
+                                                  monkeypatch) -> None:
+    from matplotlib.figure import Figure
+
+    def explode(self, fname, **kwargs):
+        Path(fname).write_bytes(b"half a png")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", explode)
+    out = tmp_path / "out"
+    result = _run(runner, images[0], "-c", small_ckpts[0], "--out", out)
+    assert result.exit_code == 130
+    assert list(out.iterdir()) == []
+
+
+def test_vit_large_end_to_end(runner, vit_l_files, images, tmp_path: Path) -> None:
+    """The real architecture once: the full ViT-L checkpoint, a real image, the default 224 size."""
+    full, _, _ = vit_l_files
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["reconstruct", str(images[0]), "-c", str(full), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["kind"] == "full" and np.isfinite(data["images"][0]["loss"])
+    with Image.open(out / "img0.png") as im:
+        assert im.size == (1600, 480)
