@@ -16,8 +16,23 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
+# The test suite, then the requirements' noise-loss gate (random init unless data/ has the full checkpoint).
 test: install
-	$(BIN)/python -m pytest -q
+	MPLBACKEND=Agg $(BIN)/python -m pytest -q
+	$(BIN)/mae-large loss --noise --check
+
+# From a fresh clone to a reconstruction of a real photograph by the real pretrained model.
+# The photograph (Grace Hopper, U.S. Navy, public domain) ships with matplotlib. Offline, the download
+# step stops with the manual alternative: no figure is ever drawn from random weights here.
+DEMO_CKPT ?= data/mae_visualize_vit_large.pth
+demo: install
+	@test -f $(DEMO_CKPT) || $(BIN)/mae-large download visualize --dest $(dir $(DEMO_CKPT))
+	$(BIN)/mae-large reconstruct "$$($(BIN)/python -c "import matplotlib.cbook as c; print(c.get_sample_data('grace_hopper.jpg', asfileobj=False))")" \
+		--checkpoint $(DEMO_CKPT) --out outputs
+	@echo "figure: outputs/grace_hopper.png"
+
+bench: install
+	$(BIN)/python bench/run_all.py
 
 lint: install
 	$(BIN)/ruff check .

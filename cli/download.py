@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -72,7 +73,8 @@ def _fetch(spec: CheckpointSpec, dest: Path, *, force: bool, base_url: str | Non
 
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True) as bar:
+    # No bar when stderr is not a terminal (logs, CI): it would only leave blank lines behind.
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task(escape(spec.filename), total=spec.size)
 
         def on_progress(done: int, total: int | None) -> None:
@@ -92,9 +94,15 @@ def _list(specs: list[CheckpointSpec], json_: bool) -> None:
         print_json([{"name": s.name, "file": s.filename, "url": s.url, "size": s.size, "md5_prefix": s.md5_prefix,
                      "kind": s.kind, "num_tensors": s.num_tensors, "purpose": s.purpose} for s in specs])
         return
-    table = Table(title="MAE ViT-Large checkpoints")
-    for column in ("name", "file", "size", "kind", "tensors", "purpose"):
-        table.add_column(column, justify="right" if column in ("size", "tensors") else "left")
+    table = Table(title="MAE ViT-Large checkpoints", box=box.SIMPLE_HEAD)
+    # Names, sizes and kinds stay whole; on a narrow terminal the file name and the purpose fold rather
+    # than end in an ellipsis, so nothing is hidden (the footer repeats the one thing that matters).
+    table.add_column("name", no_wrap=True)
+    table.add_column("file", overflow="fold")
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("tensors", justify="right", no_wrap=True)
+    table.add_column("purpose", overflow="fold", ratio=1)
     for s in specs:
         colour = "green" if s.kind == "full" else "yellow"
         size = f"{s.size / 1e9:.2f} GB" if s.size else "unknown"
