@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli import common, download, inspect, loss, reconstruct
+from cli import common, download, features, inspect, loss, reconstruct
 
 app = typer.Typer(
     name="mae-large",
@@ -47,6 +47,7 @@ app.command("inspect")(inspect.inspect_command)
 app.command("reconstruct")(reconstruct.reconstruct_command)
 app.command("loss")(loss.loss_command)
 app.command("download")(download.download_command)
+app.command("features")(features.features_command)
 
 
 def main() -> None:

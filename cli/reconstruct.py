@@ -54,14 +54,18 @@ def reconstruct_command(
     trust: TrustOpt = False,
 ) -> None:
     """Mask each image, reconstruct it, and save the four-panel figure (original, masked, reconstruction,
-    reconstruction + visible) with its loss."""
+    reconstruction + visible) with its loss.
+
+    Under torchrun each process reconstructs its own share of the images and writes their figures;
+    rank 0 gathers the rows and prints the summary."""
     if crop not in ("resize", "center"):
         raise typer.BadParameter("crop must be resize or center", param_hint="--crop")
     hw = parse_size(size)
     torch_dtype = parse_dtype(dtype)
 
+    from mae.large.distributed import distributed_run, gather_to_main, shard
     from mae.large.image import ImageFailure, collect_images
-    from mae.large.pipeline import require_decoder
+    from mae.large.pipeline import require_decoder, resolve_device
 
     paths, failures = collect_images(images)
     if not paths:
@@ -69,40 +73,53 @@ def reconstruct_command(
         from mae.large.errors import ImageError
 
         raise ImageError(f"no image to reconstruct: {reasons}")
-    model = load_model(checkpoint, size=hw, device=device, trust=trust, norm_pix_loss=norm_pix, quiet=json_)
-    require_decoder(model, allow_random_decoder)
-    random_decoder = model.load_report is not None and model.load_report.decoder_random
+    with distributed_run(resolve_device(device)) as ctx:
+        quiet = json_ or not ctx.is_main
+        model = load_model(checkpoint, size=hw, device=str(ctx.device), trust=trust, norm_pix_loss=norm_pix, quiet=quiet)
+        require_decoder(model, allow_random_decoder)
+        random_decoder = model.load_report is not None and model.load_report.decoder_random
 
-    from mae.large.figures import make_panels, reconstruction_figure, save_figure, save_panel
-    from mae.large.pipeline import reconstruct_files
+        from mae.large.figures import make_panels, reconstruction_figure, save_figure, save_panel
+        from mae.large.pipeline import reconstruct_files
 
-    names = _output_names(paths)
+        names = _output_names(paths)  # from every input, so each rank names its figures as one process would
+        local = shard(paths, ctx.rank, ctx.world_size)
+        local_rows: list[dict] = []
+        crop_mode: Literal["resize", "center"] = "center" if crop == "center" else "resize"
+        started = time.perf_counter()
+        with _progress(len(local), quiet=quiet or len(local) < 2) as advance:
+            for item in reconstruct_files(model, local, mask_ratio=mask_ratio, seed=seed, crop=crop_mode,
+                                          batch_size=batch_size, dtype=torch_dtype):
+                advance()
+                if isinstance(item, ImageFailure):
+                    local_rows.append({"image": str(item.path), "error": item.reason})
+                    if not quiet and not ctx.is_distributed:  # distributed: rank 0 lists them all below
+                        err.print(f"[red]skipped[/] {escape(item.reason)}")
+                    continue
+                panels = make_panels(model, item.image[None], item.pred[None], item.mask[None], norm_pix=norm_pix)[0]
+                note = ", ".join(n for n in ("random decoder" if random_decoder else "",
+                                             "norm-pix prediction un-normalised with visible-patch statistics"
+                                             if norm_pix else "") if n) or None
+                fig = reconstruction_figure(panels, title=item.path.name, loss=item.loss, note=note)
+                stem = names[item.path]
+                figure_path = save_figure(fig, out_dir / f"{stem}.png")
+                written = [str(figure_path)]
+                if save_panels:
+                    for label, panel in zip(PANEL_FILES, panels.as_list()):
+                        written.append(str(save_panel(panel, out_dir / f"{stem}.{label}.png")))
+                local_rows.append({"image": str(item.path), "loss": item.loss, "output": str(figure_path),
+                                   "files": written, "note": note})
+        gathered = gather_to_main(ctx, local_rows)
+    if gathered is None:  # not rank 0: rank 0 reports for every process
+        return
+    position = {str(p): i for i, p in enumerate(paths)}
     rows: list[dict] = [{"image": str(f.path), "error": f.reason} for f in failures]
-    crop_mode: Literal["resize", "center"] = "center" if crop == "center" else "resize"
-    started = time.perf_counter()
-    with _progress(len(paths), quiet=json_ or len(paths) < 2) as advance:
-        for item in reconstruct_files(model, paths, mask_ratio=mask_ratio, seed=seed, crop=crop_mode,
-                                      batch_size=batch_size, dtype=torch_dtype):
-            advance()
-            if isinstance(item, ImageFailure):
-                failures.append(item)
-                rows.append({"image": str(item.path), "error": item.reason})
-                if not json_:
-                    err.print(f"[red]skipped[/] {escape(item.reason)}")
-                continue
-            panels = make_panels(model, item.image[None], item.pred[None], item.mask[None], norm_pix=norm_pix)[0]
-            note = ", ".join(n for n in ("random decoder" if random_decoder else "",
-                                         "norm-pix prediction un-normalised with visible-patch statistics"
-                                         if norm_pix else "") if n) or None
-            fig = reconstruction_figure(panels, title=item.path.name, loss=item.loss, note=note)
-            stem = names[item.path]
-            figure_path = save_figure(fig, out_dir / f"{stem}.png")
-            written = [str(figure_path)]
-            if save_panels:
-                for label, panel in zip(PANEL_FILES, panels.as_list()):
-                    written.append(str(save_panel(panel, out_dir / f"{stem}.{label}.png")))
-            rows.append({"image": str(item.path), "loss": item.loss, "output": str(figure_path), "files": written,
-                         "note": note})
+    rows += sorted(gathered, key=lambda r: position[r["image"]])  # input order, failures in their place
+    failures += [ImageFailure(Path(r["image"]), r["error"]) for r in gathered if "error" in r]
+    if ctx.is_distributed and not json_:
+        for r in gathered:
+            if "error" in r:
+                err.print(f"[red]skipped[/] {escape(r['error'])}")
     seconds = time.perf_counter() - started
     ok = [r for r in rows if "error" not in r]
     if json_:

@@ -15,7 +15,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 
     On any exception (KeyboardInterrupt included) the temporary file is removed and `target` is left
     as it was. The temporary file lives in the same folder so the final rename is atomic.
-    The suffix is kept (`.x.png.tmp-123.png`) so writers that infer the format from it still work.
+    The temporary name keeps the suffix (`.x.png.<random>.part.png`) so writers that infer the format
+    from it still work, and starts with a dot so folder listings of images skip it.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)

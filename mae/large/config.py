@@ -44,7 +44,7 @@ class MAEConfig:
     # The official code builds every LayerNorm with partial(nn.LayerNorm, eps=1e-6); torch's default
     # 1e-5 changes every activation slightly, so the value is part of the architecture.
     layer_norm_eps: float = 1e-6
-    name: str = field(default="custom", compare=False)
+    name: str = field(default="", compare=False)  # a label for messages; not part of equality
 
     def __post_init__(self) -> None:
         # Frozen dataclass: normalise through object.__setattr__ once, here.

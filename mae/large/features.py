@@ -1,0 +1,220 @@
+"""Image embeddings from a (pre-trained) MAE encoder, and the safetensors file that stores them.
+
+Pooling, as the official fine-tuning model (`models_vit.VisionTransformer`) defines it:
+
+* `mean` (official default, `global_pool=True`): the mean of the patch tokens after the last block,
+  then `fc_norm`. A pre-training checkpoint has no `fc_norm` (the official code starts it fresh, and
+  drops the encoder's final `norm`), so with such a file `fc_norm` is the identity-affine LayerNorm:
+  the feature is a *plain LayerNorm of the mean patch token* (zero mean, unit variance over D).
+* `cls` (`global_pool=False`): the cls token after the encoder's final `norm`, loaded from the
+  checkpoint: exactly what the MAE encoder outputs at position 0 with mask ratio 0.
+
+`classifier_for_pool` gives the config for either; `extract_features` runs the images through the
+model in batches; `save_features` / `load_features` write and read the result.
+
+The file: safetensors with one float32 tensor `features` (N, D), row i the image `files[i]`; the
+metadata holds `files` (a JSON list of the input paths, in row order), `format` and whatever the
+writer adds (the CLI: checkpoint, pool, size, model, crop, dtype). Any safetensors reader opens it:
+`safetensors.safe_open(path, "pt").metadata()["files"]`.
+
+Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import safetensors.torch
+import torch
+
+from .atomic import atomic_path
+from .config import Size2D, to_2tuple
+from .errors import ImageError, MAEError
+from .image import Crop, ImageFailure, load_image
+from .pipeline import autocast_context
+from .vit import VisionTransformer, ViTConfig
+
+__all__ = [
+    "FEATURES_FORMAT",
+    "POOLS",
+    "FeatureResult",
+    "Pool",
+    "classifier_for_pool",
+    "extract_features",
+    "global_pool_for",
+    "load_features",
+    "model_name",
+    "save_features",
+]
+
+Pool = Literal["mean", "cls"]
+POOLS: tuple[str, ...] = ("mean", "cls")
+FEATURES_FORMAT = "mae-large-features/1"
+_FEATURES_KEY = "features"
+_FILES_KEY = "files"
+
+
+@dataclass(frozen=True)
+class FeatureResult:
+    path: Path
+    index: int  # position in the `paths` given to extract_features
+    vector: torch.Tensor  # (D,) float32 on the CPU
+
+
+def global_pool_for(pool: str) -> bool:
+    """`mean` -> True (mean of patch tokens + fc_norm), `cls` -> False (normed cls token)."""
+    if pool not in POOLS:
+        raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
+    return pool == "mean"
+
+
+def classifier_for_pool(pool: str, base: ViTConfig | None = None, **overrides: object) -> ViTConfig:
+    """A feature extractor's config: `base` (default ViT-L/16) with no head, no stochastic depth and
+    the pooling of `pool`."""
+    base = base if base is not None else ViTConfig()
+    return base.replace(**{"num_classes": 0, "drop_path_rate": 0.0, "global_pool": global_pool_for(pool), **overrides})
+
+
+def model_name(config: ViTConfig) -> str:
+    """`vit_large_patch16` for the official sizes, else a name spelling out the shape."""
+    known = {(768, 12, 12): "vit_base", (1024, 24, 16): "vit_large", (1280, 32, 16): "vit_huge"}
+    base = known.get((config.embed_dim, config.depth, config.num_heads))
+    if base is not None:
+        return f"{base}_patch{config.patch_size}"
+    return f"vit_d{config.embed_dim}_depth{config.depth}_heads{config.num_heads}_patch{config.patch_size}"
+
+
+def extract_features(
+    model: VisionTransformer,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    batch_size: int = 32,
+    size: int | Size2D | None = None,
+    crop: Crop = "resize",
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Iterator[FeatureResult | ImageFailure]:
+    """One pooled feature vector per image, in batches; yields a result or a failure per path, in order.
+
+    The pooling is the model's (`model.global_pool`; build it with `classifier_for_pool`). Images are
+    preprocessed as the official demo does (`load_image`, `crop="resize"`) at `size`, which defaults to
+    the model's `img_size` and must equal it. `device` is where the batches go (default: the model's);
+    the model is not moved. Each batch runs in eval mode under `torch.inference_mode` (a model left in
+    train mode would drop paths at random), and the mode is restored afterwards. A row does not depend
+    on the batch it lands in. Vectors are float32 on the CPU; `dtype=torch.bfloat16` runs the forward
+    pass under autocast.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise MAEError(f"batch size must be a positive integer, got {batch_size!r}")
+    model_size = model.config.img_size
+    size = model_size if size is None else to_2tuple(size, "size")
+    if size != model_size:
+        raise ValueError(f"size {size[0]}x{size[1]} differs from the model's img_size {model_size[0]}x{model_size[1]}; "
+                         "build the model at that size (from_pretrained(..., img_size=...)) instead")
+    target = torch.device(device) if device is not None else next(model.parameters()).device
+    # Failures wait in the queue with the images, so everything comes out in input order.
+    pending: list[tuple[int, Path, torch.Tensor | ImageFailure]] = []
+    queued = 0  # images (not failures) in `pending`
+
+    def flush() -> Iterator[FeatureResult | ImageFailure]:
+        nonlocal queued
+        batch = list(pending)
+        pending.clear()
+        queued = 0
+        tensors = [t for _, _, t in batch if isinstance(t, torch.Tensor)]
+        feats = _forward(model, tensors, target, dtype) if tensors else None
+        row = 0
+        for index, path, item in batch:
+            if isinstance(item, ImageFailure):
+                yield item
+                continue
+            assert feats is not None
+            yield FeatureResult(path, index, feats[row].clone())  # clone: a row must not keep the batch alive
+            row += 1
+
+    for index, raw in enumerate(paths):
+        path = Path(raw)
+        try:
+            pending.append((index, path, load_image(path, size=size, crop=crop)))
+            queued += 1
+        except ImageError as exc:
+            pending.append((index, path, ImageFailure(path, str(exc))))
+        if queued == batch_size:
+            yield from flush()
+    if pending:
+        yield from flush()
+
+
+def _forward(model: VisionTransformer, tensors: list[torch.Tensor], device: torch.device,
+             dtype: torch.dtype) -> torch.Tensor:
+    """Pooled features of one batch, float32 on the CPU, computed in eval mode (the mode is restored)."""
+    imgs = torch.stack(tensors).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast_context(device, dtype):
+            feats = model.forward_features(imgs)
+    finally:
+        model.train(was_training)
+    return feats.float().cpu()
+
+
+def save_features(
+    path: str | os.PathLike[str],
+    features: torch.Tensor,
+    names: Sequence[str],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write `features` (N, D) and the `names` of its rows to a safetensors file, atomically.
+
+    The tensor is stored as float32 under "features"; `names` go into the metadata as a JSON list
+    under "files", `metadata` (str -> str) beside it. The file appears complete or not at all: an
+    error or interrupt leaves neither it nor a temporary file behind. Returns the path written.
+    """
+    if not isinstance(features, torch.Tensor) or features.dim() != 2:
+        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+        raise ValueError(f"features must be a 2-D tensor (N, D), got {shape}")
+    names = [str(n) for n in names]
+    if len(names) != features.shape[0]:
+        raise ValueError(f"{len(names)} names for {features.shape[0]} feature rows; give one name per row")
+    meta = dict(metadata or {})
+    for key, value in meta.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(f"metadata must map str to str, got {key!r}: {value!r}")
+    if _FILES_KEY in meta:
+        raise ValueError(f"metadata key {_FILES_KEY!r} is reserved for the row names")
+    meta = {"format": FEATURES_FORMAT, **meta, _FILES_KEY: json.dumps(names)}
+    tensor = features.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        safetensors.torch.save_file({_FEATURES_KEY: tensor}, str(tmp), metadata=meta)
+    return target
+
+
+def load_features(path: str | os.PathLike[str]) -> tuple[torch.Tensor, list[str], dict[str, str]]:
+    """Read a `save_features` file: (features (N, D) float32, row names, the other metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MAEError(f"features file {path} does not exist")
+    try:
+        with safetensors.safe_open(str(path), "pt") as f:
+            meta = dict(f.metadata() or {})
+            if _FEATURES_KEY not in f.keys():  # noqa: SIM118 - safe_open is not a Mapping
+                raise MAEError(f"{path} holds no {_FEATURES_KEY!r} tensor; it is not a features file")
+            features = f.get_tensor(_FEATURES_KEY)
+    except MAEError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types for damaged headers
+        raise MAEError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
+    try:
+        names = json.loads(meta.pop(_FILES_KEY))
+    except (KeyError, json.JSONDecodeError):
+        raise MAEError(f"{path} has no readable {_FILES_KEY!r} list in its metadata; it is not a features file") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) != features.shape[0]:
+        raise MAEError(f"{path}: the {_FILES_KEY!r} metadata does not name the {features.shape[0]} rows")
+    return features, names, meta
