@@ -277,7 +277,17 @@ class VisionTransformer(nn.Module):
         data = read_checkpoint(path, trust=trust)
         with torch.device("meta"):
             model = cls(config)
-        state, ignored, notes = encoder_state_for_classifier(data.state_dict, model)
+        mae_view = MAEConfig(img_size=config.img_size, patch_size=config.patch_size, in_chans=config.in_chans,
+                             embed_dim=config.embed_dim, depth=config.depth, num_heads=config.num_heads,
+                             mlp_ratio=config.mlp_ratio)
+        try:
+            state, ignored, notes = encoder_state_for_classifier(data.state_dict, model)
+        except IncompatibleCheckpointError as exc:
+            # Name the file, and the architecture it looks like when that explains the mismatch.
+            hint = classify(data.state_dict, mae_view).hint
+            raise IncompatibleCheckpointError(
+                f"{data.path} does not fit this classifier: {exc}" + (f"; {hint}" if hint else "")
+            ) from None
         state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
         model.load_state_dict(state, strict=False, assign=True)
         # What the file did not provide (the classifier) gets memory and its fine-tuning init.
@@ -286,9 +296,6 @@ class VisionTransformer(nn.Module):
                 module.to_empty(device="cpu", recurse=False)
                 init_official_(module)
         model.reset_classifier()
-        mae_view = MAEConfig(img_size=config.img_size, patch_size=config.patch_size, in_chans=config.in_chans,
-                             embed_dim=config.embed_dim, depth=config.depth, num_heads=config.num_heads,
-                             mlp_ratio=config.mlp_ratio)
         kind = classify(data.state_dict, mae_view).kind
         kind = kind if kind in ("full", "encoder-only") else "encoder-only"  # the encoder checks passed above
         model.load_report = LoadReport(

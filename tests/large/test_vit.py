@@ -424,5 +424,5 @@ def test_from_pretrained_refuses_incompatible(tmp_path) -> None:
     from tests.helpers import save_official, shaped_state_dict
 
     path = save_official(tmp_path / "base.pth", shaped_state_dict(MAEConfig.vit_base()))
-    with pytest.raises(IncompatibleCheckpointError):
+    with pytest.raises(IncompatibleCheckpointError, match=r"base\.pth does not fit .*looks like an MAE ViT-Base"):
         VisionTransformer.from_pretrained(path)
