@@ -89,26 +89,30 @@ def reconstruct_files(
     device = device or next(model.parameters()).device
     size = model.config.img_size
     noise_row = mask_noise(seed, model.config.num_patches)
-    pending: list[tuple[int, Path, torch.Tensor]] = []
+    # Failures wait in the queue beside the images so that everything comes out in input order.
+    pending: list[tuple[int, Path, torch.Tensor | ImageFailure]] = []
 
-    def flush() -> Iterator[ImageResult]:
-        imgs = torch.stack([t for _, _, t in pending]).to(device)
-        noise = noise_row.expand(len(pending), -1).to(device)
-        with torch.inference_mode(), autocast_context(device, dtype):
-            out = model.reconstruct(imgs, mask_ratio, noise)
-        for j, (index, path, _) in enumerate(pending):
-            yield ImageResult(path, index, imgs[j].float().cpu(), out.pred[j].float().cpu(),
-                              out.mask[j].float().cpu(), float(out.per_image_loss[j]))
+    def flush() -> Iterator[ImageResult | ImageFailure]:
+        loaded = [(i, p, t) for i, p, t in pending if isinstance(t, torch.Tensor)]
+        outputs: dict[int, ImageResult] = {}
+        if loaded:
+            imgs = torch.stack([t for _, _, t in loaded]).to(device)  # (B, C, H, W)
+            noise = noise_row.expand(len(loaded), -1).to(device)  # (B, L): every image the seed's mask
+            with torch.inference_mode(), autocast_context(device, dtype):
+                out = model.reconstruct(imgs, mask_ratio, noise)
+            for j, (index, path, _) in enumerate(loaded):
+                outputs[index] = ImageResult(path, index, imgs[j].float().cpu(), out.pred[j].float().cpu(),
+                                             out.mask[j].float().cpu(), float(out.per_image_loss[j]))
+        for index, _, item in pending:
+            yield outputs[index] if isinstance(item, torch.Tensor) else item
         pending.clear()
 
     for index, path in enumerate(paths):
         try:
-            tensor = load_image(path, size=size, crop=crop)
+            pending.append((index, Path(path), load_image(path, size=size, crop=crop)))
         except ImageError as exc:
-            yield ImageFailure(Path(path), str(exc))
-            continue
-        pending.append((index, Path(path), tensor))
-        if len(pending) == batch_size:
+            pending.append((index, Path(path), ImageFailure(Path(path), str(exc))))
+        if sum(isinstance(t, torch.Tensor) for _, _, t in pending) == batch_size:
             yield from flush()
     if pending:
         yield from flush()
