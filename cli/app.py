@@ -51,4 +51,7 @@ app.command("features")(features.features_command)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        common.exit_process(exc.code)

@@ -6,9 +6,76 @@ timm's `PatchEmbed` and `Block` give and that the released files use; nothing ne
 
 from __future__ import annotations
 
+import weakref
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class _CastCache(NamedTuple):
+    key: tuple  # (dtype, data_ptr, version) of the weight and of the bias when they were cast
+    weight_ref: weakref.ref  # the very tensors that were cast: a new tensor at a reused address is a miss
+    bias_ref: weakref.ref | None
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` that keeps its autocast copy between calls, for CPU inference in bfloat16.
+
+    CPU autocast casts every float32 weight on every call (its cast cache lives only as long as one
+    `torch.autocast` context): for the 330 M parameters of MAE ViT-L that costs about as much as the
+    bfloat16 matmuls themselves. Under CPU autocast with no gradient to record (inference_mode /
+    no_grad, or frozen weights) this layer casts weight and bias once, keeps the copies and reuses
+    them while the weights are unchanged (the same tensors, same storage, same version counter, so
+    in-place updates, load_state_dict and reassignment all recast; writes through `weight.data`
+    bypass the version counter: call `drop_cast_cache()` after those). The cast is the one autocast
+    does (`tensor.to(dtype)`), so results are bit-identical to plain autocast.
+
+    Outside CPU autocast (float32, CUDA autocast, training) it is exactly `nn.Linear`: the float32
+    path runs the same `F.linear` call. The cached copies cost half the float32 weights in memory;
+    they are not part of `state_dict()`, nor of a pickled or deep-copied module; `drop_cast_cache()`
+    frees them.
+    """
+
+    _cast_cache: _CastCache | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            cast = self._cast_weights(torch.get_autocast_dtype("cpu"))
+            if cast is not None:
+                return F.linear(x, *cast)  # autocast casts x; the weights are already in its dtype
+        return F.linear(x, self.weight, self.bias)
+
+    def _cast_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        w, b = self.weight, self.bias
+        if w.dtype != torch.float32 or w.device.type != "cpu":
+            return None  # autocast only casts float32; anything else runs as plain autocast
+        if torch.is_grad_enabled() and (w.requires_grad or (b is not None and b.requires_grad)):
+            return None  # autograd must see the cast from the parameter: no cache while training
+        try:
+            key = (dtype, w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
+        except RuntimeError:  # inference tensors (built in inference_mode) have no version counter
+            return None
+        cache = self._cast_cache
+        if (cache is None or cache.key != key or cache.weight_ref() is not w
+                or (b is not None and (cache.bias_ref is None or cache.bias_ref() is not b))):
+            # Ordinary tensors even inside inference_mode, so later no_grad code can use them too.
+            with torch.inference_mode(False), torch.no_grad():
+                cache = _CastCache(key, weakref.ref(w), None if b is None else weakref.ref(b),
+                                   w.to(dtype), None if b is None else b.to(dtype))
+            self._cast_cache = cache
+        return cache.weight, cache.bias
+
+    def drop_cast_cache(self) -> None:
+        self._cast_cache = None
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_cast_cache", None)  # a derived copy (and weak references cannot be pickled)
+        return state
 
 
 class PatchEmbed(nn.Module):
@@ -34,8 +101,8 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t, c = x.shape
@@ -53,9 +120,9 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc1 = Linear(dim, hidden_dim)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .config import MAEConfig
-from .layers import Block, PatchEmbed, init_official_
+from .layers import Block, Linear, PatchEmbed, init_official_
 from .pos_embed import sincos_2d
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -87,7 +87,7 @@ class MaskedAutoencoderViT(nn.Module):
         )
         self.norm = nn.LayerNorm(c.embed_dim, eps=c.layer_norm_eps)
         # --- decoder ---
-        self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
+        self.decoder_embed = Linear(c.embed_dim, c.decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
         self.decoder_pos_embed = nn.Parameter(
             torch.zeros(1, num_patches + 1, c.decoder_embed_dim), requires_grad=False
@@ -97,7 +97,7 @@ class MaskedAutoencoderViT(nn.Module):
             for _ in range(c.decoder_depth)
         )
         self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim, eps=c.layer_norm_eps)
-        self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_dim)
+        self.decoder_pred = Linear(c.decoder_embed_dim, c.patch_dim)
         self.norm_pix_loss = c.norm_pix_loss
 
         self.initialize_weights()
