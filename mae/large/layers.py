@@ -184,3 +184,23 @@ def init_official_(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm) and module.weight is not None and not module.weight.is_meta:
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def check_images(imgs: torch.Tensor, in_chans: int, img_size: tuple[int, int], size_hint: str = "") -> None:
+    """Validate a model input batch (N, C, H, W) with one clear sentence per problem, never `assert`."""
+    if not isinstance(imgs, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(imgs).__name__}")
+    if imgs.dim() != 4:
+        raise ValueError(
+            f"images must be a 4-D batch (N, {in_chans}, H, W), got shape {tuple(imgs.shape)}; "
+            "add a batch dimension with imgs.unsqueeze(0)"
+        )
+    if not imgs.is_floating_point():
+        raise ValueError(f"images must be floating point (normalised), got dtype {imgs.dtype}")
+    if imgs.shape[1] != in_chans:
+        raise ValueError(f"images must have {in_chans} channels, got {imgs.shape[1]} (shape {tuple(imgs.shape)})")
+    if tuple(imgs.shape[2:]) != tuple(img_size):
+        raise ValueError(
+            f"images must be {img_size[0]}x{img_size[1]} for this model, got {imgs.shape[2]}x{imgs.shape[3]}; "
+            f"resize them or build the model with img_size=({imgs.shape[2]}, {imgs.shape[3]}){size_hint}"
+        )

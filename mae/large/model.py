@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .config import MAEConfig
-from .layers import Block, Linear, PatchEmbed, init_official_
+from .layers import Block, Linear, PatchEmbed, check_images, init_official_
 from .pos_embed import sincos_2d
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -272,24 +272,7 @@ class MaskedAutoencoderViT(nn.Module):
 
     # ---- checks --------------------------------------------------------------------------------
     def _check_images(self, imgs: torch.Tensor) -> None:
-        c = self.config
-        if not isinstance(imgs, torch.Tensor):
-            raise TypeError(f"images must be a torch.Tensor, got {type(imgs).__name__}")
-        if imgs.dim() != 4:
-            raise ValueError(
-                f"images must be a 4-D batch (N, {c.in_chans}, H, W), got shape {tuple(imgs.shape)}; "
-                "add a batch dimension with imgs.unsqueeze(0)"
-            )
-        if not imgs.is_floating_point():
-            raise ValueError(f"images must be floating point (normalised), got dtype {imgs.dtype}")
-        if imgs.shape[1] != c.in_chans:
-            raise ValueError(f"images must have {c.in_chans} channels, got {imgs.shape[1]} (shape {tuple(imgs.shape)})")
-        if tuple(imgs.shape[2:]) != c.img_size:
-            raise ValueError(
-                f"images must be {c.img_size[0]}x{c.img_size[1]} for this model, got "
-                f"{imgs.shape[2]}x{imgs.shape[3]}; resize them or build the model with img_size="
-                f"({imgs.shape[2]}, {imgs.shape[3]})"
-            )
+        check_images(imgs, self.config.in_chans, self.config.img_size)
 
     # ---- loading (implemented in checkpoint.py) ------------------------------------------------
     def load_pretrained(self, path: str | Path, *, strict: bool = True, trust: bool = False) -> LoadReport:

@@ -24,7 +24,7 @@ from torch import nn
 
 from .config import MAEConfig, Size2D, to_2tuple
 from .errors import IncompatibleCheckpointError
-from .layers import Block, PatchEmbed, init_official_
+from .layers import Block, PatchEmbed, check_images, init_official_
 from .pos_embed import resize_pos_embed, sincos_2d
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -214,24 +214,7 @@ class VisionTransformer(nn.Module):
         return self.head(self.forward_features(imgs))
 
     def _check_images(self, imgs: torch.Tensor) -> None:
-        c = self.config
-        if not isinstance(imgs, torch.Tensor):
-            raise TypeError(f"images must be a torch.Tensor, got {type(imgs).__name__}")
-        if imgs.dim() != 4:
-            raise ValueError(
-                f"images must be a 4-D batch (N, {c.in_chans}, H, W), got shape {tuple(imgs.shape)}; "
-                "add a batch dimension with imgs.unsqueeze(0)"
-            )
-        if not imgs.is_floating_point():
-            raise ValueError(f"images must be floating point (normalised), got dtype {imgs.dtype}")
-        if imgs.shape[1] != c.in_chans:
-            raise ValueError(f"images must have {c.in_chans} channels, got {imgs.shape[1]} (shape {tuple(imgs.shape)})")
-        if tuple(imgs.shape[2:]) != c.img_size:
-            raise ValueError(
-                f"images must be {c.img_size[0]}x{c.img_size[1]} for this model, got "
-                f"{imgs.shape[2]}x{imgs.shape[3]}; resize them or build the model with img_size="
-                f"({imgs.shape[2]}, {imgs.shape[3]}) (the position table is interpolated on load)"
-            )
+        check_images(imgs, self.config.in_chans, self.config.img_size, " (the position table is interpolated on load)")
 
     # ---- loading -------------------------------------------------------------------------------
     def load_encoder_state(self, sd: StateDict) -> dict[str, list[str]]:
