@@ -143,6 +143,18 @@ def parse_dtype(name: str):  # -> torch.dtype
     return table[name.lower()]
 
 
+def collect_inputs(images: list[Path], purpose: str) -> tuple[list[Path], list]:
+    """Image files from files and folders; raise one clear error when none is left to `purpose`."""
+    from mae.large.errors import ImageError
+    from mae.large.image import collect_images
+
+    paths, failures = collect_images(images)
+    if not paths:
+        reasons = "; ".join(f.reason for f in failures) or "no inputs"
+        raise ImageError(f"no image to {purpose}: {reasons}")
+    return paths, failures
+
+
 def model_config(size: tuple[int, int], norm_pix_loss: bool):  # -> MAEConfig
     """The architecture every command builds: MAE ViT-Large/16 at `size`."""
     from mae.large import MAEConfig

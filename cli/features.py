@@ -21,6 +21,7 @@ from cli.common import (
     JsonOpt,
     SizeOpt,
     TrustOpt,
+    collect_inputs,
     err,
     handle_errors,
     out,
@@ -79,15 +80,11 @@ def features_command(
     torch_dtype = parse_dtype(dtype)
 
     from mae.large.distributed import distributed_run, gather_to_main, shard
-    from mae.large.errors import ImageError
     from mae.large.features import FeatureResult, extract_features
-    from mae.large.image import ImageFailure, collect_images
+    from mae.large.image import ImageFailure
     from mae.large.pipeline import resolve_device
 
-    paths, failures = collect_images(images)
-    if not paths:
-        reasons = "; ".join(f.reason for f in failures) or "no inputs"
-        raise ImageError(f"no image to extract features from: {reasons}")
+    paths, failures = collect_inputs(images, "extract features from")
     target = resolve_device(device)
     started = time.perf_counter()
     with distributed_run(target) as ctx:

@@ -19,6 +19,7 @@ from cli.common import (
     MaskRatioOpt,
     SizeOpt,
     TrustOpt,
+    collect_inputs,
     err,
     handle_errors,
     load_model,
@@ -64,15 +65,10 @@ def reconstruct_command(
     torch_dtype = parse_dtype(dtype)
 
     from mae.large.distributed import distributed_run, gather_to_main, shard
-    from mae.large.image import ImageFailure, collect_images
+    from mae.large.image import ImageFailure
     from mae.large.pipeline import require_decoder, resolve_device
 
-    paths, failures = collect_images(images)
-    if not paths:
-        reasons = "; ".join(f.reason for f in failures) or "no inputs"
-        from mae.large.errors import ImageError
-
-        raise ImageError(f"no image to reconstruct: {reasons}")
+    paths, failures = collect_inputs(images, "reconstruct")
     with distributed_run(resolve_device(device)) as ctx:
         quiet = json_ or not ctx.is_main
         model = load_model(checkpoint, size=hw, device=str(ctx.device), trust=trust, norm_pix_loss=norm_pix, quiet=quiet)
