@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+
+from cli.render import escape
 
 if TYPE_CHECKING:  # pragma: no cover
     from mae.large import MaskedAutoencoderViT
@@ -180,8 +181,9 @@ def load_model(
 
     target = resolve_device(device)
     config = model_config(size, norm_pix_loss)
+    # Seeds the random init, and the random decoder of an encoder-only file: runs are reproducible.
+    torch.manual_seed(seed)
     if checkpoint is None:
-        torch.manual_seed(seed)
         model = MaskedAutoencoderViT(config).to(target).eval()
         if not quiet:
             err.print(f"[yellow]random init[/]: no checkpoint, every weight is random (official init, seed {seed})")

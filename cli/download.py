@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
-from rich.markup import escape
 from rich.table import Table
 
 from cli.common import JsonOpt, err, handle_errors, out, print_json
+from cli.render import escape
 
 if TYPE_CHECKING:  # pragma: no cover
     from mae.large.download import CheckpointSpec, DownloadResult
@@ -26,7 +26,8 @@ def download_command(
     base_url: Annotated[str | None, typer.Option(
         "--base-url", envvar="MAE_LARGE_BASE_URL", show_default=False,
         help="A mirror holding the files flat: each is fetched from BASE_URL/<file name>.")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait to connect and per read.")] = 30.0,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", min=0.1, max=3600.0, help="Seconds to wait to connect and per read.")] = 30.0,
     json_: JsonOpt = False,
 ) -> None:
     """Download Meta's MAE ViT-Large checkpoints; an interrupted download resumes, a wrong file is never kept."""

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from cli.common import (
     BatchSizeOpt,
@@ -29,6 +28,7 @@ from cli.common import (
     parse_size,
     print_json,
 )
+from cli.render import escape
 
 if TYPE_CHECKING:  # pragma: no cover
     from mae.large import VisionTransformer, ViTConfig
@@ -85,6 +85,8 @@ def features_command(
     from mae.large.pipeline import resolve_device
 
     paths, failures = collect_inputs(images, "extract features from")
+    if out_path.resolve() in {p.resolve() for p in paths}:
+        raise typer.BadParameter(f"{out_path} is one of the input images; choose another output file", param_hint="--out")
     target = resolve_device(device)
     started = time.perf_counter()
     with distributed_run(target) as ctx:

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from cli.common import (
@@ -27,6 +26,7 @@ from cli.common import (
     parse_size,
     print_json,
 )
+from cli.render import escape
 
 
 @handle_errors
@@ -69,16 +69,17 @@ def loss_command(
             err.print(f"[yellow]no checkpoint at {DEFAULT_CHECKPOINT}[/]: measuring a random init instead "
                       "(`mae-large download visualize` fetches the full checkpoint)")
 
-    from mae.large.pipeline import NOISE_LOSS_TOLERANCE, LossResult, checkpoint_kind, noise_loss
+    from mae.large.pipeline import NOISE_LOSS_TOLERANCE, checkpoint_kind, noise_loss
 
     model = load_model(chosen, size=hw, device=device, trust=trust, norm_pix_loss=norm_pix_loss, quiet=json_, seed=seed)
     kind = checkpoint_kind(model)
+    failed = 0
     if noise:
         result = noise_loss(model, kind, samples=samples, seed=seed, mask_ratio=mask_ratio, batch_size=batch_size,
                             dtype=torch_dtype)
     else:
-        result = _image_loss(model, kind, images or [], seed, mask_ratio, batch_size, torch_dtype, NOISE_LOSS_TOLERANCE)
-        assert isinstance(result, LossResult)
+        result, failed = _image_loss(model, kind, images or [], seed, mask_ratio, batch_size, torch_dtype,
+                                     NOISE_LOSS_TOLERANCE)
     verdict = _verdict(result)
     if json_:
         print_json({"checkpoint": str(chosen) if chosen else None, "kind": kind, "source": result.source,
@@ -94,6 +95,8 @@ def loss_command(
         if not result.within_tolerance:
             fail(f"mean loss {result.mean:.4f} is outside {result.expected} +- {result.tolerance} expected for a "
                  f"{kind} model")
+    if failed:
+        fail(f"{failed} input(s) could not be read (listed above); the loss is over the other {len(result.losses)}")
 
 
 def _image_loss(model, kind, images, seed, mask_ratio, batch_size, dtype, tolerance):
@@ -112,7 +115,7 @@ def _image_loss(model, kind, images, seed, mask_ratio, batch_size, dtype, tolera
         err.print(f"[red]skipped[/] {escape(f.reason)}")
     if not losses:
         raise ImageError("no image could be read: " + "; ".join(f.reason for f in failures))
-    return LossResult("images", kind, losses, mask_ratio, model.norm_pix_loss, None, tolerance)
+    return LossResult("images", kind, losses, mask_ratio, model.norm_pix_loss, None, tolerance), len(failures)
 
 
 def _verdict(result) -> str:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from cli.common import (
@@ -28,6 +27,7 @@ from cli.common import (
     parse_size,
     print_json,
 )
+from cli.render import escape
 
 PANEL_FILES = ("original", "masked", "reconstruction", "reconstruction_visible")
 
@@ -78,7 +78,8 @@ def reconstruct_command(
         from mae.large.figures import make_panels, reconstruction_figure, save_figure, save_panel
         from mae.large.pipeline import reconstruct_files
 
-        names = _output_names(paths)  # from every input, so each rank names its figures as one process would
+        # Named from every input, so each rank names its figures as one process would.
+        names = _output_names(paths, out_dir, save_panels)
         local = shard(paths, ctx.rank, ctx.world_size)
         local_rows: list[dict] = []
         crop_mode: Literal["resize", "center"] = "center" if crop == "center" else "resize"
@@ -130,14 +131,23 @@ def reconstruct_command(
         raise typer.Exit(1)
 
 
-def _output_names(paths: list[Path]) -> dict[Path, str]:
-    """`cat.jpg` -> `cat`; two inputs with the same stem get `_2`, `_3` ... so nothing is overwritten."""
-    seen: dict[str, int] = {}
+def _output_names(paths: list[Path], out_dir: Path, save_panels: bool) -> dict[Path, str]:
+    """A file stem per input: `cat.jpg` -> `cat`, then `cat_2`, `cat_3` ... until none of its files
+    (`stem.png`, plus `stem.<panel>.png` with --save-panels) clashes with another input's files or is
+    an input image itself, so nothing is overwritten even when --out is the input folder."""
+    inputs = {p.resolve() for p in paths}
+    taken: set[str] = set()
     names: dict[Path, str] = {}
     for path in paths:
-        stem = path.stem
-        seen[stem] = seen.get(stem, 0) + 1
-        names[path] = stem if seen[stem] == 1 else f"{stem}_{seen[stem]}"
+        n = 1
+        while True:
+            stem = path.stem if n == 1 else f"{path.stem}_{n}"
+            files = [f"{stem}.png"] + ([f"{stem}.{label}.png" for label in PANEL_FILES] if save_panels else [])
+            if not any(f in taken or (out_dir / f).resolve() in inputs for f in files):
+                break
+            n += 1
+        taken.update(files)
+        names[path] = stem
     return names
 
 

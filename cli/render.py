@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rich.markup import escape
+from rich.markup import escape as _escape_markup
 from rich.panel import Panel
 from rich.table import Table
 
 if TYPE_CHECKING:  # pragma: no cover
     from mae.large.summary import CheckpointSummary, TensorGroup
+
+
+def escape(value: object) -> str:
+    """Text for rich: markup escaped, and file names that are not valid UTF-8 shown with backslash
+    escapes (a surrogate-escaped name would otherwise make the terminal write fail)."""
+    text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return _escape_markup(text)
 
 
 def human_bytes(n: int) -> str:

@@ -15,12 +15,13 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 
     On any exception (KeyboardInterrupt included) the temporary file is removed and `target` is left
     as it was. The temporary file lives in the same folder so the final rename is atomic.
-    The temporary name keeps the suffix (`.x.png.<random>.part.png`) so writers that infer the format
+    The temporary name keeps the suffix (`.mae-<random>.part.png`) so writers that infer the format
     from it still work, and starts with a dot so folder listings of images skip it.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{target.suffix}", dir=target.parent)
+    # A short name of its own (not the target's): a target name near the 255-byte limit still fits.
+    fd, tmp_name = tempfile.mkstemp(prefix=".mae-", suffix=f".part{target.suffix[:16]}", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

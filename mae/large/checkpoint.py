@@ -104,7 +104,13 @@ def read_checkpoint(path: str | Path, *, trust: bool = False, mmap: bool = True)
         raw = _torch_load(path, trust=trust, mmap=mmap and container == "torch-zip")
         weights_only = not trust
     sd = _unwrap(raw, path, fixes, extras)
-    sd, prefixes = convert.strip_wrappers(sd)
+    bad_key = next((k for k in sd if not isinstance(k, str)), None)
+    if bad_key is not None:
+        raise CheckpointError(f"{path} has a non-text key {bad_key!r} in its state dict; it is not a model checkpoint")
+    try:
+        sd, prefixes = convert.strip_wrappers(sd)
+    except convert.UnknownKeyError as exc:
+        raise IncompatibleCheckpointError(f"{path}: {exc}") from None
     for prefix in prefixes:
         fixes.append(f"removed the {prefix!r} prefix from every key")
 
@@ -114,8 +120,10 @@ def read_checkpoint(path: str | Path, *, trust: bool = False, mmap: bool = True)
         source = "huggingface"
         try:
             sd = convert.from_huggingface(sd)
-        except convert.UnknownKeyError as exc:
-            raise IncompatibleCheckpointError(f"{path}: {exc}; it is not a ViTMAE checkpoint this tool knows") from None
+        except (convert.UnknownKeyError, RuntimeError) as exc:  # RuntimeError: q, k, v of different sizes
+            raise IncompatibleCheckpointError(
+                f"{path}: {_first_line(str(exc))}; it is not a ViTMAE checkpoint this tool knows"
+            ) from None
         fixes.append("renamed HuggingFace ViTMAE keys to the official names (q, k, v fused into qkv)")
     else:
         sd, dropped = convert.split_classifier(sd)
@@ -265,6 +273,7 @@ class Classification:
     mismatched: list[ShapeMismatch]
     looks_like: str | None  # a known architecture the shapes match, when they are not this one
     hint: str | None
+    not_float: list[str] = field(default_factory=list)  # weights stored as integers: not model weights
 
     @property
     def loadable(self) -> bool:
@@ -279,6 +288,8 @@ class Classification:
             parts.append(f"{len(self.missing)} missing keys ({_short_list(self.missing, limit)})")
         if self.unexpected:
             parts.append(f"{len(self.unexpected)} unexpected keys ({_short_list(self.unexpected, limit)})")
+        if self.not_float:
+            parts.append(f"{len(self.not_float)} tensors that are not floating point ({_short_list(self.not_float, limit)})")
         return "; ".join(parts) or "nothing wrong"
 
 
@@ -318,11 +329,12 @@ def classify(sd: StateDict, config: MAEConfig | None = None) -> Classification:
     expected = expected_shapes(config)
     missing, unexpected, mismatched = _compare(sd, expected)
     mismatched = [m for m in mismatched if not _is_regenerable(m.name, m.actual, m.expected)]
+    not_float = [k for k in expected if k in sd and not sd[k].is_floating_point()]
     encoder = [k for k in expected if key_part(k) == "encoder"]
     decoder_missing = [k for k in missing if key_part(k) == "decoder"]
     encoder_missing = [k for k in missing if key_part(k) == "encoder"]
     kind: Kind
-    if unexpected or mismatched or encoder_missing:
+    if unexpected or mismatched or encoder_missing or not_float:
         kind = "incompatible"
     elif not missing:
         kind = "full"
@@ -337,7 +349,10 @@ def classify(sd: StateDict, config: MAEConfig | None = None) -> Classification:
             hint = f"this looks like {looks_like}, not {config.name or 'this model'}"
         elif decoder_missing and not encoder_missing and not unexpected and not mismatched:
             hint = "the decoder is only partly present; the file is damaged or was edited"
-    return Classification(kind, len(sd), len(expected), len(encoder), missing, unexpected, mismatched, looks_like, hint)
+    if not_float and not hint:
+        hint = f"{len(not_float)} tensors are not floating point ({_short_list(not_float)}, {sd[not_float[0]].dtype})"
+    return Classification(kind, len(sd), len(expected), len(encoder), missing, unexpected, mismatched, looks_like, hint,
+                          not_float)
 
 
 def _guess_architecture(sd: StateDict, config: MAEConfig) -> str | None:
@@ -384,7 +399,7 @@ class LoadReport:
 def _prepare(model: MaskedAutoencoderViT, data: CheckpointData, strict: bool) -> tuple[StateDict, Classification, list[str]]:
     """Check the file against the model and apply the fixes a load needs; raise on anything wrong."""
     result = classify(data.state_dict, model.config)
-    if result.kind == "incompatible" and (strict or result.mismatched or result.unexpected):
+    if result.kind == "incompatible" and (strict or result.mismatched or result.unexpected or result.not_float):
         hint = f"; {result.hint}" if result.hint else ""
         raise IncompatibleCheckpointError(
             f"{data.path} does not fit {model.config.name or 'this model'}: {result.problem()}{hint}; nothing was loaded"
@@ -398,10 +413,13 @@ def _prepare(model: MaskedAutoencoderViT, data: CheckpointData, strict: bool) ->
             sd[name] = sincos_2d(expected[name][-1], model.config.grid_size, cls_token=True).unsqueeze(0)
             fixes.append(f"regenerated the fixed sin-cos {name} for the {model.config.grid_size} patch grid "
                          f"(file has {list(data.state_dict[name].shape)})")
+    cast: dict[str, int] = {}
     for name, tensor in sd.items():
         if tensor.dtype != torch.float32 and tensor.is_floating_point():
             sd[name] = tensor.float()
-            fixes.append(f"cast {name} from {tensor.dtype} to float32")
+            cast[str(tensor.dtype).removeprefix("torch.")] = cast.get(str(tensor.dtype).removeprefix("torch."), 0) + 1
+    for dtype, count in cast.items():
+        fixes.append(f"cast {count} tensors from {dtype} to float32")
     for fix in fixes:
         log.info("%s: %s", data.path.name, fix)
     return sd, result, fixes

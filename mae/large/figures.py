@@ -142,7 +142,8 @@ def reconstruction_figure(
         ax.set_axis_off()
     parts = []
     if title:
-        parts.append(title)
+        # A file name that is not valid UTF-8 (surrogate escapes) would make matplotlib refuse the text.
+        parts.append(title.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
     if loss is not None:
         parts.append(f"loss {float(loss):.4f}")
     if note:

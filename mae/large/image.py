@@ -278,11 +278,11 @@ def preprocess(
     else:
         src_w, src_h = img.size
         scale = max(w / src_w, h / src_h)
-        # max() guards against rounding just below the target on the covering side.
-        new_w, new_h = max(w, round(src_w * scale)), max(h, round(src_h * scale))
-        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
-        left, top = (new_w - w) // 2, (new_h - h) // 2
-        img = img.crop((left, top, left + w, top + h))
+        # The centred region of the source that scales to exactly (w, h), resampled in one step: never
+        # an intermediate image larger than the target (a 1x3000 strip must not become 224x672000).
+        box_w, box_h = w / scale, h / scale
+        left, top = (src_w - box_w) / 2, (src_h - box_h) / 2
+        img = img.resize((w, h), Image.Resampling.BICUBIC, box=(left, top, left + box_w, top + box_h))
 
     arr = np.asarray(img) / 255.0  # float64, (H, W, 3)
     arr = (arr - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)

@@ -10,6 +10,7 @@ unchanged. Two additions make runs reproducible and well defined:
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -47,8 +48,9 @@ class Reconstruction:
 
 def check_mask_ratio(mask_ratio: float, num_patches: int) -> int:
     """Validate `mask_ratio` and return how many patches stay visible (the official `len_keep`)."""
-    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, (int, float)):
+    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, numbers.Real):
         raise ValueError(f"mask_ratio must be a number in [0, 1), got {mask_ratio!r}")
+    mask_ratio = float(mask_ratio)
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(
             f"mask_ratio must be in [0, 1) (at 1.0 no patch is visible to the encoder), got {mask_ratio}"
@@ -187,7 +189,8 @@ class MaskedAutoencoderViT(nn.Module):
         ids_keep = ids_shuffle[:, :len_keep]  # (N, len_keep)
         x_masked = torch.gather(x, dim=1, index=ids_keep.unsqueeze(-1).expand(-1, -1, dim))
 
-        mask = torch.ones(n, length, device=x.device, dtype=x.dtype)
+        # float32 whatever x is, as the official torch.ones([N, L]): a half-precision mask sums to inf.
+        mask = torch.ones(n, length, device=x.device)
         mask[:, :len_keep] = 0
         mask = torch.gather(mask, dim=1, index=ids_restore)  # back to the original patch order
         return x_masked, mask, ids_restore

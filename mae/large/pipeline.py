@@ -36,20 +36,28 @@ NOISE_LOSS_TOLERANCE = 0.15
 
 def resolve_device(name: str = "auto") -> torch.device:
     """auto -> cuda if available, else mps if available, else cpu. Unavailable devices raise."""
-    name = name.lower()
+    name = name.strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MAEError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise MAEError("--device mps was asked for but MPS is not available; use --device cpu or auto")
-    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
-        raise MAEError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise MAEError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MAEError(f"--device {name} was asked for but no CUDA device is available; use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise MAEError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise MAEError("--device mps was asked for but MPS is not available; use --device cpu or auto")
+    elif device.type != "cpu":
+        raise MAEError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return device
 
 
 def mask_noise(seed: int, num_patches: int, count: int = 1) -> torch.Tensor:

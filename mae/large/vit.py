@@ -271,7 +271,13 @@ class VisionTransformer(nn.Module):
             raise IncompatibleCheckpointError(
                 f"{data.path} does not fit this classifier: {exc}" + (f"; {hint}" if hint else "")
             ) from None
-        state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+        not_float = [k for k, v in state.items() if not v.is_floating_point()]
+        if not_float:
+            raise IncompatibleCheckpointError(
+                f"{data.path} stores {len(not_float)} weights as {state[not_float[0]].dtype} ({not_float[0]} ...), "
+                "not floating point; it is not a model checkpoint"
+            )
+        state = {k: v.float() for k, v in state.items()}
         model.load_state_dict(state, strict=False, assign=True)
         # What the file did not provide (the classifier) gets memory and its fine-tuning init.
         for module in model.modules():

@@ -54,3 +54,17 @@ def test_usage_errors(runner, small_ckpts) -> None:
     assert runner.invoke(app, ["loss"]).exit_code == 2
     assert runner.invoke(app, ["loss", "--noise", "--random-init", "-c", str(small_ckpts[0])]).exit_code == 2
     assert runner.invoke(app, ["loss", "--noise", "--samples", "0"]).exit_code == 2
+
+
+def test_unreadable_images_fail_the_command(runner, small_arch, small_ckpts, images) -> None:
+    (images[0].parent / "broken.png").write_bytes(b"not a png")
+    result = runner.invoke(app, ["loss", str(images[0].parent), "-c", str(small_ckpts[0])])
+    assert result.exit_code == 1
+    assert "broken.png" in result.stderr and "could not be read" in result.stderr
+    assert "mean" in result.stdout  # the loss over the readable images is still shown
+
+
+def test_encoder_only_random_decoder_is_seeded(runner, small_arch, small_ckpts) -> None:
+    runs = [json.loads(runner.invoke(app, ["loss", "--noise", "-c", str(small_ckpts[1]), "--json"]).stdout)["mean"]
+            for _ in range(2)]
+    assert runs[0] == runs[1]

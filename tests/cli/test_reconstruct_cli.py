@@ -178,3 +178,44 @@ def test_vit_large_end_to_end(runner, vit_l_files, images, tmp_path: Path) -> No
     assert data["kind"] == "full" and np.isfinite(data["images"][0]["loss"])
     with Image.open(out / "img0.png") as im:
         assert im.size == (1600, 480)
+
+
+def test_out_folder_equal_to_input_folder_never_overwrites_inputs(runner, small_arch, small_ckpts, images) -> None:
+    folder = images[0].parent
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    result = runner.invoke(app, ["reconstruct", str(folder), "-c", str(small_ckpts[0]), "--out", str(folder), "--json"])
+    assert result.exit_code == 0, result.output
+    assert all((folder / name).read_bytes() == data for name, data in before.items())
+    outputs = sorted(Path(r["output"]).name for r in json.loads(result.stdout)["images"])
+    assert outputs == ["img0_2.png", "img1_2.png", "img2_2.png"]
+
+
+def test_colliding_names_get_distinct_files(runner, small_arch, small_ckpts, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, name in enumerate(("a.jpg", "a.png", "a_2.png")):
+        write_image(folder / name, seed=i)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["reconstruct", str(folder), "-c", str(small_ckpts[0]), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    outputs = [Path(r["output"]).name for r in json.loads(result.stdout)["images"]]
+    assert len(set(outputs)) == 3 and len(list(out.glob("*.png"))) == 3
+
+
+def test_undecodable_file_name_is_drawn(runner, small_arch, small_ckpts, tmp_path: Path) -> None:
+    import os
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9.png")  # not valid UTF-8: a surrogate escape in Python
+    write_image(folder / name)
+    result = _run(runner, folder / name, "-c", small_ckpts[0], "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1
+
+
+def test_very_long_file_name(runner, small_arch, small_ckpts, tmp_path: Path) -> None:
+    path = write_image(tmp_path / ("x" * 245 + ".png"))
+    result = _run(runner, path, "-c", small_ckpts[0], "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / ("x" * 245 + ".png")).exists()

@@ -368,3 +368,41 @@ def test_half_precision_files_are_cast(tmp_path: Path) -> None:
     model = MaskedAutoencoderViT.from_pretrained(path, small_config())
     assert model.blocks[0].attn.qkv.weight.dtype == torch.float32
     assert any("float16" in fix for fix in model.load_report.fixes)
+
+
+def test_integer_tensors_are_incompatible(tmp_path: Path) -> None:
+    sd = {k: v.to(torch.int32) for k, v in small_state_dict().items()}
+    path = save_official(tmp_path / "ints.pth", sd)
+    result = classify(read_checkpoint(path).state_dict, small_config())
+    assert result.kind == "incompatible" and len(result.not_float) == 62
+    with pytest.raises(IncompatibleCheckpointError, match="not floating point"):
+        MaskedAutoencoderViT.from_pretrained(path, small_config())
+
+
+@pytest.mark.parametrize(
+    ("state", "error", "match"),
+    [
+        ({0: torch.zeros(1)}, CheckpointError, "non-text key"),
+        ({"module.a": torch.zeros(1), "a": torch.zeros(1)}, IncompatibleCheckpointError, "appears twice"),
+    ],
+)
+def test_malformed_state_dicts(tmp_path: Path, state, error, match) -> None:
+    path = tmp_path / "odd.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(error, match=match):
+        read_checkpoint(path)
+
+
+def test_huggingface_qkv_of_different_sizes(tmp_path: Path) -> None:
+    hf = to_huggingface(small_state_dict())
+    hf["vit.layers.0.attention.k_proj.weight"] = torch.zeros(64, 32)  # q, k, v cannot be stacked
+    path = save_official(tmp_path / "hf.pth", hf)
+    with pytest.raises(IncompatibleCheckpointError, match="not a ViTMAE checkpoint"):
+        read_checkpoint(path)
+
+
+def test_cast_is_reported_once_per_dtype(tmp_path: Path) -> None:
+    path = save_official(tmp_path / "bf16.pth", {k: v.bfloat16() for k, v in small_state_dict().items()})
+    model = MaskedAutoencoderViT.from_pretrained(path, small_config())
+    casts = [f for f in model.load_report.fixes if f.startswith("cast")]
+    assert casts == ["cast 62 tensors from bfloat16 to float32"]

@@ -348,3 +348,17 @@ def test_collect_images_removes_duplicates_keeping_order(tmp_path: Path) -> None
 def test_image_suffixes() -> None:
     assert {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"} == set(IMAGE_SUFFIXES)
     assert IMAGENET_STD == (0.229, 0.224, 0.225)
+
+
+def test_center_crop_of_a_thin_strip_stays_small(tmp_path) -> None:
+    """The crop is resampled in one step from the source: a 1x3000 strip gives a 224x224 tensor
+    without an intermediate 224x672000 image."""
+    import numpy as np
+    from PIL import Image
+
+    from mae.large.image import load_image
+
+    path = tmp_path / "strip.png"
+    Image.fromarray((np.arange(3000) % 256).astype(np.uint8).reshape(1, 3000)).save(path)
+    out = load_image(path, size=224, crop="center")
+    assert out.shape == (3, 224, 224) and torch.isfinite(out).all()

@@ -144,3 +144,19 @@ def test_pos_embed_is_not_trained() -> None:
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert "pos_embed" not in trainable and "decoder_pos_embed" not in trainable
     assert "cls_token" in trainable and "mask_token" in trainable
+
+
+def test_mask_is_float32_for_half_precision_models() -> None:
+    """As the official torch.ones([N, L]): a float16 mask would sum to inf for large batches."""
+    model = small_model().half()
+    x = torch.randn(2, 16, 8, dtype=torch.float16)
+    _, mask, _ = model.random_masking(x, 0.75, torch.rand(2, 16))
+    assert mask.dtype == torch.float32
+
+
+def test_numpy_mask_ratio_is_accepted() -> None:
+    import numpy as np
+
+    with torch.no_grad():
+        _, _, mask = small_model()(torch.randn(1, 3, 32, 32), mask_ratio=np.float32(0.75))
+    assert int(mask.sum()) == 12

@@ -62,3 +62,15 @@ def test_resolve_device() -> None:
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")
     with pytest.raises(MAEError, match="unknown device"):
         resolve_device("tpu")
+
+
+@pytest.mark.parametrize("name", ["cuda:abc", "meta", "gpu"])
+def test_bad_device_names(name: str) -> None:
+    with pytest.raises(MAEError, match="unknown device"):
+        resolve_device(name)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_index_without_cuda() -> None:
+    with pytest.raises(MAEError, match="no CUDA device"):
+        resolve_device("cuda:0")
