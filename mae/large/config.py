@@ -26,6 +26,34 @@ def to_2tuple(value: int | tuple[int, int] | list[int], name: str) -> Size2D:
     raise ValueError(f"{name} must be an int or a (height, width) pair, got {value!r}")
 
 
+def _check_positive_int(config: Any, name: str) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def validate_encoder_fields(config: Any) -> None:
+    """Checks shared by every ViT configuration (MAE and classifier): raise `ValueError` naming the field.
+
+    `config.img_size` must already be a (height, width) pair.
+    """
+    for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
+        _check_positive_int(config, name)
+    for side, length in zip(("height", "width"), config.img_size):
+        if length <= 0 or length % config.patch_size:
+            raise ValueError(f"img_size {side} {length} must be a positive multiple of patch_size {config.patch_size}")
+    if config.embed_dim % config.num_heads:
+        raise ValueError(f"embed_dim {config.embed_dim} must be divisible by num_heads {config.num_heads}")
+    if config.embed_dim % 4:  # the 2-D sin-cos table splits the width in two halves of sin/cos pairs
+        raise ValueError(f"embed_dim must be a multiple of 4 for the 2-D sin-cos position table, got {config.embed_dim}")
+    ratio = config.mlp_ratio
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio <= 0:
+        raise ValueError(f"mlp_ratio must be a positive number, got {ratio!r}")
+    eps = config.layer_norm_eps
+    if not isinstance(eps, float) or not 0 < eps < 1:
+        raise ValueError(f"layer_norm_eps must be a float in (0, 1), got {eps!r}")
+
+
 @dataclass(frozen=True)
 class MAEConfig:
     """Shape of a masked autoencoder; defaults are ViT-Large/16 with the 512-d, 8-block decoder."""
@@ -49,31 +77,16 @@ class MAEConfig:
     def __post_init__(self) -> None:
         # Frozen dataclass: normalise through object.__setattr__ once, here.
         object.__setattr__(self, "img_size", to_2tuple(self.img_size, "img_size"))
-        for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads",
-                     "decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for side, length in zip(("height", "width"), self.img_size):
-            if length <= 0 or length % self.patch_size:
-                raise ValueError(
-                    f"img_size {side} {length} must be a positive multiple of patch_size {self.patch_size}"
-                )
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads}")
+        validate_encoder_fields(self)
+        for name in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
+            _check_positive_int(self, name)
         if self.decoder_embed_dim % self.decoder_num_heads:
             raise ValueError(
                 f"decoder_embed_dim {self.decoder_embed_dim} must be divisible by "
                 f"decoder_num_heads {self.decoder_num_heads}"
             )
-        # The 2-D sin-cos table splits the width in two halves of sin/cos pairs.
-        for name in ("embed_dim", "decoder_embed_dim"):
-            if getattr(self, name) % 4:
-                raise ValueError(f"{name} must be a multiple of 4 for the 2-D sin-cos position table")
-        if not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool) or self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
-        if not isinstance(self.layer_norm_eps, float) or not 0 < self.layer_norm_eps < 1:
-            raise ValueError(f"layer_norm_eps must be a float in (0, 1), got {self.layer_norm_eps!r}")
+        if self.decoder_embed_dim % 4:
+            raise ValueError("decoder_embed_dim must be a multiple of 4 for the 2-D sin-cos position table")
         if not isinstance(self.norm_pix_loss, bool):
             raise ValueError(f"norm_pix_loss must be a bool, got {self.norm_pix_loss!r}")
 

@@ -22,7 +22,8 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from .config import MAEConfig, Size2D, to_2tuple
+from .checkpoint import DECODER_PREFIXES  # keys of a pre-training file that a classifier has no use for
+from .config import MAEConfig, Size2D, to_2tuple, validate_encoder_fields
 from .errors import IncompatibleCheckpointError
 from .layers import Block, PatchEmbed, check_images, init_official_
 from .pos_embed import resize_pos_embed, sincos_2d
@@ -34,14 +35,8 @@ logger = logging.getLogger(__name__)
 
 StateDict = dict[str, torch.Tensor]
 
-# Keys of a pre-training checkpoint that a classifier has no use for.
-DECODER_PREFIXES: tuple[str, ...] = ("mask_token", "decoder_")
 # Keys of a fine-tuned checkpoint's classifier; `load_encoder_state` always starts a fresh one.
 CLASSIFIER_PREFIXES: tuple[str, ...] = ("head.", "fc_norm.")
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 @dataclass(frozen=True)
@@ -62,18 +57,7 @@ class ViTConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "img_size", to_2tuple(self.img_size, "img_size"))
-        for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
-            if not _positive_int(getattr(self, name)):
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for side, length in zip(("height", "width"), self.img_size):
-            if length <= 0 or length % self.patch_size:
-                raise ValueError(
-                    f"img_size {side} {length} must be a positive multiple of patch_size {self.patch_size}"
-                )
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads}")
-        if self.embed_dim % 4:  # the initial position table is the 2-D sin-cos one
-            raise ValueError(f"embed_dim must be a multiple of 4 for the 2-D sin-cos position table, got {self.embed_dim}")
+        validate_encoder_fields(self)
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
             raise ValueError(f"num_classes must be an integer >= 0 (0: no head), got {self.num_classes!r}")
         if not isinstance(self.global_pool, bool):
@@ -81,10 +65,6 @@ class ViTConfig:
         rate = self.drop_path_rate
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
             raise ValueError(f"drop_path_rate must be a number in [0, 1), got {rate!r}")
-        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) or self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
-        if not isinstance(self.layer_norm_eps, float) or not 0 < self.layer_norm_eps < 1:
-            raise ValueError(f"layer_norm_eps must be a float in (0, 1), got {self.layer_norm_eps!r}")
 
     @property
     def grid_size(self) -> Size2D:
