@@ -33,3 +33,24 @@ def vit_l_files(tmp_path_factory):
     full = save_official(folder / "mae_visualize_vit_large.pth", sd)
     enc = save_official(folder / "mae_pretrain_vit_large.pth", encoder_only(sd))
     return full, enc, sd
+
+
+def _torch_globals() -> dict[str, object]:
+    return {
+        "grad enabled": torch.is_grad_enabled(),
+        "inference mode": torch.is_inference_mode_enabled(),
+        "cpu autocast": torch.is_autocast_enabled("cpu"),
+        "default dtype": torch.get_default_dtype(),
+        "threads": torch.get_num_threads(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "default device": str(torch.get_default_device()),
+    }
+
+
+@pytest.fixture(autouse=True)
+def torch_globals_unchanged():
+    """No test (and no library code it runs) may leave torch's global state changed for the next one."""
+    before = _torch_globals()
+    yield
+    after = _torch_globals()
+    assert after == before, {k: (before[k], after[k]) for k in before if before[k] != after[k]}

@@ -515,11 +515,14 @@ def _materialise_missing(model: MaskedAutoencoderViT) -> None:
             init_official_(module)
     for name in ("cls_token", "mask_token", *FIXED_TABLES):
         param = getattr(model, name)
-        if param.is_meta:
-            setattr(model, name, torch.nn.Parameter(torch.empty(param.shape), requires_grad=param.requires_grad))
-            if name not in FIXED_TABLES:
+        if not param.is_meta:
+            continue  # loaded from the file: kept exactly as the file has it
+        setattr(model, name, torch.nn.Parameter(torch.empty(param.shape), requires_grad=param.requires_grad))
+        with torch.no_grad():
+            if name in FIXED_TABLES:  # the decoder table of an encoder-only file: a function of the grid
+                getattr(model, name).copy_(sincos_2d(param.shape[-1], model.config.grid_size, cls_token=True))
+            else:
                 torch.nn.init.normal_(getattr(model, name), std=0.02)
-    model.reset_pos_embed()
 
 
 def _short_list(items: list[str], limit: int = 3) -> str:

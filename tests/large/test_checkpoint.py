@@ -36,9 +36,11 @@ from tests.helpers import (
 
 
 def assert_same(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Same keys, every tensor bit for bit; a failure names each differing key and by how much."""
     assert list(actual) == list(expected) or set(actual) == set(expected)
-    for key, value in expected.items():
-        assert torch.equal(actual[key], value), key
+    differ = {k: (actual[k].double() - v.double()).abs().max().item() for k, v in expected.items()
+              if not torch.equal(actual[k], v)}
+    assert not differ, f"{len(differ)} tensors differ (key: max abs difference): {differ}"
 
 
 def sha256(path: Path) -> str:
@@ -115,7 +117,8 @@ def test_timm_classifier_keys_are_reported_and_dropped(tmp_path: Path) -> None:
     assert data.source_format == "timm"
     assert sorted(data.dropped) == sorted(extra)
     assert_same(data.state_dict, enc)
-    model = MaskedAutoencoderViT.from_pretrained(path, small_config())
+    with pytest.warns(UserWarning, match="encoder only"):  # timm files hold no decoder
+        model = MaskedAutoencoderViT.from_pretrained(path, small_config())
     assert sorted(model.load_report.ignored) == sorted(extra)
 
 
@@ -173,7 +176,7 @@ def test_vit_large_encoder_only(vit_l_files, caplog) -> None:
     assert (r.kind, r.num_loaded, len(r.missing)) == ("encoder-only", 294, 104) and r.decoder_random
     assert all(key_part(k) == "decoder" for k in r.missing)
     loaded = model.state_dict()
-    assert all(torch.equal(loaded[k], v) for k, v in encoder_only(sd).items())
+    assert_same({k: loaded[k] for k in encoder_only(sd)}, encoder_only(sd))
     # The decoder is real memory with the official init: finite, xavier-sized, not the file's values.
     for key in r.missing:
         assert not loaded[key].is_meta and torch.isfinite(loaded[key]).all(), key
@@ -360,6 +363,19 @@ def test_fixed_tables_are_regenerated_for_another_grid(tmp_path: Path) -> None:
     assert any("regenerated" in fix for fix in model.load_report.fixes)
     with torch.no_grad():
         assert torch.isfinite(model(torch.randn(1, 3, 48, 32)).loss)
+
+
+def test_encoder_only_load_keeps_the_files_tables_and_fills_the_decoders(tmp_path: Path) -> None:
+    """Only what the file lacks is generated: a loaded (even unusual) pos_embed is kept as the file has it,
+    the missing decoder table is the sin-cos one."""
+    sd = encoder_only(small_state_dict())
+    sd["pos_embed"] = sd["pos_embed"] + 0.5  # e.g. a file whose table was trained
+    path = save_official(tmp_path / "enc.pth", sd)
+    with pytest.warns(UserWarning, match="encoder only"):
+        model = MaskedAutoencoderViT.from_pretrained(path, small_config())
+    assert torch.equal(model.pos_embed, sd["pos_embed"]) and not model.pos_embed.requires_grad
+    assert torch.equal(model.decoder_pos_embed, MaskedAutoencoderViT(small_config()).decoder_pos_embed)
+    assert not model.decoder_pos_embed.requires_grad
 
 
 def test_half_precision_files_are_cast(tmp_path: Path) -> None:
