@@ -80,7 +80,9 @@ def test_writes_rows_in_input_order(tiny, encoder_file, tmp_path) -> None:
 def test_folder_input_and_json(tiny, encoder_file, tmp_path) -> None:
     paths = write_images(tmp_path / "imgs", 3)
     out = tmp_path / "f.safetensors"
-    result = run(tmp_path / "imgs", "-c", encoder_file, "-o", out, "--size", "32", "--pool", "cls", "--json")
+    # --device cpu: the expected rows are computed on the CPU, and `auto` would pick a GPU where there is one.
+    result = run(tmp_path / "imgs", "-c", encoder_file, "-o", out, "--size", "32", "--pool", "cls", "--json",
+                 "--device", "cpu")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["output"] == str(out) and data["count"] == 3 and data["dim"] == 64 and data["pool"] == "cls"
