@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Annotated, Literal
 
 import typer
@@ -79,9 +75,7 @@ def reconstruct_command(
         require_decoder(model, allow_random_decoder)
         random_decoder = model.load_report is not None and model.load_report.decoder_random
 
-        # matplotlib takes about 0.3 s to import: do it while the first batch's forward runs (torch
-        # releases the GIL in its kernels) rather than before it.
-        figures = _import_in_background("mae.large.figures")
+        from mae.large.figures import make_panels, reconstruction_figure, save_figure, save_panel
         from mae.large.pipeline import reconstruct_files
 
         # Named from every input, so each rank names its figures as one process would.
@@ -99,18 +93,17 @@ def reconstruct_command(
                     if not quiet and not ctx.is_distributed:  # distributed: rank 0 lists them all below
                         err.print(f"[red]skipped[/] {escape(item.reason)}")
                     continue
-                fm = figures()  # mae.large.figures, imported by now
-                panels = fm.make_panels(model, item.image[None], item.pred[None], item.mask[None], norm_pix=norm_pix)[0]
+                panels = make_panels(model, item.image[None], item.pred[None], item.mask[None], norm_pix=norm_pix)[0]
                 note = ", ".join(n for n in ("random decoder" if random_decoder else "",
                                              "norm-pix prediction un-normalised with visible-patch statistics"
                                              if norm_pix else "") if n) or None
-                fig = fm.reconstruction_figure(panels, title=item.path.name, loss=item.loss, note=note)
+                fig = reconstruction_figure(panels, title=item.path.name, loss=item.loss, note=note)
                 stem = names[item.path]
-                figure_path = fm.save_figure(fig, out_dir / f"{stem}.png")
+                figure_path = save_figure(fig, out_dir / f"{stem}.png")
                 written = [str(figure_path)]
                 if save_panels:
                     for label, panel in zip(PANEL_FILES, panels.as_list()):
-                        written.append(str(fm.save_panel(panel, out_dir / f"{stem}.{label}.png")))
+                        written.append(str(save_panel(panel, out_dir / f"{stem}.{label}.png")))
                 local_rows.append({"image": str(item.path), "loss": item.loss, "output": str(figure_path),
                                    "files": written, "note": note})
         gathered = gather_to_main(ctx, local_rows)
@@ -136,33 +129,6 @@ def reconstruct_command(
         if not json_:
             err.print(f"[red]{len(failures)} of {len(failures) + len(ok)} inputs failed[/]; the others were written")
         raise typer.Exit(1)
-
-
-def _import_in_background(name: str) -> Callable[[], ModuleType]:
-    """Start importing module `name` in a thread; the returned function waits for the import and
-    returns the module, or raises the import's error in the caller."""
-    from PIL import Image
-
-    Image.preinit()  # PIL's own plugins, imported here first, so the two threads never import the same modules
-    done: list[BaseException | None] = []
-
-    def work() -> None:
-        try:
-            importlib.import_module(name)
-            done.append(None)
-        except BaseException as exc:  # raised in the caller
-            done.append(exc)
-
-    thread = threading.Thread(target=work, name="mae-import-figures", daemon=True)
-    thread.start()
-
-    def result() -> ModuleType:
-        thread.join()
-        if done and done[0] is not None:
-            raise done[0]
-        return importlib.import_module(name)  # already in sys.modules: a lookup
-
-    return result
 
 
 def _output_names(paths: list[Path], out_dir: Path, save_panels: bool) -> dict[Path, str]:

@@ -220,11 +220,3 @@ def test_very_long_file_name(runner, small_arch, small_ckpts, tmp_path: Path) ->
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / ("x" * 245 + ".png")).exists()
 
-
-def test_background_import_gives_the_module_or_raises_in_the_caller() -> None:
-    from cli.reconstruct import _import_in_background
-
-    assert _import_in_background("mae.large.figures")().save_figure is not None
-    wait = _import_in_background("mae.large.no_such_module")
-    with pytest.raises(ModuleNotFoundError, match="no_such_module"):
-        wait()
