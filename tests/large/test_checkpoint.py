@@ -168,6 +168,7 @@ def test_vit_large_full(vit_l_files) -> None:
 
 def test_vit_large_encoder_only(vit_l_files, caplog) -> None:
     _, enc, sd = vit_l_files
+    before = sha256(enc)
     with caplog.at_level(logging.WARNING), pytest.warns(UserWarning, match="decoder is randomly initialised") as rec:
         model = MaskedAutoencoderViT.from_pretrained(enc)
     assert "mae_visualize_vit_large.pth" in str(rec[0].message)
@@ -176,6 +177,7 @@ def test_vit_large_encoder_only(vit_l_files, caplog) -> None:
     assert (r.kind, r.num_loaded, len(r.missing)) == ("encoder-only", 294, 104) and r.decoder_random
     assert all(key_part(k) == "decoder" for k in r.missing)
     loaded = model.state_dict()
+    assert sha256(enc) == before  # the memory-mapped file is never written
     assert_same({k: loaded[k] for k in encoder_only(sd)}, encoder_only(sd))
     # The decoder is real memory with the official init: finite, xavier-sized, not the file's values.
     for key in r.missing:
