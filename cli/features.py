@@ -144,6 +144,8 @@ def _load_encoder(checkpoint: Path, size: tuple[int, int], pool: str, device: An
                   f"{r.num_loaded} tensors, {r.num_parameters / 1e6:.1f} M parameters")
         for fix in r.fixes:
             err.print(f"  [dim]- {escape(fix)}[/]")
+        for warning in r.warnings:
+            err.print(f"  [yellow]- {escape(warning)}[/]")
         if pool == "mean":
             err.print("  [dim]- pool mean: mean patch token through a fresh fc_norm, i.e. a plain LayerNorm[/]")
     return model

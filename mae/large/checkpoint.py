@@ -78,6 +78,9 @@ class CheckpointData:
     fixes: list[str] = field(default_factory=list)  # each change made on the way, in order
     dropped: list[str] = field(default_factory=list)  # keys read but not part of the MAE model
     extras: list[str] = field(default_factory=list)  # other top-level entries (args, optimizer ...)
+    # The dropped classifier tensors (`head.*`, `fc_norm.*` of a fine-tuned file), for the classifier's
+    # `from_pretrained(..., head="file")`; the MAE model never uses them.
+    classifier: StateDict = field(default_factory=dict)
 
 
 def read_state_dict(path: str | Path, *, trust: bool = False) -> StateDict:
@@ -116,6 +119,7 @@ def read_checkpoint(path: str | Path, *, trust: bool = False, mmap: bool = True)
 
     keys = list(sd)
     dropped: list[str] = []
+    classifier: StateDict = {}
     if convert.is_huggingface(keys):
         source = "huggingface"
         try:
@@ -126,13 +130,15 @@ def read_checkpoint(path: str | Path, *, trust: bool = False, mmap: bool = True)
             ) from None
         fixes.append("renamed HuggingFace ViTMAE keys to the official names (q, k, v fused into qkv)")
     else:
+        everything = sd
         sd, dropped = convert.split_classifier(sd)
+        classifier = {k: everything[k] for k in dropped}
         source = "timm" if dropped else "official"
         if dropped:
             fixes.append(f"dropped {len(dropped)} classifier tensors ({_short_list(dropped)}): not part of MAE")
     for fix in fixes:
         log.info("%s: %s", path.name, fix)
-    return CheckpointData(path, sd, container, source, weights_only, fixes, dropped, extras)
+    return CheckpointData(path, sd, container, source, weights_only, fixes, dropped, extras, classifier)
 
 
 def _check_path(path: str | Path) -> Path:

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.utils.checkpoint
@@ -225,17 +225,25 @@ class VisionTransformer(nn.Module):
         *,
         trust: bool = False,
         device: str | torch.device = "cpu",
+        head: Literal["fresh", "file"] = "fresh",
         **overrides: Any,
     ) -> VisionTransformer:
         """A classifier whose encoder comes from an MAE checkpoint (encoder-only or full, any layout
-        `read_checkpoint` knows); the head and `fc_norm` start fresh. `overrides` change config fields,
-        e.g. `num_classes=10, img_size=320`. The load report is kept as `model.load_report`.
+        `read_checkpoint` knows). `overrides` change config fields, e.g. `num_classes=10, img_size=320`.
+        The load report is kept as `model.load_report`.
+
+        `head="fresh"` (fine-tuning, as main_finetune.py): the head and `fc_norm` start fresh; a trained
+        classifier in the file is not used, and the report warns about it. `head="file"` (evaluating a
+        fine-tuned checkpoint): the file's classifier is loaded too, and must fit the model exactly
+        (the error says which `num_classes` / `global_pool` it needs).
 
         The module is built on the meta device and the file's tensors are assigned (memory-mapped), so
         the 300 M encoder parameters are neither initialised nor copied.
         """
         from .checkpoint import LoadReport, classify, read_checkpoint
 
+        if head not in ("fresh", "file"):
+            raise ValueError(f"head must be 'fresh' (start a new classifier) or 'file' (load the file's), got {head!r}")
         config = (config or ViTConfig()).replace(**overrides)
         data = read_checkpoint(path, trust=trust)
         with torch.device("meta"):
@@ -243,6 +251,12 @@ class VisionTransformer(nn.Module):
         mae_view = MAEConfig(img_size=config.img_size, patch_size=config.patch_size, in_chans=config.in_chans,
                              embed_dim=config.embed_dim, depth=config.depth, num_heads=config.num_heads,
                              mlp_ratio=config.mlp_ratio)
+        if (not config.global_pool and "norm.weight" not in data.state_dict
+                and any(k.startswith("fc_norm.") for k in data.classifier)):
+            raise IncompatibleCheckpointError(
+                f"{data.path} was fine-tuned with global pooling (it has fc_norm and no final norm), so it does not "
+                "fit a cls-token classifier; build the model with global_pool=True"
+            )
         try:
             state, ignored, notes = encoder_state_for_classifier(data.state_dict, model)
         except IncompatibleCheckpointError as exc:
@@ -251,6 +265,19 @@ class VisionTransformer(nn.Module):
             raise IncompatibleCheckpointError(
                 f"{data.path} does not fit this classifier: {exc}" + (f"; {hint}" if hint else "")
             ) from None
+        warnings_: list[str] = []
+        if head == "file":
+            loaded_head = classifier_state_from_file(data.classifier, model, data.path)
+            state.update(loaded_head)
+            ignored = [k for k in ignored if k not in loaded_head]
+            notes.append(f"loaded the file's classifier ({', '.join(loaded_head)})")
+        else:
+            usable = [k for k in model.state_dict() if k.startswith(CLASSIFIER_PREFIXES) and k in data.classifier]
+            if usable:
+                warnings_.append(
+                    f"this file holds a trained classifier ({', '.join(usable)}); a fresh one was started, as for "
+                    "fine-tuning; pass head='file' to use the file's"
+                )
         not_float = [k for k, v in state.items() if not v.is_floating_point()]
         if not_float:
             raise IncompatibleCheckpointError(
@@ -264,19 +291,51 @@ class VisionTransformer(nn.Module):
             if any(p.is_meta for p in module.parameters(recurse=False)):
                 module.to_empty(device="cpu", recurse=False)
                 init_official_(module)
-        model.reset_classifier()
+        if head == "fresh":
+            model.reset_classifier()
         kind = classify(data.state_dict, mae_view).kind
         kind = kind if kind in ("full", "encoder-only") else "encoder-only"  # the encoder checks passed above
         model.load_report = LoadReport(
             path=data.path, kind=kind, source_format=data.source_format, container=data.container,
             num_loaded=len(state), num_expected=len(model.state_dict()),
             missing=[k for k in model.state_dict() if k not in state],
-            unexpected=[], ignored=[*data.dropped, *ignored], fixes=[*data.fixes, *notes],
-            num_parameters=sum(t.numel() for t in state.values()), weights_only=data.weights_only,
+            unexpected=[], ignored=[k for k in [*data.dropped, *ignored] if k not in state],
+            fixes=[*data.fixes, *notes], num_parameters=sum(t.numel() for t in state.values()),
+            weights_only=data.weights_only, warnings=warnings_,
         )
-        logger.info("%s: %d encoder tensors loaded into the classifier; ignored %d keys", data.path.name,
+        logger.info("%s: %d tensors loaded into the classifier; ignored %d keys", data.path.name,
                     len(state), len(model.load_report.ignored))
+        for message in warnings_:
+            logger.warning("%s: %s", data.path.name, message)
         return model.to(device)
+
+
+def classifier_state_from_file(classifier: StateDict, model: VisionTransformer, path: Path) -> StateDict:
+    """The file's classifier tensors that `model` needs (`head.*`, and `fc_norm.*` with global pooling),
+    checked to fit exactly; raises `IncompatibleCheckpointError` saying which config would fit."""
+    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith(CLASSIFIER_PREFIXES)}
+    if not classifier:
+        raise IncompatibleCheckpointError(
+            f"{path} holds no classifier (no head.* or fc_norm.* tensors): it is a pre-training checkpoint; "
+            "use head='fresh' to fine-tune from it"
+        )
+    hints: list[str] = []
+    file_head = classifier.get("head.weight")
+    if ("head.weight" in wanted and file_head is not None and file_head.dim() == 2
+            and tuple(file_head.shape) != wanted["head.weight"]):
+        hints.append(f"num_classes={file_head.shape[0]}")
+    has_fc_norm = any(k.startswith("fc_norm.") for k in classifier)
+    if has_fc_norm != model.global_pool:
+        hints.append(f"global_pool={has_fc_norm}")
+    problems = [f"{k} is not in the file" for k in wanted if k not in classifier]
+    problems += [f"{k} has shape {tuple(classifier[k].shape)}, the model expects {shape}"
+                 for k, shape in wanted.items() if k in classifier and tuple(classifier[k].shape) != shape]
+    if problems or hints:
+        fix = f"; build the model with {', '.join(hints)}" if hints else ""
+        raise IncompatibleCheckpointError(
+            f"{path}: the file's classifier does not fit this model ({'; '.join(problems) or 'pooling differs'}){fix}"
+        )
+    return {k: classifier[k] for k in wanted}
 
 
 def encoder_state_for_classifier(sd: StateDict, model: VisionTransformer) -> tuple[StateDict, list[str], list[str]]:

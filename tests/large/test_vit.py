@@ -426,3 +426,78 @@ def test_from_pretrained_refuses_incompatible(tmp_path) -> None:
     path = save_official(tmp_path / "base.pth", shaped_state_dict(MAEConfig.vit_base()))
     with pytest.raises(IncompatibleCheckpointError, match=r"base\.pth does not fit .*looks like an MAE ViT-Base"):
         VisionTransformer.from_pretrained(path)
+
+
+# ---- a fine-tuned checkpoint: fresh head (fine-tuning) or the file's head (evaluation) -----------
+def _fine_tuned_file(tmp_path, **overrides) -> tuple:
+    """A tiny classifier whose every tensor (head and fc_norm included) differs from a fresh init,
+    saved as the official scripts save it: torch.save({"model": state_dict})."""
+    from tests.helpers import save_official
+
+    torch.manual_seed(5)
+    model = tiny(num_classes=7, **overrides)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    return save_official(tmp_path / "finetuned.pth", sd), sd, model.eval()
+
+
+@pytest.mark.parametrize("global_pool", [True, False])
+def test_from_pretrained_head_file_evaluates_a_fine_tuned_checkpoint(tmp_path, global_pool: bool) -> None:
+    path, sd, original = _fine_tuned_file(tmp_path, global_pool=global_pool)
+    model = VisionTransformer.from_pretrained(path, ViTConfig(**{**TINY, "num_classes": 7, "global_pool": global_pool}),
+                                              head="file")
+    loaded = model.state_dict()
+    assert set(loaded) == set(sd) and all(torch.equal(loaded[k], v) for k, v in sd.items())
+    report = model.load_report
+    assert report.missing == [] and report.warnings == [] and report.num_loaded == len(sd)
+    assert not any(k.startswith(("head.", "fc_norm.")) for k in report.ignored)
+    assert any(fix.startswith("loaded the file's classifier") for fix in report.fixes)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), original(x))  # the same logits as the model that was saved
+
+
+def test_from_pretrained_fresh_head_warns_that_the_files_classifier_is_unused(tmp_path, caplog) -> None:
+    path, sd, _ = _fine_tuned_file(tmp_path)
+    with caplog.at_level("WARNING"):
+        model = VisionTransformer.from_pretrained(path, ViTConfig(**{**TINY, "num_classes": 7}))
+    report = model.load_report
+    assert len(report.warnings) == 1 and "head='file'" in report.warnings[0] and "head.weight" in report.warnings[0]
+    assert any("head='file'" in m for m in caplog.messages)
+    assert {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"} <= set(report.ignored)
+    assert 0 < model.head.weight.std().item() < 1e-4 and torch.equal(model.head.bias, torch.zeros(7))
+    assert torch.equal(model.fc_norm.weight, torch.ones(64))
+    assert torch.equal(model.blocks[1].mlp.fc2.weight, sd["blocks.1.mlp.fc2.weight"])  # the encoder is the file's
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"num_classes": 10}, r"head\.weight has shape \(7, 64\), the model expects \(10, 64\).*num_classes=7"),
+        ({"global_pool": False}, r"build the model with global_pool=True"),
+    ],
+)
+def test_from_pretrained_head_file_says_which_config_fits(tmp_path, overrides: dict, match: str) -> None:
+    path, _, _ = _fine_tuned_file(tmp_path)
+    with pytest.raises(IncompatibleCheckpointError, match=match):
+        VisionTransformer.from_pretrained(path, ViTConfig(**{**TINY, "num_classes": 7, **overrides}), head="file")
+
+
+def test_from_pretrained_head_file_refuses_a_pre_training_file(tmp_path) -> None:
+    from tests.helpers import encoder_only, save_official
+
+    path = save_official(tmp_path / "enc.pth", encoder_only(small_state_dict()))
+    with pytest.raises(IncompatibleCheckpointError, match=r"holds no classifier .* use head='fresh'"):
+        VisionTransformer.from_pretrained(path, ViTConfig(**TINY), head="file")
+    with pytest.raises(ValueError, match="head must be 'fresh'"):
+        VisionTransformer.from_pretrained(path, ViTConfig(**TINY), head="trained")  # type: ignore[arg-type]
+
+
+def test_from_pretrained_head_file_without_a_head_loads_fc_norm_only(tmp_path) -> None:
+    """Features (num_classes=0) from a fine-tuned file: its trained fc_norm is used, its head ignored."""
+    path, sd, _ = _fine_tuned_file(tmp_path)
+    model = VisionTransformer.from_pretrained(path, ViTConfig(**{**TINY, "num_classes": 0}), head="file")
+    assert torch.equal(model.fc_norm.weight, sd["fc_norm.weight"])
+    assert sorted(model.load_report.ignored) == ["head.bias", "head.weight"]
