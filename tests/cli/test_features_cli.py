@@ -100,7 +100,7 @@ def test_a_bad_image_fails_the_run_but_the_others_are_written(tiny, encoder_file
     missing = tmp_path / "nowhere.png"
     out = tmp_path / "f.safetensors"
     result = run(good[0], bad, good[1], missing, good[2], "-c", encoder_file, "-o", out, "--size", "32",
-                 "--batch-size", "2", "--json")
+                 "--batch-size", "2", "--json", "--device", "cpu")
     assert result.exit_code == 1, result.output
     data = json.loads(result.stdout)
     assert data["count"] == 3 and data["output"] == str(out)
@@ -124,6 +124,19 @@ def test_every_image_failing_writes_nothing(tiny, encoder_file, tmp_path) -> Non
     assert not out.exists()
     result = run(tmp_path / "nowhere", "-c", encoder_file, "-o", out, "--size", "32")
     assert result.exit_code == 1 and "no image to extract features from" in result.stderr
+
+
+def test_a_fine_tuned_file_says_its_classifier_is_not_used(tiny, tmp_path) -> None:
+    """Mean pooling goes through fc_norm: a fine-tuned file's trained fc_norm is not used, and the run says so."""
+    sd = encoder_only(small_state_dict())
+    sd.pop("norm.weight"), sd.pop("norm.bias")  # a global-pool fine-tuned file has fc_norm instead
+    sd |= {"fc_norm.weight": torch.full((64,), 2.0), "fc_norm.bias": torch.zeros(64),
+           "head.weight": torch.zeros(5, 64), "head.bias": torch.zeros(5)}
+    path = save_official(tmp_path / "finetuned.pth", sd)
+    write_images(tmp_path / "imgs", 1)
+    result = run(tmp_path / "imgs", "-c", path, "-o", tmp_path / "f.safetensors", "--size", "32", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "holds a trained classifier (fc_norm.weight, fc_norm.bias)" in " ".join(result.stderr.split())
 
 
 def _one_error_line(stderr: str) -> str:
