@@ -76,11 +76,15 @@ class CheckpointData:
     source_format: str  # "official" | "huggingface" | "timm"
     weights_only: bool  # read with weights_only=True (False only with trust=True)
     fixes: list[str] = field(default_factory=list)  # each change made on the way, in order
-    dropped: list[str] = field(default_factory=list)  # keys read but not part of the MAE model
     extras: list[str] = field(default_factory=list)  # other top-level entries (args, optimizer ...)
-    # The dropped classifier tensors (`head.*`, `fc_norm.*` of a fine-tuned file), for the classifier's
-    # `from_pretrained(..., head="file")`; the MAE model never uses them.
+    # Classifier tensors (`head.*`, `fc_norm.*` of a fine-tuned or timm file), kept apart from
+    # `state_dict`: the MAE model never uses them, the classifier's `from_pretrained(head="file")` does.
     classifier: StateDict = field(default_factory=dict)
+
+    @property
+    def dropped(self) -> list[str]:
+        """Keys read but not part of the MAE model (the classifier's)."""
+        return list(self.classifier)
 
 
 def read_state_dict(path: str | Path, *, trust: bool = False) -> StateDict:
@@ -118,7 +122,6 @@ def read_checkpoint(path: str | Path, *, trust: bool = False, mmap: bool = True)
         fixes.append(f"removed the {prefix!r} prefix from every key")
 
     keys = list(sd)
-    dropped: list[str] = []
     classifier: StateDict = {}
     if convert.is_huggingface(keys):
         source = "huggingface"
@@ -130,15 +133,14 @@ def read_checkpoint(path: str | Path, *, trust: bool = False, mmap: bool = True)
             ) from None
         fixes.append("renamed HuggingFace ViTMAE keys to the official names (q, k, v fused into qkv)")
     else:
-        everything = sd
-        sd, dropped = convert.split_classifier(sd)
-        classifier = {k: everything[k] for k in dropped}
-        source = "timm" if dropped else "official"
-        if dropped:
-            fixes.append(f"dropped {len(dropped)} classifier tensors ({_short_list(dropped)}): not part of MAE")
+        sd, classifier = convert.split_classifier(sd)
+        source = "timm" if classifier else "official"
+        if classifier:
+            fixes.append(f"set aside {len(classifier)} classifier tensors ({_short_list(list(classifier))}): "
+                         "not part of MAE")
     for fix in fixes:
         log.info("%s: %s", path.name, fix)
-    return CheckpointData(path, sd, container, source, weights_only, fixes, dropped, extras, classifier)
+    return CheckpointData(path, sd, container, source, weights_only, fixes, extras, classifier)
 
 
 def _check_path(path: str | Path) -> Path:

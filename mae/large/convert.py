@@ -102,16 +102,13 @@ def is_huggingface(keys: list[str] | set[str]) -> bool:
     return any(marker in key for key in keys for marker in _HF_MARKERS)
 
 
-def split_classifier(sd: StateDict) -> tuple[StateDict, list[str]]:
-    """Split off classifier keys (`head.*`, `fc_norm.*`): returns (the rest, the dropped names)."""
+def split_classifier(sd: StateDict) -> tuple[StateDict, StateDict]:
+    """Split off classifier keys (`head.*`, `fc_norm.*`): returns (the rest, the classifier tensors)."""
     kept: StateDict = {}
-    dropped: list[str] = []
+    classifier: StateDict = {}
     for key, value in sd.items():
-        if key.startswith(CLASSIFIER_PREFIXES):
-            dropped.append(key)
-        else:
-            kept[key] = value
-    return kept, dropped
+        (classifier if key.startswith(CLASSIFIER_PREFIXES) else kept)[key] = value
+    return kept, classifier
 
 
 def from_huggingface(sd: StateDict) -> StateDict:

@@ -116,6 +116,7 @@ def test_timm_classifier_keys_are_reported_and_dropped(tmp_path: Path) -> None:
     data = read_checkpoint(path)
     assert data.source_format == "timm"
     assert sorted(data.dropped) == sorted(extra)
+    assert all(torch.equal(data.classifier[k], v) for k, v in extra.items())  # kept for head="file"
     assert_same(data.state_dict, enc)
     with pytest.warns(UserWarning, match="encoder only"):  # timm files hold no decoder
         model = MaskedAutoencoderViT.from_pretrained(path, small_config())
