@@ -21,6 +21,7 @@ from cli.render import escape
 
 if TYPE_CHECKING:  # pragma: no cover
     from mae.large import MaskedAutoencoderViT
+    from mae.large.checkpoint import LoadReport
 
 DEFAULT_CHECKPOINT = Path("data/mae_visualize_vit_large.pth")
 DEBUG_ENV = "MAE_LARGE_DEBUG"
@@ -204,6 +205,11 @@ def report_load(model: MaskedAutoencoderViT) -> None:
     colour = "green" if r.kind == "full" else "yellow"
     err.print(f"[{colour}]{r.kind}[/] checkpoint {escape(str(r.path))}: {r.num_loaded}/{r.num_expected} tensors "
               f"({r.source_format}, {r.container})")
+    report_details(r)
+
+
+def report_details(r: LoadReport) -> None:
+    """A load report's fixes (dim) and warnings (yellow), under its one-line summary."""
     for fix in r.fixes:
         err.print(f"  [dim]- {escape(fix)}[/]")
     for message in r.warnings:

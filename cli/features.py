@@ -27,6 +27,7 @@ from cli.common import (
     parse_dtype,
     parse_size,
     print_json,
+    report_details,
 )
 from cli.render import escape
 
@@ -142,10 +143,7 @@ def _load_encoder(checkpoint: Path, size: tuple[int, int], pool: str, device: An
     if not quiet and r is not None:
         err.print(f"[green]encoder[/] from {escape(str(r.path))} ({r.kind}, {r.source_format}, {r.container}): "
                   f"{r.num_loaded} tensors, {r.num_parameters / 1e6:.1f} M parameters")
-        for fix in r.fixes:
-            err.print(f"  [dim]- {escape(fix)}[/]")
-        for warning in r.warnings:
-            err.print(f"  [yellow]- {escape(warning)}[/]")
+        report_details(r)
         if pool == "mean":
             err.print("  [dim]- pool mean: mean patch token through a fresh fc_norm, i.e. a plain LayerNorm[/]")
     return model
