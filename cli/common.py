@@ -1,6 +1,7 @@
-"""What every command shares: consoles, option aliases, the one error handler, model loading.
+"""What every command shares: consoles, option aliases, the one error handler, model loading, progress.
 
-Nothing here imports torch at module level: `mae-large --help` must stay fast.
+Nothing here imports torch at module level: `mae-large --help` must stay fast (`mae.large.catalog` and
+`mae.large.errors` are torch-free).
 """
 
 from __future__ import annotations
@@ -18,13 +19,25 @@ import typer
 from rich.console import Console
 
 from cli.render import escape
+from mae.large import catalog
 
 if TYPE_CHECKING:  # pragma: no cover
     from mae.large import MaskedAutoencoderViT
-    from mae.large.checkpoint import LoadReport
+    from mae.large.load import LoadReport
 
-DEFAULT_CHECKPOINT = Path("data/mae_visualize_vit_large.pth")
+DEFAULT_CHECKPOINT = catalog.FULL.default_path
 DEBUG_ENV = "MAE_LARGE_DEBUG"
+# How the CLI spells the API arguments that library errors name (`MAEError.argument`).
+FLAGS: dict[str, str] = {
+    "trust": "--trust-checkpoint",
+    "allow_random_decoder": "--allow-random-decoder",
+    "device": "--device",
+    "samples": "--samples",
+    "batch_size": "--batch-size",
+    "crop": "--crop",
+    "pool": "--pool",
+    "size": "--size",
+}
 
 # Tables and JSON go to stdout; messages, warnings and progress to stderr, so `--json | jq` works.
 # Piped or captured output gets 120 columns (not rich's default 80) so key names are not cut.
@@ -42,9 +55,27 @@ TrustOpt = Annotated[bool, typer.Option(
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
 MaskRatioOpt = Annotated[float, typer.Option("--mask-ratio", min=0.0, max=0.99, help="Fraction of patches removed.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
-SizeOpt = Annotated[str, typer.Option(
-    "--size", help="Input size: 224, or HxW such as 224x320 (multiples of 16; the sin-cos tables are regenerated).",
+SizeOpt = Annotated[str | None, typer.Option(
+    "--size", show_default=False,
+    help="Input size: 224, or HxW such as 224x320 (multiples of 16; the sin-cos tables are regenerated). "
+    "Default: the model's own size, 224.",
 )]
+
+
+def choice(option: str, choices: tuple[str, ...]) -> Any:
+    """A Typer callback that accepts only `choices` (a usage error, exit 2, otherwise)."""
+
+    def check(value: str) -> str:
+        if value not in choices:
+            raise typer.BadParameter(f"{option[2:]} must be {' or '.join(choices)}, got {value!r}", param_hint=option)
+        return value
+
+    return check
+
+
+CropOpt = Annotated[str, typer.Option(
+    "--crop", callback=choice("--crop", catalog.CROPS),
+    help="resize (official demo: squash to the size) or center (keep aspect, crop).")]
 DtypeOpt = Annotated[str, typer.Option(
     "--dtype", help="float32 (exact) or bfloat16 (autocast: 2-4x faster on CPUs with AVX-512 BF16/AMX, "
     "slightly different numbers; on CPU the bfloat16 weights are cast once and kept, +0.66 GB).",
@@ -99,7 +130,8 @@ def handle_errors(fn: F) -> F:
         except MAEError as exc:
             if debug_enabled():
                 raise
-            fail(str(exc))
+            flag = FLAGS.get(exc.argument or "")
+            fail(f"{exc} (command line: {flag})" if flag else str(exc))
         except (OSError, ValueError) as exc:
             # Disk full, permission denied, an impossible option combination: the user's to fix.
             if debug_enabled():
@@ -123,8 +155,10 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """`224` -> (224, 224); `224x320` -> (224, 320)."""
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """`224` -> (224, 224); `224x320` -> (224, 320); None (not given) -> None: the model's own size."""
+    if text is None:
+        return None
     parts = text.lower().replace("*", "x").split("x")
     try:
         values = [int(p) for p in parts]
@@ -157,31 +191,25 @@ def collect_inputs(images: list[Path], purpose: str) -> tuple[list[Path], list]:
     return paths, failures
 
 
-def model_config(size: tuple[int, int], norm_pix_loss: bool):  # -> MAEConfig
-    """The architecture every command builds: MAE ViT-Large/16 at `size`."""
-    from mae.large import MAEConfig
-
-    return MAEConfig.vit_large(img_size=size, norm_pix_loss=norm_pix_loss)
-
-
 def load_model(
     checkpoint: Path | None,
     *,
-    size: tuple[int, int] = (224, 224),
+    size: tuple[int, int] | None = None,
     device: str = "auto",
     trust: bool = False,
     norm_pix_loss: bool = False,
     quiet: bool = False,
     seed: int = 0,
 ) -> MaskedAutoencoderViT:
-    """The ViT-L model from `checkpoint` (fast path: meta device + mmap), or a seeded random init for None."""
+    """The model (`catalog.DEFAULT_ARCHITECTURE`, ViT-L) from `checkpoint` (fast path: meta device + mmap), or a
+    seeded random init for None. `size` None keeps the architecture's own input size."""
     import torch
 
-    from mae.large import MaskedAutoencoderViT
+    from mae.large import MAEConfig, MaskedAutoencoderViT
     from mae.large.pipeline import resolve_device
 
     target = resolve_device(device)
-    config = model_config(size, norm_pix_loss)
+    config = MAEConfig.from_architecture(None, norm_pix_loss=norm_pix_loss, **({"img_size": size} if size else {}))
     # Seeds the random init, and the random decoder of an encoder-only file: runs are reproducible.
     torch.manual_seed(seed)
     if checkpoint is None:
@@ -214,3 +242,27 @@ def report_details(r: LoadReport) -> None:
         err.print(f"  [dim]- {escape(fix)}[/]")
     for message in r.warnings:
         err.print(f"[bold yellow]warning:[/] {escape(message)}")
+
+
+class progress:
+    """A rich progress bar on stderr over `total` items, as a context giving the `advance()` to call per
+    item; a no-op when quiet or for a single item."""
+
+    def __init__(self, total: int, label: str, *, quiet: bool) -> None:
+        self.total, self.label, self.quiet = total, label, quiet or total < 2
+        self.bar: Any = None
+
+    def __enter__(self) -> Callable[[], None]:
+        if self.quiet:
+            return lambda: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn(escape(self.label)), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=err, transient=True)
+        self.bar.start()
+        task = self.bar.add_task("items", total=self.total)
+        return lambda: self.bar.advance(task)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -11,6 +11,11 @@ from rich.table import Table
 
 from cli.common import JsonOpt, err, handle_errors, out, print_json
 from cli.render import escape
+from mae.large import catalog
+
+NAMES = ", ".join([*catalog.CHECKPOINTS, catalog.ALL])
+FULL_NAMES = " or ".join(n for n, c in catalog.CHECKPOINTS.items() if c.kind == "full")
+ENCODER_NAMES = " and ".join(n for n, c in catalog.CHECKPOINTS.items() if c.kind == "encoder-only")
 
 if TYPE_CHECKING:  # pragma: no cover
     from mae.large.download import CheckpointSpec, DownloadResult
@@ -19,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 @handle_errors
 def download_command(
     names: Annotated[list[str] | None, typer.Argument(
-        help="Checkpoints to fetch: visualize, visualize-gan, pretrain, or all (see --list).", show_default=False)] = None,
+        help=f"Checkpoints to fetch: {NAMES} (see --list).", show_default=False)] = None,
     dest: Annotated[Path, typer.Option("--dest", help="Folder to save into.")] = Path("data"),
     list_: Annotated[bool, typer.Option("--list", help="List the known checkpoints and what each is for.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Fetch again even if a verified copy is present.")] = False,
@@ -38,7 +43,7 @@ def download_command(
         _list(list(REGISTRY.values()), json_)
         return
     if not names:
-        raise typer.BadParameter("give checkpoint names (visualize, visualize-gan, pretrain or all), or --list",
+        raise typer.BadParameter(f"give checkpoint names ({NAMES}), or --list",
                                  param_hint="NAMES")
     specs = resolve_names(names)
     rows = []
@@ -109,5 +114,5 @@ def _list(specs: list[CheckpointSpec], json_: bool) -> None:
         size = f"{s.size / 1e9:.2f} GB" if s.size else "unknown"
         table.add_row(s.name, s.filename, size, f"[{colour}]{s.kind}[/]", str(s.num_tensors), escape(s.purpose))
     out.print(table)
-    out.print("Reconstruction (`mae-large reconstruct`) needs a [green]full[/] checkpoint: visualize or visualize-gan. "
-              "pretrain holds the [yellow]encoder only[/]: for fine-tuning / features; its decoder would be random.")
+    out.print(f"Reconstruction (`mae-large reconstruct`) needs a [green]full[/] checkpoint: {FULL_NAMES}. "
+              f"{ENCODER_NAMES} holds the [yellow]encoder only[/]: for fine-tuning / features; its decoder would be random.")

@@ -15,11 +15,13 @@ import typer
 
 from cli.common import (
     BatchSizeOpt,
+    CropOpt,
     DeviceOpt,
     DtypeOpt,
     JsonOpt,
     SizeOpt,
     TrustOpt,
+    choice,
     collect_inputs,
     err,
     handle_errors,
@@ -30,22 +32,14 @@ from cli.common import (
     report_details,
 )
 from cli.render import escape
+from cli.sharded import run_sharded
+from mae.large import catalog
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mae.large import VisionTransformer, ViTConfig
+    from mae.large import VisionTransformer
 
-DEFAULT_FEATURES_CHECKPOINT = Path("data/mae_pretrain_vit_large.pth")
+DEFAULT_FEATURES_CHECKPOINT = catalog.ENCODER_ONLY.default_path
 DEFAULT_FEATURES_OUT = Path("features.safetensors")
-
-
-def classifier_config(size: tuple[int, int], pool: str) -> ViTConfig:
-    """The architecture the command builds: the ViT-L/16 encoder at `size`, no head, `pool` pooling.
-
-    A seam for tests, which swap in a tiny model (as `cli.common.model_config` is for the MAE).
-    """
-    from mae.large.features import classifier_for_pool
-
-    return classifier_for_pool(pool, img_size=size)
 
 
 @handle_errors
@@ -58,29 +52,24 @@ def features_command(
         "--out", "-o", help="The safetensors file to write: 'features' (N, D) float32, the file names in its metadata.",
     )] = DEFAULT_FEATURES_OUT,
     pool: Annotated[str, typer.Option(
-        "--pool", help="mean: mean patch token + fc_norm (official global pool; fc_norm is a fresh, plain LayerNorm); "
+        "--pool", callback=choice("--pool", catalog.POOLS),
+        help="mean: mean patch token + fc_norm (official global pool; fc_norm is a fresh, plain LayerNorm); "
         "cls: the cls token after the encoder's final norm.")] = "mean",
     batch_size: BatchSizeOpt = 32,
-    size: SizeOpt = "224",
-    crop: Annotated[str, typer.Option(
-        "--crop", help="resize (official demo: squash to the size) or center (keep aspect, crop).")] = "resize",
+    size: SizeOpt = None,
+    crop: CropOpt = "resize",
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     json_: JsonOpt = False,
     trust: TrustOpt = False,
 ) -> None:
     """Embed each image with the MAE encoder and save the pooled feature vectors, in input order."""
-    if pool not in ("mean", "cls"):
-        raise typer.BadParameter(f"pool must be mean or cls, got {pool!r}", param_hint="--pool")
-    if crop not in ("resize", "center"):
-        raise typer.BadParameter(f"crop must be resize or center, got {crop!r}", param_hint="--crop")
     if out_path.is_dir():
         raise typer.BadParameter(f"{out_path} is a folder; give a file name such as {DEFAULT_FEATURES_OUT}",
                                  param_hint="--out")
     hw = parse_size(size)
     torch_dtype = parse_dtype(dtype)
 
-    from mae.large.distributed import distributed_run, gather_to_main, shard
     from mae.large.features import FeatureResult, extract_features
     from mae.large.image import ImageFailure
     from mae.large.pipeline import resolve_device
@@ -88,42 +77,36 @@ def features_command(
     paths, failures = collect_inputs(images, "extract features from")
     if out_path.resolve() in {p.resolve() for p in paths}:
         raise typer.BadParameter(f"{out_path} is one of the input images; choose another output file", param_hint="--out")
-    target = resolve_device(device)
     started = time.perf_counter()
-    with distributed_run(target) as ctx:
-        quiet = json_ or not ctx.is_main
-        model = _load_encoder(checkpoint, hw, pool, ctx.device, trust=trust, quiet=quiet)
-        local = shard(paths, ctx.rank, ctx.world_size)
-        results: list[Any] = []
-        label = "embedding" if not ctx.is_distributed else f"embedding (rank 0's {len(local)} of {len(paths)})"
-        with _progress(len(local), label, quiet=quiet or len(local) < 2) as advance:
-            for item in extract_features(model, local, batch_size=batch_size, crop=crop,  # type: ignore[arg-type]
-                                         dtype=torch_dtype, device=ctx.device):
-                results.append(item)
-                advance()
-        merged = gather_to_main(ctx, results)
-        world_size = ctx.world_size
-    if merged is None:  # not rank 0: rank 0 writes and reports
+    run = run_sharded(
+        paths, resolve_device(device), label="embedding", quiet=json_,
+        setup=lambda ctx, quiet: _load_encoder(checkpoint, hw, pool, ctx.device, trust=trust, quiet=quiet),
+        work=lambda model, local, ctx: extract_features(model, local, batch_size=batch_size, crop=crop,  # type: ignore[arg-type]
+                                                        dtype=torch_dtype, device=ctx.device),
+    )
+    if run.results is None:  # not rank 0: rank 0 writes and reports
         return
     seconds = time.perf_counter() - started
+    model, merged, world_size = run.state, run.results, run.ctx.world_size
 
     rows = [r for r in merged if isinstance(r, FeatureResult)]
     failures += [r for r in merged if isinstance(r, ImageFailure)]
     dim = model.config.embed_dim
     written: Path | None = None
     if rows:
-        written = _save(out_path, rows, model, checkpoint, pool, hw, crop, dtype)
+        written = _save(out_path, rows, model, checkpoint, pool, crop, dtype)
     failed = [{"image": str(f.path), "error": f.reason} for f in failures]
     if json_:
         print_json({"output": str(written) if written else None, "count": len(rows), "dim": dim, "pool": pool,
-                    "size": list(hw), "checkpoint": str(checkpoint), "failed": failed, "world_size": world_size,
-                    "seconds": round(seconds, 3)})
+                    "size": list(model.config.img_size), "checkpoint": str(checkpoint), "failed": failed,
+                    "world_size": world_size, "seconds": round(seconds, 3)})
     else:
         for f in failures:
             err.print(f"[red]skipped[/] {escape(f.reason)}")
         if written is not None:
             procs = f", {world_size} processes" if world_size > 1 else ""
-            out.print(f"wrote {len(rows)} feature vectors of dim {dim} (pool {pool}, {hw[0]}x{hw[1]}) to "
+            h, w = model.config.img_size
+            out.print(f"wrote {len(rows)} feature vectors of dim {dim} (pool {pool}, {h}x{w}) to "
                       f"{escape(str(written))} in {seconds:.1f} s{procs}")
         else:
             err.print("[red]no feature vector[/]: every image failed, nothing was written")
@@ -133,11 +116,18 @@ def features_command(
         raise typer.Exit(1)
 
 
-def _load_encoder(checkpoint: Path, size: tuple[int, int], pool: str, device: Any, *, trust: bool,
+def _load_encoder(checkpoint: Path, size: tuple[int, int] | None, pool: str, device: Any, *, trust: bool,
                   quiet: bool) -> VisionTransformer:
-    from mae.large import VisionTransformer
+    """The encoder of `catalog.DEFAULT_ARCHITECTURE` (ViT-L) with `pool` pooling and no head."""
+    import warnings
 
-    model = VisionTransformer.from_pretrained(checkpoint, classifier_config(size, pool), trust=trust, device=device)
+    from mae.large import VisionTransformer, ViTConfig
+    from mae.large.features import classifier_for_pool
+
+    config = classifier_for_pool(pool, ViTConfig.from_architecture(None), **({"img_size": size} if size else {}))
+    with warnings.catch_warnings():  # the report's warnings are printed below
+        warnings.simplefilter("ignore", UserWarning)
+        model = VisionTransformer.from_pretrained(checkpoint, config, trust=trust, device=device)
     model.eval()
     r = model.load_report
     if not quiet and r is not None:
@@ -149,36 +139,14 @@ def _load_encoder(checkpoint: Path, size: tuple[int, int], pool: str, device: An
     return model
 
 
-def _save(out_path: Path, rows: list, model: VisionTransformer, checkpoint: Path, pool: str, size: tuple[int, int],
-          crop: str, dtype: str) -> Path:
+def _save(out_path: Path, rows: list, model: VisionTransformer, checkpoint: Path, pool: str, crop: str,
+          dtype: str) -> Path:
     import torch
 
     from mae.large.features import model_name, save_features
 
     features = torch.stack([r.vector for r in rows])
+    size = model.config.img_size
     metadata = {"checkpoint": str(checkpoint), "pool": pool, "size": f"{size[0]}x{size[1]}",
                 "model": model_name(model.config), "crop": crop, "dtype": dtype, "dim": str(features.shape[1])}
     return save_features(out_path, features, [str(r.path) for r in rows], metadata)
-
-
-class _progress:
-    """A rich progress bar on stderr; a no-op when quiet."""
-
-    def __init__(self, total: int, label: str, quiet: bool) -> None:
-        self.total, self.label, self.quiet = total, label, quiet
-        self.bar: Any = None
-
-    def __enter__(self):
-        if self.quiet:
-            return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            console=err, transient=True)
-        self.bar.start()
-        task = self.bar.add_task("images", total=self.total)
-        return lambda: self.bar.advance(task)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()

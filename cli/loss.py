@@ -44,7 +44,7 @@ def loss_command(
     mask_ratio: MaskRatioOpt = 0.75,
     batch_size: BatchSizeOpt = 8,
     device: DeviceOpt = "auto",
-    size: SizeOpt = "224",
+    size: SizeOpt = None,
     dtype: DtypeOpt = "float32",
     check: Annotated[bool, typer.Option(
         "--check", help="Exit 1 if the mean is outside the tolerance of the expected value.")] = False,
@@ -69,7 +69,7 @@ def loss_command(
             err.print(f"[yellow]no checkpoint at {DEFAULT_CHECKPOINT}[/]: measuring a random init instead "
                       "(`mae-large download visualize` fetches the full checkpoint)")
 
-    from mae.large.pipeline import NOISE_LOSS_TOLERANCE, checkpoint_kind, noise_loss
+    from mae.large.pipeline import checkpoint_kind, image_loss, noise_loss
 
     model = load_model(chosen, size=hw, device=device, trust=trust, norm_pix_loss=norm_pix_loss, quiet=json_, seed=seed)
     kind = checkpoint_kind(model)
@@ -78,8 +78,11 @@ def loss_command(
         result = noise_loss(model, kind, samples=samples, seed=seed, mask_ratio=mask_ratio, batch_size=batch_size,
                             dtype=torch_dtype)
     else:
-        result, failed = _image_loss(model, kind, images or [], seed, mask_ratio, batch_size, torch_dtype,
-                                     NOISE_LOSS_TOLERANCE)
+        result, unread = image_loss(model, kind, images or [], seed=seed, mask_ratio=mask_ratio, batch_size=batch_size,
+                                    dtype=torch_dtype)
+        failed = len(unread)
+        for f in unread:
+            err.print(f"[red]skipped[/] {escape(f.reason)}")
     verdict = _verdict(result)
     if json_:
         print_json({"checkpoint": str(chosen) if chosen else None, "kind": kind, "source": result.source,
@@ -97,25 +100,6 @@ def loss_command(
                  f"{kind} model")
     if failed:
         fail(f"{failed} input(s) could not be read (listed above); the loss is over the other {len(result.losses)}")
-
-
-def _image_loss(model, kind, images, seed, mask_ratio, batch_size, dtype, tolerance):
-    from mae.large.errors import ImageError
-    from mae.large.image import ImageFailure, collect_images
-    from mae.large.pipeline import LossResult, reconstruct_files
-
-    paths, failures = collect_images(images)
-    losses = []
-    for item in reconstruct_files(model, paths, mask_ratio=mask_ratio, seed=seed, batch_size=batch_size, dtype=dtype):
-        if isinstance(item, ImageFailure):
-            failures.append(item)
-        else:
-            losses.append(item.loss)
-    for f in failures:
-        err.print(f"[red]skipped[/] {escape(f.reason)}")
-    if not losses:
-        raise ImageError("no image could be read: " + "; ".join(f.reason for f in failures))
-    return LossResult("images", kind, losses, mask_ratio, model.norm_pix_loss, None, tolerance), len(failures)
 
 
 def _verdict(result) -> str:

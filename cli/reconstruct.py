@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -12,6 +12,7 @@ from rich.table import Table
 from cli.common import (
     DEFAULT_CHECKPOINT,
     BatchSizeOpt,
+    CropOpt,
     DeviceOpt,
     DtypeOpt,
     JsonOpt,
@@ -28,6 +29,7 @@ from cli.common import (
     print_json,
 )
 from cli.render import escape
+from cli.sharded import run_sharded
 
 PANEL_FILES = ("original", "masked", "reconstruction", "reconstruction_visible")
 
@@ -44,9 +46,8 @@ def reconstruct_command(
     norm_pix: Annotated[bool, typer.Option(
         "--norm-pix", help="The checkpoint predicts per-patch normalised pixels (trained with --norm_pix_loss); "
         "the prediction is un-normalised with the visible patches' statistics.")] = False,
-    crop: Annotated[str, typer.Option(
-        "--crop", help="resize (official demo: squash to the size) or center (keep aspect, crop).")] = "resize",
-    size: SizeOpt = "224",
+    crop: CropOpt = "resize",
+    size: SizeOpt = None,
     save_panels: Annotated[bool, typer.Option("--save-panels", help="Also write each panel as its own PNG.")] = False,
     allow_random_decoder: Annotated[bool, typer.Option(
         "--allow-random-decoder", help="Draw even with an encoder-only checkpoint (the decoder is then random).")] = False,
@@ -59,62 +60,55 @@ def reconstruct_command(
 
     Under torchrun each process reconstructs its own share of the images and writes their figures;
     rank 0 gathers the rows and prints the summary."""
-    if crop not in ("resize", "center"):
-        raise typer.BadParameter("crop must be resize or center", param_hint="--crop")
     hw = parse_size(size)
     torch_dtype = parse_dtype(dtype)
 
-    from mae.large.distributed import distributed_run, gather_to_main, shard
     from mae.large.image import ImageFailure
     from mae.large.pipeline import require_decoder, resolve_device
 
     paths, failures = collect_inputs(images, "reconstruct")
-    with distributed_run(resolve_device(device)) as ctx:
-        quiet = json_ or not ctx.is_main
+    # Named from every input, so each rank names its figures as one process would.
+    names = _output_names(paths, out_dir, save_panels)
+
+    def setup(ctx, quiet: bool):
         model = load_model(checkpoint, size=hw, device=str(ctx.device), trust=trust, norm_pix_loss=norm_pix, quiet=quiet)
         require_decoder(model, allow_random_decoder)
-        random_decoder = model.load_report is not None and model.load_report.decoder_random
+        return model
 
+    def work(model, local: list[Path], ctx):
         from mae.large.figures import make_panels, reconstruction_figure, save_figure, save_panel
         from mae.large.pipeline import reconstruct_files
 
-        # Named from every input, so each rank names its figures as one process would.
-        names = _output_names(paths, out_dir, save_panels)
-        local = shard(paths, ctx.rank, ctx.world_size)
-        local_rows: list[dict] = []
-        crop_mode: Literal["resize", "center"] = "center" if crop == "center" else "resize"
-        started = time.perf_counter()
-        with _progress(len(local), quiet=quiet or len(local) < 2) as advance:
-            for item in reconstruct_files(model, local, mask_ratio=mask_ratio, seed=seed, crop=crop_mode,
-                                          batch_size=batch_size, dtype=torch_dtype):
-                advance()
-                if isinstance(item, ImageFailure):
-                    local_rows.append({"image": str(item.path), "error": item.reason})
-                    if not quiet and not ctx.is_distributed:  # distributed: rank 0 lists them all below
-                        err.print(f"[red]skipped[/] {escape(item.reason)}")
-                    continue
-                panels = make_panels(model, item.image[None], item.pred[None], item.mask[None], norm_pix=norm_pix)[0]
-                note = ", ".join(n for n in ("random decoder" if random_decoder else "",
-                                             "norm-pix prediction un-normalised with visible-patch statistics"
-                                             if norm_pix else "") if n) or None
-                fig = reconstruction_figure(panels, title=item.path.name, loss=item.loss, note=note)
-                stem = names[item.path]
-                figure_path = save_figure(fig, out_dir / f"{stem}.png")
-                written = [str(figure_path)]
-                if save_panels:
-                    for label, panel in zip(PANEL_FILES, panels.as_list()):
-                        written.append(str(save_panel(panel, out_dir / f"{stem}.{label}.png")))
-                local_rows.append({"image": str(item.path), "loss": item.loss, "output": str(figure_path),
-                                   "files": written, "note": note})
-        gathered = gather_to_main(ctx, local_rows)
-    if gathered is None:  # not rank 0: rank 0 reports for every process
+        random_decoder = model.load_report is not None and model.load_report.decoder_random
+        note = ", ".join(n for n in ("random decoder" if random_decoder else "",
+                                     "norm-pix prediction un-normalised with visible-patch statistics"
+                                     if norm_pix else "") if n) or None
+        for item in reconstruct_files(model, local, mask_ratio=mask_ratio, seed=seed, crop=crop,  # type: ignore[arg-type]
+                                      batch_size=batch_size, dtype=torch_dtype):
+            if isinstance(item, ImageFailure):
+                if not json_ and not ctx.is_distributed:  # distributed: rank 0 lists them all below
+                    err.print(f"[red]skipped[/] {escape(item.reason)}")
+                yield {"image": str(item.path), "error": item.reason}
+                continue
+            panels = make_panels(model, item.image[None], item.pred[None], item.mask[None], norm_pix=norm_pix)[0]
+            fig = reconstruction_figure(panels, title=item.path.name, loss=item.loss, note=note)
+            stem = names[item.path]
+            figure_path = save_figure(fig, out_dir / f"{stem}.png")
+            written = [str(figure_path)]
+            if save_panels:
+                for label, panel in zip(PANEL_FILES, panels.as_list()):
+                    written.append(str(save_panel(panel, out_dir / f"{stem}.{label}.png")))
+            yield {"image": str(item.path), "loss": item.loss, "output": str(figure_path), "files": written, "note": note}
+
+    started = time.perf_counter()
+    run = run_sharded(paths, resolve_device(device), label="reconstructing", quiet=json_, setup=setup, work=work)
+    if run.results is None:  # not rank 0: rank 0 reports for every process
         return
-    position = {str(p): i for i, p in enumerate(paths)}
-    rows: list[dict] = [{"image": str(f.path), "error": f.reason} for f in failures]
-    rows += sorted(gathered, key=lambda r: position[r["image"]])  # input order, failures in their place
-    failures += [ImageFailure(Path(r["image"]), r["error"]) for r in gathered if "error" in r]
-    if ctx.is_distributed and not json_:
-        for r in gathered:
+    model = run.state
+    rows: list[dict] = [{"image": str(f.path), "error": f.reason} for f in failures] + run.results
+    failures += [ImageFailure(Path(r["image"]), r["error"]) for r in run.results if "error" in r]
+    if run.ctx.is_distributed and not json_:
+        for r in run.results:
             if "error" in r:
                 err.print(f"[red]skipped[/] {escape(r['error'])}")
     seconds = time.perf_counter() - started
@@ -162,26 +156,3 @@ def _summary_table(rows: list[dict], mask_ratio: float, seed: int) -> Table:
         else:
             table.add_row(escape(r["image"]), f"{r['loss']:.4f}", escape(r["output"]))
     return table
-
-
-class _progress:
-    """A rich progress bar on stderr for several images; a no-op otherwise."""
-
-    def __init__(self, total: int, quiet: bool) -> None:
-        self.total, self.quiet = total, quiet
-        self.bar = None
-
-    def __enter__(self):
-        if self.quiet:
-            return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("reconstructing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            console=err, transient=True)
-        self.bar.start()
-        task = self.bar.add_task("images", total=self.total)
-        return lambda: self.bar.advance(task)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -90,4 +90,4 @@ def verdict_panel(s: CheckpointSummary) -> Panel:
         if hidden:
             lines.append(f"  ... and {hidden} more (--json lists them all)")
     style = {"full": "green", "encoder-only": "yellow"}.get(c.kind, "red")
-    return Panel("\n".join(lines), title="verdict against mae_vit_large_patch16", border_style=style, expand=False)
+    return Panel("\n".join(lines), title=f"verdict against {s.model_name}", border_style=style, expand=False)

@@ -100,6 +100,18 @@ def encoder_only(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def shaped_state_dict(config: MAEConfig) -> dict[str, torch.Tensor]:
     """Tensors with the right shapes for `config` that cost one float each (stride-0 views): for tests
     that only look at names and shapes, the file stays a few kilobytes."""
-    from mae.large.checkpoint import expected_shapes
+    return {k: torch.zeros(1).expand(*s) for k, s in MaskedAutoencoderViT.expected_state(config).shapes.items()}
 
-    return {k: torch.zeros(1).expand(*s) for k, s in expected_shapes(config).items()}
+
+def use_small_architecture(monkeypatch) -> MAEConfig:
+    """Register the official vectors' small configuration as an architecture and make it the one every
+    command builds (instead of ViT-L), for this test only."""
+    from mae.large import catalog
+
+    config = small_config()
+    # Named as `catalog.architecture_name` names a size it does not know, so names in outputs stay the same.
+    name = f"vit_d{config.embed_dim}_depth{config.depth}_heads{config.num_heads}_patch{config.patch_size}"
+    sizes = {k: v for k, v in config.to_dict().items() if k not in ("name", "norm_pix_loss")}
+    monkeypatch.setitem(catalog.ARCHITECTURES, name, catalog.Architecture(name, "the tests' small MAE", sizes))
+    monkeypatch.setattr(catalog, "DEFAULT_ARCHITECTURE", name)
+    return config

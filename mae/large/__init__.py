@@ -3,25 +3,52 @@
     from mae.large import mae_vit_large_patch16
     model = mae_vit_large_patch16()
     loss, pred, mask = model(imgs)
+
+The names below are imported on first use (PEP 562), so that torch-free modules of the package
+(`catalog`, `config`, `errors`) load without torch: the CLI quotes them in `--help` at no cost.
 """
 
-import logging
+from __future__ import annotations
 
-from .config import MAEConfig
-from .model import MAEOutput, MaskedAutoencoderViT, Reconstruction, mae_vit_large_patch16
-from .vit import VisionTransformer, ViTConfig, param_groups_lrd, vit_large_patch16
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
 
 # Library code logs and never prints; the application decides where records go.
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
+_EXPORTS: dict[str, str] = {
+    "MAEConfig": "config",
+    "EncoderConfig": "config",
+    "MAEOutput": "model",
+    "MaskedAutoencoderViT": "model",
+    "Reconstruction": "model",
+    "mae_vit_large_patch16": "model",
+    "ViTConfig": "vit",
+    "VisionTransformer": "vit",
+    "param_groups_lrd": "vit",
+    "vit_large_patch16": "vit",
+}
+
 __all__ = [
-    "MAEConfig",
-    "MAEOutput",
-    "MaskedAutoencoderViT",
-    "Reconstruction",
-    "ViTConfig",
-    "VisionTransformer",
-    "mae_vit_large_patch16",
-    "param_groups_lrd",
-    "vit_large_patch16",
+    "EncoderConfig", "MAEConfig", "MAEOutput", "MaskedAutoencoderViT", "Reconstruction", "ViTConfig",
+    "VisionTransformer", "mae_vit_large_patch16", "param_groups_lrd", "vit_large_patch16",
 ]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import EncoderConfig, MAEConfig
+    from .model import MAEOutput, MaskedAutoencoderViT, Reconstruction, mae_vit_large_patch16
+    from .vit import VisionTransformer, ViTConfig, param_groups_lrd, vit_large_patch16
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

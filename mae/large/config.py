@@ -1,16 +1,21 @@
-"""The frozen model configuration and the official sizes.
+"""The frozen model configurations and the official sizes.
 
-`MAEConfig()` with no arguments is the official `mae_vit_large_patch16_dec512d8b`: the model behind both
-published ViT-Large checkpoints. Every field is validated on construction, so an impossible shape fails
-here with the field's name rather than deep inside a reshape.
+`EncoderConfig` holds the ViT encoder every model here shares; `MAEConfig` adds the decoder of the masked
+autoencoder and `ViTConfig` (in `vit.py`) the classifier's head. `MAEConfig()` with no arguments is the
+official `mae_vit_large_patch16_dec512d8b`, the model behind both published ViT-Large checkpoints. Every
+field is validated on construction, so an impossible shape fails here with the field's name rather than
+deep inside a reshape. The official sizes come from `catalog.ARCHITECTURES`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, TypeVar
+
+from . import catalog
 
 Size2D = tuple[int, int]
+C = TypeVar("C", bound="EncoderConfig")
 
 
 def to_2tuple(value: int | tuple[int, int] | list[int], name: str) -> Size2D:
@@ -26,37 +31,23 @@ def to_2tuple(value: int | tuple[int, int] | list[int], name: str) -> Size2D:
     raise ValueError(f"{name} must be an int or a (height, width) pair, got {value!r}")
 
 
-def _check_positive_int(config: Any, name: str) -> None:
+def check_positive_int(config: Any, name: str) -> None:
     value = getattr(config, name)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def validate_encoder_fields(config: Any) -> None:
-    """Checks shared by every ViT configuration (MAE and classifier): raise `ValueError` naming the field.
-
-    `config.img_size` must already be a (height, width) pair.
-    """
-    for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
-        _check_positive_int(config, name)
-    for side, length in zip(("height", "width"), config.img_size):
-        if length <= 0 or length % config.patch_size:
-            raise ValueError(f"img_size {side} {length} must be a positive multiple of patch_size {config.patch_size}")
-    if config.embed_dim % config.num_heads:
-        raise ValueError(f"embed_dim {config.embed_dim} must be divisible by num_heads {config.num_heads}")
-    if config.embed_dim % 4:  # the 2-D sin-cos table splits the width in two halves of sin/cos pairs
-        raise ValueError(f"embed_dim must be a multiple of 4 for the 2-D sin-cos position table, got {config.embed_dim}")
-    ratio = config.mlp_ratio
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio <= 0:
-        raise ValueError(f"mlp_ratio must be a positive number, got {ratio!r}")
-    eps = config.layer_norm_eps
-    if not isinstance(eps, float) or not 0 < eps < 1:
-        raise ValueError(f"layer_norm_eps must be a float in (0, 1), got {eps!r}")
+def check_sincos_width(width: int, name: str) -> None:
+    if width % 4:  # the 2-D sin-cos table splits the width in two halves of sin/cos pairs
+        raise ValueError(f"{name} must be a multiple of 4 for the 2-D sin-cos position table, got {width}")
 
 
 @dataclass(frozen=True)
-class MAEConfig:
-    """Shape of a masked autoencoder; defaults are ViT-Large/16 with the 512-d, 8-block decoder."""
+class EncoderConfig:
+    """The ViT encoder shared by the masked autoencoder and the classifier; defaults are ViT-Large/16.
+
+    Subclasses add their own fields keyword-only, after these, so the encoder fields keep their order.
+    """
 
     img_size: Size2D = (224, 224)
     patch_size: int = 16
@@ -64,31 +55,28 @@ class MAEConfig:
     embed_dim: int = 1024
     depth: int = 24
     num_heads: int = 16
-    decoder_embed_dim: int = 512
-    decoder_depth: int = 8
-    decoder_num_heads: int = 16
     mlp_ratio: float = 4.0
-    norm_pix_loss: bool = False
     # The official code builds every LayerNorm with partial(nn.LayerNorm, eps=1e-6); torch's default
     # 1e-5 changes every activation slightly, so the value is part of the architecture.
     layer_norm_eps: float = 1e-6
-    name: str = field(default="", compare=False)  # a label for messages; not part of equality
 
     def __post_init__(self) -> None:
         # Frozen dataclass: normalise through object.__setattr__ once, here.
         object.__setattr__(self, "img_size", to_2tuple(self.img_size, "img_size"))
-        validate_encoder_fields(self)
-        for name in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
-            _check_positive_int(self, name)
-        if self.decoder_embed_dim % self.decoder_num_heads:
-            raise ValueError(
-                f"decoder_embed_dim {self.decoder_embed_dim} must be divisible by "
-                f"decoder_num_heads {self.decoder_num_heads}"
-            )
-        if self.decoder_embed_dim % 4:
-            raise ValueError("decoder_embed_dim must be a multiple of 4 for the 2-D sin-cos position table")
-        if not isinstance(self.norm_pix_loss, bool):
-            raise ValueError(f"norm_pix_loss must be a bool, got {self.norm_pix_loss!r}")
+        for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
+            check_positive_int(self, name)
+        for side, length in zip(("height", "width"), self.img_size):
+            if length <= 0 or length % self.patch_size:
+                raise ValueError(f"img_size {side} {length} must be a positive multiple of patch_size {self.patch_size}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads}")
+        check_sincos_width(self.embed_dim, "embed_dim")
+        ratio = self.mlp_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio <= 0:
+            raise ValueError(f"mlp_ratio must be a positive number, got {ratio!r}")
+        eps = self.layer_norm_eps
+        if not isinstance(eps, float) or not 0 < eps < 1:
+            raise ValueError(f"layer_norm_eps must be a float in (0, 1), got {eps!r}")
 
     # ---- derived sizes -------------------------------------------------------------------------
     @property
@@ -110,10 +98,15 @@ class MAEConfig:
         return int(self.embed_dim * self.mlp_ratio)
 
     @property
-    def decoder_mlp_hidden_dim(self) -> int:
-        return int(self.decoder_embed_dim * self.mlp_ratio)
+    def architecture_name(self) -> str:
+        """`vit_large_patch16` for an official size, else a name spelling out the shape."""
+        return catalog.architecture_name(self.embed_dim, self.depth, self.num_heads, self.patch_size)
 
-    def replace(self, **changes: Any) -> MAEConfig:
+    def encoder_fields(self) -> dict[str, Any]:
+        """The encoder part of this config, to build another config over the same encoder."""
+        return {f.name: getattr(self, f.name) for f in fields(EncoderConfig)}
+
+    def replace(self: C, **changes: Any) -> C:
         """A copy with `changes` applied (and validated)."""
         return replace(self, **changes)
 
@@ -122,19 +115,54 @@ class MAEConfig:
         data["img_size"] = list(self.img_size)
         return data
 
+    @classmethod
+    def from_architecture(cls: type[C], name: str | None = None, **overrides: Any) -> C:
+        """The size `name` (see `catalog.ARCHITECTURES`; None: `catalog.DEFAULT_ARCHITECTURE`), with
+        `overrides` applied."""
+        known = {f.name for f in fields(cls)}
+        arch = {k: v for k, v in catalog.architecture(name).fields().items() if k in known}
+        return cls(**{**arch, **overrides})
+
+
+@dataclass(frozen=True)
+class MAEConfig(EncoderConfig):
+    """Shape of a masked autoencoder; defaults are ViT-Large/16 with the 512-d, 8-block decoder."""
+
+    decoder_embed_dim: int = field(default=catalog.DECODER["decoder_embed_dim"], kw_only=True)
+    decoder_depth: int = field(default=catalog.DECODER["decoder_depth"], kw_only=True)
+    decoder_num_heads: int = field(default=catalog.DECODER["decoder_num_heads"], kw_only=True)
+    norm_pix_loss: bool = field(default=False, kw_only=True)
+    name: str = field(default="", compare=False, kw_only=True)  # a label for messages; not part of equality
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
+            check_positive_int(self, name)
+        if self.decoder_embed_dim % self.decoder_num_heads:
+            raise ValueError(
+                f"decoder_embed_dim {self.decoder_embed_dim} must be divisible by "
+                f"decoder_num_heads {self.decoder_num_heads}"
+            )
+        check_sincos_width(self.decoder_embed_dim, "decoder_embed_dim")
+        if not isinstance(self.norm_pix_loss, bool):
+            raise ValueError(f"norm_pix_loss must be a bool, got {self.norm_pix_loss!r}")
+
+    @property
+    def decoder_mlp_hidden_dim(self) -> int:
+        return int(self.decoder_embed_dim * self.mlp_ratio)
+
     # ---- the official sizes (models_mae.py) ----------------------------------------------------
     @classmethod
     def vit_base(cls, **overrides: Any) -> MAEConfig:
         """`mae_vit_base_patch16_dec512d8b`."""
-        return cls(**{"embed_dim": 768, "depth": 12, "num_heads": 12, "name": "vit_base_patch16", **overrides})
+        return cls.from_architecture("vit_base_patch16", **overrides)
 
     @classmethod
     def vit_large(cls, **overrides: Any) -> MAEConfig:
         """`mae_vit_large_patch16_dec512d8b`: the architecture of both published ViT-L checkpoints."""
-        return cls(**{"name": "vit_large_patch16", **overrides})
+        return cls.from_architecture("vit_large_patch16", **overrides)
 
     @classmethod
     def vit_huge(cls, **overrides: Any) -> MAEConfig:
         """`mae_vit_huge_patch14_dec512d8b`."""
-        return cls(**{"patch_size": 14, "embed_dim": 1280, "depth": 32, "num_heads": 16,
-                      "name": "vit_huge_patch14", **overrides})
+        return cls.from_architecture("vit_huge_patch14", **overrides)

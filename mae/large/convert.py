@@ -34,23 +34,34 @@ WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
 
 # Classifier keys of fine-tuning checkpoints (official `models_vit.py`, timm): not part of the MAE model.
 CLASSIFIER_PREFIXES: tuple[str, ...] = ("head.", "fc_norm.", "head_drop.", "pre_logits.")
+# Keys of the MAE decoder (official `models_mae.py`): a classifier has no use for them.
+DECODER_PREFIXES: tuple[str, ...] = ("mask_token", "decoder_")
 
-# HuggingFace block sub-keys -> official block sub-keys. (4.x name, 5.x name) -> official name.
-_HF_BLOCK_RENAMES: dict[str, str] = {
-    "attention.output.dense": "attn.proj",  # 4.x
-    "attention.o_proj": "attn.proj",  # 5.x
-    "intermediate.dense": "mlp.fc1",  # 4.x
-    "output.dense": "mlp.fc2",  # 4.x
-    "mlp.fc1": "mlp.fc1",  # 5.x
-    "mlp.fc2": "mlp.fc2",  # 5.x
+# HuggingFace block sub-keys -> official block sub-keys, per generation of transformers.
+_HF4_BLOCK: dict[str, str] = {
+    "attention.output.dense": "attn.proj",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
     "layernorm_before": "norm1",
     "layernorm_after": "norm2",
 }
-# HuggingFace q/k/v projections, fused into `attn.qkv` in this order.
-_HF_QKV_PARTS: dict[str, int] = {
-    "attention.attention.query": 0, "attention.attention.key": 1, "attention.attention.value": 2,  # 4.x
-    "attention.q_proj": 0, "attention.k_proj": 1, "attention.v_proj": 2,  # 5.x
+_HF5_BLOCK: dict[str, str] = {
+    "attention.o_proj": "attn.proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
 }
+# HuggingFace q, k, v projections, fused into `attn.qkv` in this order.
+_HF4_QKV: tuple[str, str, str] = ("attention.attention.query", "attention.attention.key", "attention.attention.value")
+_HF5_QKV: tuple[str, str, str] = ("attention.q_proj", "attention.k_proj", "attention.v_proj")
+# Where the encoder blocks live.
+_HF4_ENCODER = "vit.encoder.layer"
+_HF5_ENCODER = "vit.layers"
+
+# Reading accepts both generations.
+_HF_BLOCK_RENAMES: dict[str, str] = {**_HF4_BLOCK, **_HF5_BLOCK}
+_HF_QKV_PARTS: dict[str, int] = {name: i for names in (_HF4_QKV, _HF5_QKV) for i, name in enumerate(names)}
 # Whole-key renames of the non-block tensors.
 _HF_RENAMES: dict[str, str] = {
     "embeddings.cls_token": "cls_token",
@@ -147,15 +158,12 @@ def from_huggingface(sd: StateDict) -> StateDict:
 def to_huggingface(sd: StateDict, new_names: bool = True) -> StateDict:
     """Official names -> HuggingFace `ViTMAEForPreTraining` names (5.x names, or 4.x with new_names=False).
 
-    The inverse of `from_huggingface`; used to write HuggingFace-layout files and in parity tests.
+    The inverse of `from_huggingface`, driven by the same tables inverted; `qkv` is split into q, k, v.
     """
     inverse = {v: k for k, v in _HF_RENAMES.items()}
-    qkv_names = (("attention.q_proj", "attention.k_proj", "attention.v_proj") if new_names else
-                 ("attention.attention.query", "attention.attention.key", "attention.attention.value"))
-    block_names = ({"attn.proj": "attention.o_proj", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"} if new_names else
-                   {"attn.proj": "attention.output.dense", "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"})
-    block_names |= {"norm1": "layernorm_before", "norm2": "layernorm_after"}
-    encoder_prefix = "vit.layers" if new_names else "vit.encoder.layer"
+    block_names = {v: k for k, v in (_HF5_BLOCK if new_names else _HF4_BLOCK).items()}
+    qkv_names = _HF5_QKV if new_names else _HF4_QKV
+    encoder_prefix = _HF5_ENCODER if new_names else _HF4_ENCODER
     out: StateDict = {}
     block_key = re.compile(r"^(blocks|decoder_blocks)\.(\d+)\.(.+)\.(weight|bias)$")
     for key, value in sd.items():

@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from . import catalog
 from .config import MAEConfig
-from .errors import DownloadError
+from .errors import DownloadError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,10 @@ SpecKind = Literal["full", "encoder-only"]
 # ================================================================================================
 @dataclass(frozen=True)
 class CheckpointSpec:
-    """One published checkpoint: where it lives and what a correct copy must look like."""
+    """One checkpoint to fetch: where it lives and what a correct copy must look like.
+
+    The published ones are built from `catalog.CHECKPOINTS` (`from_entry`); tests make their own.
+    """
 
     name: str  # the short name the CLI takes (`visualize`, `pretrain` ...)
     filename: str  # the file name on disk (and on a flat mirror)
@@ -65,46 +69,14 @@ class CheckpointSpec:
     purpose: str  # one line for `--list`: what the file is for
     config: MAEConfig = MAEConfig.vit_large()  # the model the structural check measures against
 
+    @classmethod
+    def from_entry(cls, entry: catalog.CheckpointEntry) -> CheckpointSpec:
+        return cls(entry.name, entry.filename, entry.url, entry.size, entry.md5_prefix, entry.kind,
+                   entry.num_tensors, entry.purpose, MAEConfig.from_architecture(entry.architecture))
 
-RECONSTRUCTION = "reconstruction / visualisation"
-FINE_TUNING = "fine-tuning / features (encoder only, no decoder)"
 
-REGISTRY: dict[str, CheckpointSpec] = {
-    spec.name: spec
-    for spec in (
-        CheckpointSpec(
-            name="visualize",
-            filename="mae_visualize_vit_large.pth",
-            url="https://dl.fbaipublicfiles.com/mae/visualize/mae_visualize_vit_large.pth",
-            size=1_318_315_181,
-            md5_prefix=None,
-            kind="full",
-            num_tensors=398,
-            purpose=RECONSTRUCTION,
-        ),
-        CheckpointSpec(
-            name="visualize-gan",
-            filename="mae_visualize_vit_large_ganloss.pth",
-            url="https://dl.fbaipublicfiles.com/mae/visualize/mae_visualize_vit_large_ganloss.pth",
-            size=None,
-            md5_prefix=None,
-            kind="full",
-            num_tensors=398,
-            purpose=RECONSTRUCTION + " (GAN loss: sharper images)",
-        ),
-        CheckpointSpec(
-            name="pretrain",
-            filename="mae_pretrain_vit_large.pth",
-            url="https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_large.pth",
-            size=None,
-            md5_prefix="b8b06e",
-            kind="encoder-only",
-            num_tensors=294,
-            purpose=FINE_TUNING,
-        ),
-    )
-}
-ALL = "all"
+REGISTRY: dict[str, CheckpointSpec] = {name: CheckpointSpec.from_entry(e) for name, e in catalog.CHECKPOINTS.items()}
+ALL = catalog.ALL
 
 
 def resolve_names(names: Iterable[str]) -> list[CheckpointSpec]:
@@ -188,12 +160,13 @@ def _check_structure(path: Path, spec: CheckpointSpec) -> tuple[bool, str]:
     # A helper of its own so every tensor (memory-mapped from `path`) is released when it returns:
     # the caller renames or deletes the file next, which must not happen under a live mapping.
     from .checkpoint import classify, read_checkpoint
+    from .model import MaskedAutoencoderViT
 
     try:
         data = read_checkpoint(path)
-        result = classify(data.state_dict, spec.config)
+        result = classify(data.state_dict, MaskedAutoencoderViT.expected_state(spec.config))
     except Exception as exc:  # any failure to read it means it is not the checkpoint we asked for
-        return False, f"is not a readable checkpoint ({_first_line(str(exc))})"
+        return False, f"is not a readable checkpoint ({first_line(str(exc))})"
     finally:
         data = None  # drop the mmap'd tensors now, not at the next garbage collection
     if result.kind != spec.kind or result.num_tensors != spec.num_tensors:
@@ -325,7 +298,8 @@ def _transfer(url: str, part: Path, final: Path, spec: CheckpointSpec, timeout: 
         raise DownloadError(f"{shown} answered HTTP {exc.code} {exc.reason}; check the name or mirror, or {by_hand}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise DownloadError(f"could not reach {shown}: {_first_line(str(reason)) or type(exc).__name__}; {by_hand}") from None
+        detail = first_line(str(reason), default="") or type(exc).__name__
+        raise DownloadError(f"could not reach {shown}: {detail}; {by_hand}") from None
 
     with response:
         code = response.status
@@ -368,7 +342,7 @@ def _transfer(url: str, part: Path, final: Path, spec: CheckpointSpec, timeout: 
                     f.close()
                     _drop_if_empty(part)
                     raise DownloadError(
-                        f"could not reach {shown}: {_first_line(str(exc)) or type(exc).__name__} after {done:,} bytes "
+                        f"could not reach {shown}: {first_line(str(exc), default='') or type(exc).__name__} after {done:,} bytes "
                         f"(kept in {part}; run again to resume); {by_hand}"
                     ) from None
                 if not chunk:
@@ -402,7 +376,3 @@ def _int_header(value: str | None) -> int | None:
     except ValueError:
         return None
 
-
-def _first_line(message: str) -> str:
-    lines = message.strip().splitlines()
-    return lines[0][:200] if lines else ""

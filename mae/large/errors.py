@@ -7,7 +7,13 @@ from __future__ import annotations
 
 
 class MAEError(Exception):
-    """Base class of the errors a user can cause and fix (bad file, bad image, no network)."""
+    """Base class of the errors a user can cause and fix (bad file, bad image, no network).
+
+    Messages speak in API terms (`trust=True`, `device="cpu"`); `argument` names the API argument the fix
+    is about, so that a front end can add its own spelling of it (the CLI adds the flag).
+    """
+
+    argument: str | None = None
 
 
 class CheckpointError(MAEError):
@@ -21,6 +27,8 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 class UnsafeCheckpointError(CheckpointError):
     """A pickle that would run code (or build objects) beyond plain tensors; needs an explicit opt-in."""
 
+    argument = "trust"
+
 
 class IncompatibleCheckpointError(CheckpointError):
     """The file holds tensors, but not the ones this model needs (wrong keys or shapes)."""
@@ -29,6 +37,8 @@ class IncompatibleCheckpointError(CheckpointError):
 class EncoderOnlyCheckpointError(CheckpointError):
     """An encoder-only checkpoint given to a job that needs the trained decoder."""
 
+    argument = "allow_random_decoder"
+
 
 class ImageError(MAEError):
     """An image file that cannot be opened or decoded."""
@@ -36,3 +46,36 @@ class ImageError(MAEError):
 
 class DownloadError(MAEError):
     """A download that failed or did not verify."""
+
+
+class InvalidArgumentError(MAEError, ValueError):
+    """An argument outside what the function accepts (a batch size of 0, an unknown pool, a bad size).
+
+    Also a `ValueError`, so code that catches the standard exception keeps working.
+    """
+
+
+class DeviceError(MAEError, ValueError):
+    """A device that does not exist on this machine (`cuda` without CUDA, an index out of range)."""
+
+    argument = "device"
+
+
+def invalid_argument(argument: str, message: str) -> InvalidArgumentError:
+    """An `InvalidArgumentError` about the API argument `argument`: `raise invalid_argument("samples", ...)`."""
+    error = InvalidArgumentError(message)
+    error.argument = argument
+    return error
+
+
+# ---- message helpers shared by every module (no torch here) ---------------------------------------
+def first_line(message: str, limit: int = 200, default: str = "no details") -> str:
+    """The first line of an exception text, cut to `limit` characters, for a one-line message."""
+    text = str(message).strip()
+    return text.splitlines()[0][:limit] if text else default
+
+
+def short_list(items: list[str], limit: int = 3) -> str:
+    """`a, b, c and 4 more`."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")

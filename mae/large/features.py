@@ -32,10 +32,11 @@ from typing import Literal
 import safetensors.torch
 import torch
 
+from . import catalog
 from .atomic import atomic_path
 from .config import Size2D, to_2tuple
-from .errors import ImageError, MAEError
-from .image import Crop, ImageFailure, load_image
+from .errors import ImageError, MAEError, invalid_argument
+from .image import Crop, ImageFailure, check_crop, load_image
 from .pipeline import autocast_context
 from .vit import VisionTransformer, ViTConfig
 
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 Pool = Literal["mean", "cls"]
-POOLS: tuple[str, ...] = ("mean", "cls")
+POOLS: tuple[str, ...] = catalog.POOLS
 FEATURES_FORMAT = "mae-large-features/1"
 _FEATURES_KEY = "features"
 _FILES_KEY = "files"
@@ -69,7 +70,7 @@ class FeatureResult:
 def global_pool_for(pool: str) -> bool:
     """`mean` -> True (mean of patch tokens + fc_norm), `cls` -> False (normed cls token)."""
     if pool not in POOLS:
-        raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
+        raise invalid_argument("pool", f"pool must be 'mean' or 'cls', got {pool!r}")
     return pool == "mean"
 
 
@@ -82,11 +83,7 @@ def classifier_for_pool(pool: str, base: ViTConfig | None = None, **overrides: o
 
 def model_name(config: ViTConfig) -> str:
     """`vit_large_patch16` for the official sizes, else a name spelling out the shape."""
-    known = {(768, 12, 12): "vit_base", (1024, 24, 16): "vit_large", (1280, 32, 16): "vit_huge"}
-    base = known.get((config.embed_dim, config.depth, config.num_heads))
-    if base is not None:
-        return f"{base}_patch{config.patch_size}"
-    return f"vit_d{config.embed_dim}_depth{config.depth}_heads{config.num_heads}_patch{config.patch_size}"
+    return config.architecture_name
 
 
 def extract_features(
@@ -110,12 +107,14 @@ def extract_features(
     pass under autocast.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise MAEError(f"batch size must be a positive integer, got {batch_size!r}")
+        raise invalid_argument("batch_size", f"batch size must be a positive integer, got batch_size={batch_size!r}")
+    check_crop(crop)
     model_size = model.config.img_size
     size = model_size if size is None else to_2tuple(size, "size")
     if size != model_size:
-        raise ValueError(f"size {size[0]}x{size[1]} differs from the model's img_size {model_size[0]}x{model_size[1]}; "
-                         "build the model at that size (from_pretrained(..., img_size=...)) instead")
+        raise invalid_argument("size", f"size {size[0]}x{size[1]} differs from the model's img_size "
+                               f"{model_size[0]}x{model_size[1]}; build the model at that size "
+                               "(from_pretrained(..., img_size=...)) instead")
     target = torch.device(device) if device is not None else next(model.parameters()).device
     # Failures wait in the queue with the images, so everything comes out in input order.
     pending: list[tuple[int, Path, torch.Tensor | ImageFailure]] = []

@@ -21,13 +21,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .catalog import CROPS
+from .errors import ImageError, invalid_argument
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_SUFFIXES",
     "ImageFailure",
+    "check_crop",
     "collect_images",
     "denormalize",
     "load_image",
@@ -48,6 +50,12 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
 _SUFFIX_ORDER = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 Crop = Literal["resize", "center"]
+
+
+def check_crop(crop: str) -> None:
+    """Raise `InvalidArgumentError` (a `ValueError`) unless `crop` is one of `catalog.CROPS`."""
+    if crop not in CROPS:
+        raise invalid_argument("crop", f"crop must be {' or '.join(repr(c) for c in CROPS)}, got {crop!r}")
 
 
 # ---- finding files ------------------------------------------------------------------------------
@@ -266,8 +274,7 @@ def preprocess(
       shorter side becomes the target) with bicubic resampling, then cut the centre.
     """
     h, w = _check_size(size)
-    if crop not in ("resize", "center"):
-        raise ValueError(f"crop must be 'resize' or 'center', got {crop!r}")
+    check_crop(crop)
     if not isinstance(img, Image.Image):
         raise TypeError(f"img must be a PIL.Image.Image, got {type(img).__name__}")
     if img.mode != "RGB":

@@ -7,6 +7,7 @@ timm's `PatchEmbed` and `Block` give and that the released files use; nothing ne
 from __future__ import annotations
 
 import weakref
+from collections.abc import Collection
 from typing import NamedTuple
 
 import torch
@@ -171,11 +172,12 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+# ---- the official init, one function per rule (models_mae.py `initialize_weights` / `_init_weights`) --------
+# Each rule leaves tensors on the meta device alone: there is nothing to fill, the caller loads real weights.
 def init_official_(module: nn.Module) -> None:
     """The official `_init_weights`: xavier-uniform Linear weights, zero biases, LayerNorm 1 / 0.
 
-    Meant for `module.apply(init_official_)`; tensors on the meta device are left alone (there is
-    nothing to initialise, and the caller loads real weights into them).
+    Meant for `module.apply(init_official_)`.
     """
     if isinstance(module, nn.Linear) and not module.weight.is_meta:
         nn.init.xavier_uniform_(module.weight)
@@ -184,6 +186,44 @@ def init_official_(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm) and module.weight is not None and not module.weight.is_meta:
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+@torch.no_grad()
+def init_patch_embed_(proj: nn.Conv2d) -> None:
+    """Xavier-uniform over the flattened (C*p*p) patch, as if the projection were a Linear; the bias keeps
+    the Conv2d default, as in the official code."""
+    w = proj.weight
+    if not w.is_meta:
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+
+
+def init_token_(token: torch.Tensor) -> None:
+    """cls and mask tokens: normal(std=0.02) (timm's trunc_normal_ is not used here: the official code
+    calls torch.nn.init.normal_)."""
+    if not token.is_meta:
+        nn.init.normal_(token, std=0.02)
+
+
+def init_fresh_(model: nn.Module, names: Collection[str]) -> None:
+    """The official init for exactly the parameters `names` (state-dict keys) of `model`, rule by rule.
+
+    Used after a load for what the file did not hold: a module with such a parameter gets its rule
+    (the patch projection `init_patch_embed_`, Linear and LayerNorm `init_official_`), a token of the
+    model itself `init_token_`. Position tables and heads are the model's own business.
+    """
+    wanted = set(names)
+    for prefix, module in model.named_modules():
+        own = {f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)}
+        if module is model or not own & wanted:
+            continue
+        if isinstance(module, nn.Conv2d):
+            module.reset_parameters()  # the Conv2d default for the bias, then the official weight rule
+            init_patch_embed_(module)
+        else:
+            init_official_(module)
+    for name, param in model.named_parameters(recurse=False):
+        if name in wanted and name.endswith("_token"):
+            init_token_(param)
 
 
 def check_images(imgs: torch.Tensor, in_chans: int, img_size: tuple[int, int], size_hint: str = "") -> None:

@@ -11,19 +11,24 @@ unchanged. Two additions make runs reproducible and well defined:
 from __future__ import annotations
 
 import numbers
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from . import catalog, load
+from .checkpoint import CheckpointData, Classification, ExpectedState, is_regenerable, key_part
 from .config import MAEConfig
-from .layers import Block, Linear, PatchEmbed, check_images, init_official_
+from .errors import IncompatibleCheckpointError, short_list
+from .layers import Block, Linear, PatchEmbed, check_images, init_fresh_, init_official_, init_patch_embed_, init_token_
+from .load import Fitted, LoadReport
 from .pos_embed import sincos_2d
 
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from .checkpoint import LoadReport
+# The two position tables: fixed 2-D sin-cos functions of the patch grid, stored in the files, never trained.
+FIXED_TABLES: frozenset[str] = frozenset({"pos_embed", "decoder_pos_embed"})
 
 
 class MAEOutput(NamedTuple):
@@ -111,24 +116,27 @@ class MaskedAutoencoderViT(nn.Module):
 
         On the meta device (see `from_pretrained`) this only fills in nothing: there is no memory.
         """
+        # The order is the official one: it decides which random numbers each tensor draws.
         self.reset_pos_embed()
-        w = self.patch_embed.proj.weight
-        if not w.is_meta:
-            with torch.no_grad():
-                # Initialise as a Linear over the flattened (C*p*p) patch, as the official code does.
-                nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        for token in (self.cls_token, self.mask_token):
-            if not token.is_meta:
-                nn.init.normal_(token, std=0.02)
+        init_patch_embed_(self.patch_embed.proj)
+        init_token_(self.cls_token)
+        init_token_(self.mask_token)
         self.apply(init_official_)
 
     def initialize_decoder(self) -> None:
         """Official init of the decoder part alone (mask token and decoder modules)."""
         self.reset_pos_embed()
-        if not self.mask_token.is_meta:
-            nn.init.normal_(self.mask_token, std=0.02)
+        init_token_(self.mask_token)
         for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
             module.apply(init_official_)
+
+    def init_missing_(self, names: Collection[str]) -> None:
+        """The official init for the tensors `names` only (those a checkpoint did not hold): the rules of
+        `initialize_weights`, and a position table is the sin-cos table of the grid."""
+        init_fresh_(self, names)
+        for name in FIXED_TABLES & set(names):
+            table = getattr(self, name)
+            table.copy_(sincos_2d(table.shape[-1], self.patch_embed.grid_size, cls_token=True).unsqueeze(0))
 
     @torch.no_grad()
     def reset_pos_embed(self) -> None:
@@ -277,12 +285,26 @@ class MaskedAutoencoderViT(nn.Module):
     def _check_images(self, imgs: torch.Tensor) -> None:
         check_images(imgs, self.config.in_chans, self.config.img_size)
 
-    # ---- loading (implemented in checkpoint.py) ------------------------------------------------
-    def load_pretrained(self, path: str | Path, *, strict: bool = True, trust: bool = False) -> LoadReport:
-        """Load a checkpoint file into this model; see `mae.large.checkpoint.load_into`."""
-        from .checkpoint import load_into
+    # ---- loading (the chain is load.py; the filter is fit_mae_state below) ----------------------
+    @classmethod
+    def expected_state(cls, config: MAEConfig | None = None) -> ExpectedState:
+        """Every key with its shape and part (encoder / decoder) for `config`, built on the meta device and
+        cached; what `classify`, `inspect` and the download check measure a file against."""
+        config = config or MAEConfig.vit_large()
+        own = (config.embed_dim, config.depth, config.patch_size)
+        others = [(arch.label, MAEConfig.from_architecture(name)) for name, arch in catalog.ARCHITECTURES.items()]
+        alternatives = tuple((label, c) for label, c in others if (c.embed_dim, c.depth, c.patch_size) != own)
+        return load.expected_state_of(MaskedAutoencoderViT, config, key_part, FIXED_TABLES, alternatives)
 
-        return load_into(self, path, strict=strict, trust=trust)
+    def load_pretrained(self, path: str | Path, *, strict: bool = True, trust: bool = False) -> LoadReport:
+        """Load a checkpoint into this model, all or nothing (copying).
+
+        A full file loads all tensors; an encoder-only file loads the encoder and leaves the decoder as it
+        is (the official random init of a freshly built model), with a loud `UserWarning`. Anything else
+        raises `IncompatibleCheckpointError` before a single tensor is copied.
+        """
+        return load.load_into(self, path, reference=self.expected_state(self.config), trust=trust,
+                              fit=lambda data, result, model: fit_mae_state(data, result, model.config, strict))
 
     @classmethod
     def from_pretrained(
@@ -292,12 +314,43 @@ class MaskedAutoencoderViT(nn.Module):
         *,
         trust: bool = False,
         device: str | torch.device = "cpu",
-        **kwargs: Any,
+        strict: bool = True,
     ) -> MaskedAutoencoderViT:
-        """Build a model straight from a checkpoint (meta device, mmap); see `checkpoint.from_pretrained`."""
-        from .checkpoint import from_pretrained
+        """Build a model straight from a checkpoint: built on the meta device, the file memory-mapped and
+        its tensors assigned (no random init, no copy). Whatever the file does not hold (the decoder of an
+        encoder-only file) gets the official init. Returned in eval mode; the report is `model.load_report`."""
+        config = config or MAEConfig.vit_large()
+        model = load.from_pretrained(cls, config, path, reference=cls.expected_state(config), trust=trust, device=device,
+                                     fit=lambda data, result, model: fit_mae_state(data, result, config, strict))
+        return model.eval()
 
-        return from_pretrained(cls, path, config, trust=trust, device=device, **kwargs)
+
+def fit_mae_state(data: CheckpointData, result: Classification, config: MAEConfig, strict: bool) -> Fitted:
+    """The masked autoencoder's filter: refuse what does not fit, regenerate a sin-cos table made for
+    another grid (exact: it is a function of the grid), cast to float32."""
+    if result.kind == "incompatible" and (strict or result.mismatched or result.unexpected or result.not_float):
+        hint = f"; {result.hint}" if result.hint else ""
+        raise IncompatibleCheckpointError(
+            f"{data.path} does not fit {config.name or 'this model'}: {result.problem()}{hint}; nothing was loaded"
+        )
+    expected = MaskedAutoencoderViT.expected_state(config)
+    sd = dict(data.state_dict)
+    fixes: list[str] = []
+    for name in sorted(FIXED_TABLES & set(sd)):
+        if tuple(sd[name].shape) != expected.shapes[name] and is_regenerable(expected, name, tuple(sd[name].shape)):
+            sd[name] = sincos_2d(expected.shapes[name][-1], config.grid_size, cls_token=True).unsqueeze(0)
+            fixes.append(f"regenerated the fixed sin-cos {name} for the {config.grid_size} patch grid "
+                         f"(file has {list(data.state_dict[name].shape)})")
+    sd = load.as_float32(sd, fixes)
+    warns: list[str] = []
+    kind = result.kind
+    if kind == "encoder-only":
+        warns.append(catalog.random_decoder_warning(len(sd)))
+    elif kind == "incompatible":  # only strict=False gets here: missing keys keep their init
+        kind = "partial"
+        warns.append(f"strict=False: {len(result.missing)} tensors were not in the file and keep their initial "
+                     f"values ({short_list(result.missing)})")
+    return Fitted(sd, kind, fixes=fixes, warnings=warns)
 
 
 def mae_vit_large_patch16(**overrides: Any) -> MaskedAutoencoderViT:

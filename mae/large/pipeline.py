@@ -16,26 +16,22 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 import torch
 
-from .errors import CheckpointError, ImageError, MAEError
-from .image import ImageFailure, load_image
+from . import catalog
+from .catalog import EXPECTED_NOISE_LOSS, NOISE_LOSS_TOLERANCE
+from .errors import DeviceError, EncoderOnlyCheckpointError, ImageError, invalid_argument
+from .image import Crop, ImageFailure, check_crop, collect_images, load_image
 from .model import MaskedAutoencoderViT
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# The requirements' noise benchmark: mean loss on randn images at mask ratio 0.75, norm_pix_loss off.
-EXPECTED_NOISE_LOSS: dict[str, float] = {"full": 1.0, "encoder-only": 1.87, "random-init": 1.74}
-# How far the mean may stray before `loss --check` fails. Measured spread over seeds on the official
-# code is about +-0.05 for a random init; 0.15 leaves room for batch-to-batch variation of 8 samples.
-NOISE_LOSS_TOLERANCE = 0.15
-
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """auto -> cuda if available, else mps if available, else cpu. Unavailable devices raise."""
+    """auto -> cuda if available, else mps if available, else cpu. Unavailable devices raise `DeviceError`."""
     name = name.strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
@@ -43,20 +39,21 @@ def resolve_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    unknown = f"unknown device {name!r}; use device='auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise MAEError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        raise DeviceError(unknown) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise MAEError(f"--device {name} was asked for but no CUDA device is available; use --device cpu or auto")
+            raise DeviceError(f"device {name!r} was asked for but no CUDA device is available; use device='cpu' or 'auto'")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise MAEError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
+            raise DeviceError(f"device {name!r}: there are only {torch.cuda.device_count()} CUDA devices")
     elif device.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise MAEError("--device mps was asked for but MPS is not available; use --device cpu or auto")
+            raise DeviceError("device 'mps' was asked for but MPS is not available; use device='cpu' or 'auto'")
     elif device.type != "cpu":
-        raise MAEError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+        raise DeviceError(unknown)
     return device
 
 
@@ -89,7 +86,7 @@ def reconstruct_files(
     *,
     mask_ratio: float = 0.75,
     seed: int = 2,
-    crop: Literal["resize", "center"] = "resize",
+    crop: Crop = "resize",
     batch_size: int = 8,
     device: torch.device | None = None,
     dtype: torch.dtype = torch.float32,
@@ -98,10 +95,13 @@ def reconstruct_files(
     """Reconstruct every file in `paths` in batches; yields one result or failure per file, in order.
 
     With `overlap` the batches are computed in a worker thread, one batch ahead of the caller: while
-    the caller handles a batch's results (the CLI draws and saves a figure per image, 0.25 s each on
-    2 cores), the next batch's forward pass runs (torch releases the GIL in its kernels). The results
+    the caller handles a batch's results (the CLI draws and saves a figure per image), the next batch's
+    forward pass runs (torch releases the GIL in its kernels). The results
     are the same either way; `overlap=False` computes each batch only when the caller asks for it.
     """
+    check_crop(crop)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise invalid_argument("batch_size", f"batch size must be a positive integer, got batch_size={batch_size!r}")
     items = _reconstruct_batches(model, paths, mask_ratio=mask_ratio, seed=seed, crop=crop, batch_size=batch_size,
                                  device=device, dtype=dtype)
     return _run_ahead(items, batch_size) if overlap else items
@@ -113,13 +113,11 @@ def _reconstruct_batches(
     *,
     mask_ratio: float,
     seed: int,
-    crop: Literal["resize", "center"],
+    crop: Crop,
     batch_size: int,
     device: torch.device | None,
     dtype: torch.dtype,
 ) -> Iterator[ImageResult | ImageFailure]:
-    if batch_size < 1:
-        raise MAEError(f"batch size must be at least 1, got {batch_size}")
     device = device or next(model.parameters()).device
     size = model.config.img_size
     noise_row = mask_noise(seed, model.config.num_patches)
@@ -243,8 +241,8 @@ def noise_loss(
     dtype: torch.dtype = torch.float32,
 ) -> LossResult:
     """The requirements' benchmark: loss on `randn` images (ImageNet-normalised space), seeded."""
-    if samples < 1:
-        raise MAEError(f"--samples must be at least 1, got {samples}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise invalid_argument("samples", f"samples must be a positive integer, got {samples!r}")
     c = model.config
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
@@ -256,8 +254,34 @@ def noise_loss(
         with torch.inference_mode(), autocast_context(device, dtype):
             out = model.reconstruct(batch, mask_ratio, noise[start:start + batch_size].to(device))
         losses.extend(out.per_image_loss.float().cpu().tolist())
-    expected = EXPECTED_NOISE_LOSS.get(kind) if mask_ratio == 0.75 and not model.norm_pix_loss else None
+    benchmark = mask_ratio == catalog.NOISE_MASK_RATIO and not model.norm_pix_loss
+    expected = EXPECTED_NOISE_LOSS.get(kind) if benchmark else None
     return LossResult("noise", kind, losses, mask_ratio, model.norm_pix_loss, expected, NOISE_LOSS_TOLERANCE)
+
+
+def image_loss(
+    model: MaskedAutoencoderViT,
+    kind: str,
+    images: Sequence[str | Path],
+    *,
+    seed: int = 0,
+    mask_ratio: float = 0.75,
+    batch_size: int = 8,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[LossResult, list[ImageFailure]]:
+    """The loss on image files and folders (each image masked with `seed`'s mask): the result over the
+    images that could be read, and the inputs that could not. Raises `ImageError` when none could."""
+    paths, failures = collect_images(images)
+    losses: list[float] = []
+    for item in reconstruct_files(model, paths, mask_ratio=mask_ratio, seed=seed, batch_size=batch_size, dtype=dtype):
+        if isinstance(item, ImageFailure):
+            failures.append(item)
+        else:
+            losses.append(item.loss)
+    if not losses:
+        raise ImageError("no image could be read: " + "; ".join(f.reason for f in failures))
+    result = LossResult("images", kind, losses, mask_ratio, model.norm_pix_loss, None, NOISE_LOSS_TOLERANCE)
+    return result, failures
 
 
 def checkpoint_kind(model: MaskedAutoencoderViT) -> str:
@@ -270,17 +294,14 @@ def require_decoder(model: MaskedAutoencoderViT, allow_random_decoder: bool) -> 
     """Refuse to reconstruct with an encoder-only checkpoint unless explicitly allowed."""
     report = model.load_report
     if report is not None and report.kind == "encoder-only" and not allow_random_decoder:
-        from .errors import EncoderOnlyCheckpointError
-
         raise EncoderOnlyCheckpointError(
             f"{report.path} holds the encoder only, so the decoder would be random and the reconstruction "
-            "meaningless; use mae_visualize_vit_large.pth (`mae-large download visualize`), or pass "
-            "--allow-random-decoder to draw it anyway"
+            f"meaningless; {catalog.full_checkpoint_advice()}, or pass allow_random_decoder=True to draw it anyway"
         )
 
 
 __all__ = [
-    "EXPECTED_NOISE_LOSS", "NOISE_LOSS_TOLERANCE", "CheckpointError", "ImageFailure", "ImageResult",
-    "LossResult", "autocast_context", "checkpoint_kind", "mask_noise", "noise_loss", "reconstruct_files",
-    "require_decoder", "resolve_device",
+    "EXPECTED_NOISE_LOSS", "NOISE_LOSS_TOLERANCE", "ImageFailure", "ImageResult", "LossResult", "autocast_context",
+    "checkpoint_kind", "image_loss", "mask_noise", "noise_loss", "reconstruct_files", "require_decoder",
+    "resolve_device",
 ]

@@ -12,15 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import (
-    Classification,
-    classify,
-    expected_shapes,
-    key_part,
-    read_checkpoint,
-)
+from . import catalog
+from .checkpoint import Classification, classify, read_checkpoint
 from .config import MAEConfig
 from .errors import UnsafeCheckpointError
+from .model import MaskedAutoencoderViT
 
 
 @dataclass(frozen=True)
@@ -45,7 +41,7 @@ class CheckpointSummary:
     fixes: list[str]
     dropped: list[str]
     extras: list[str]
-    model_name: str = "mae_vit_large_patch16"
+    model_name: str = f"mae_{catalog.DEFAULT_ARCHITECTURE}"
     dtypes: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -66,7 +62,7 @@ class CheckpointSummary:
             return f"loadable as is: all {c.num_expected} tensors of {self.model_name} (encoder + decoder)"
         if c.kind == "encoder-only":
             return (f"loadable for fine-tuning and features: the {c.num_encoder} encoder tensors; the decoder is NOT in "
-                    "this file, so reconstructions need mae_visualize_vit_large.pth")
+                    f"this file, so reconstructions need {catalog.FULL.filename}")
         hint = f"; {c.hint}" if c.hint else ""
         return f"not loadable into {self.model_name}: {c.problem()}{hint}"
 
@@ -110,18 +106,17 @@ def summarize(path: str | Path, *, trust: bool = False, config: MAEConfig | None
             raise
         unsafe_reason = str(exc)
         data = read_checkpoint(path, trust=True)
-    expected = expected_shapes(config)
+    expected = MaskedAutoencoderViT.expected_state(config)
     tensors = [
-        TensorInfo(name, tuple(t.shape), str(t.dtype).removeprefix("torch."), t.numel(),
-                   key_part(name) if name in expected else "other")
+        TensorInfo(name, tuple(t.shape), str(t.dtype).removeprefix("torch."), t.numel(), expected.parts.get(name, "other"))
         for name, t in data.state_dict.items()
     ]
     dtypes = dict(Counter(t.dtype for t in tensors))
     return CheckpointSummary(
         path=data.path, size_bytes=data.path.stat().st_size, container=data.container,
         source_format=data.source_format, weights_only=unsafe_reason is None, unsafe_reason=unsafe_reason,
-        classification=classify(data.state_dict, config), tensors=tensors, fixes=data.fixes,
-        dropped=data.dropped, extras=data.extras, dtypes=dtypes,
+        classification=classify(data.state_dict, expected), tensors=tensors, fixes=data.fixes,
+        dropped=data.dropped, extras=data.extras, dtypes=dtypes, model_name=f"mae_{config.architecture_name}",
     )
 
 

@@ -13,51 +13,39 @@ depth with linearly increasing rates.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from .checkpoint import DECODER_PREFIXES  # keys of a pre-training file that a classifier has no use for
-from .config import MAEConfig, Size2D, to_2tuple, validate_encoder_fields
+from . import load
+from .checkpoint import CheckpointData, Classification, ExpectedState, Part
+from .config import EncoderConfig, MAEConfig
+from .convert import CLASSIFIER_PREFIXES, DECODER_PREFIXES, StateDict
 from .errors import IncompatibleCheckpointError
-from .layers import Block, PatchEmbed, check_images, init_official_
+from .layers import Block, PatchEmbed, check_images, init_fresh_, init_official_, init_patch_embed_, init_token_
+from .load import Fitted, LoadReport
+from .model import MaskedAutoencoderViT
 from .pos_embed import resize_pos_embed, sincos_2d
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .checkpoint import LoadReport
 
 logger = logging.getLogger(__name__)
 
-StateDict = dict[str, torch.Tensor]
-
-# Keys of a fine-tuned checkpoint's classifier; `load_encoder_state` always starts a fresh one.
-CLASSIFIER_PREFIXES: tuple[str, ...] = ("head.", "fc_norm.")
-
 
 @dataclass(frozen=True)
-class ViTConfig:
+class ViTConfig(EncoderConfig):
     """Shape of the classifier; defaults are the official `vit_large_patch16` fine-tuning model."""
 
-    img_size: Size2D = (224, 224)
-    patch_size: int = 16
-    in_chans: int = 3
-    embed_dim: int = 1024
-    depth: int = 24
-    num_heads: int = 16
-    mlp_ratio: float = 4.0
-    num_classes: int = 1000  # 0: no head, forward returns the pooled features
-    global_pool: bool = True  # mean of the patch tokens + fc_norm (official default); else norm + cls token
-    drop_path_rate: float = 0.1  # stochastic depth of the last block; the first block gets 0
-    layer_norm_eps: float = 1e-6
+    num_classes: int = field(default=1000, kw_only=True)  # 0: no head, forward returns the pooled features
+    # Mean of the patch tokens + fc_norm (official default); else norm + cls token.
+    global_pool: bool = field(default=True, kw_only=True)
+    drop_path_rate: float = field(default=0.1, kw_only=True)  # stochastic depth of the last block; the first gets 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "img_size", to_2tuple(self.img_size, "img_size"))
-        validate_encoder_fields(self)
+        super().__post_init__()
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
             raise ValueError(f"num_classes must be an integer >= 0 (0: no head), got {self.num_classes!r}")
         if not isinstance(self.global_pool, bool):
@@ -66,25 +54,14 @@ class ViTConfig:
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
             raise ValueError(f"drop_path_rate must be a number in [0, 1), got {rate!r}")
 
-    @property
-    def grid_size(self) -> Size2D:
-        """Patches per side, (rows, columns)."""
-        return (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid_size[0] * self.grid_size[1]
-
-    def replace(self, **changes: Any) -> ViTConfig:
-        """A copy with `changes` applied (and validated)."""
-        return replace(self, **changes)
-
     @classmethod
     def from_mae(cls, config: MAEConfig, **overrides: Any) -> ViTConfig:
         """The classifier over the encoder of `config` (its decoder fields have no counterpart)."""
-        shared = {name: getattr(config, name) for name in
-                  ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "layer_norm_eps")}
-        return cls(**{**shared, **overrides})
+        return cls(**{**config.encoder_fields(), **overrides})
+
+    def mae_view(self) -> MAEConfig:
+        """The masked autoencoder over the same encoder: what a pre-training file is classified against."""
+        return MAEConfig(**self.encoder_fields())
 
 
 class VisionTransformer(nn.Module):
@@ -129,13 +106,17 @@ class VisionTransformer(nn.Module):
         with torch.no_grad():
             if not self.pos_embed.is_meta:  # sin-cos start: an untrained model already knows positions
                 self.pos_embed.copy_(sincos_2d(self.pos_embed.shape[-1], self.patch_embed.grid_size, cls_token=True)[None])
-            w = self.patch_embed.proj.weight
-            if not w.is_meta:  # as a Linear over the flattened patch, like models_mae
-                nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-            if not self.cls_token.is_meta:
-                nn.init.normal_(self.cls_token, std=0.02)
+        init_patch_embed_(self.patch_embed.proj)
+        init_token_(self.cls_token)
         self.apply(init_official_)
         self.reset_classifier()
+
+    def init_missing_(self, names: Collection[str]) -> None:
+        """The official init for the tensors `names` only (those a checkpoint did not hold): the encoder
+        rules, and the fine-tuning init for a classifier started fresh."""
+        init_fresh_(self, names)
+        if any(n.startswith(CLASSIFIER_PREFIXES) for n in names):
+            self.reset_classifier()
 
     @torch.no_grad()
     def reset_classifier(self) -> None:
@@ -196,7 +177,13 @@ class VisionTransformer(nn.Module):
     def _check_images(self, imgs: torch.Tensor) -> None:
         check_images(imgs, self.config.in_chans, self.config.img_size, " (the position table is interpolated on load)")
 
-    # ---- loading -------------------------------------------------------------------------------
+    # ---- loading (the chain is load.py; the filter is fit_classifier_state below) -------------------
+    @classmethod
+    def expected_state(cls, config: ViTConfig | None = None) -> ExpectedState:
+        """Every key of the classifier with its shape and part (encoder / classifier), built on the meta
+        device and cached."""
+        return load.expected_state_of(VisionTransformer, config or ViTConfig(), classifier_key_part)
+
     def load_encoder_state(self, sd: StateDict) -> dict[str, list[str]]:
         """Load pre-trained encoder weights (official key names) and start a fresh classifier.
 
@@ -215,7 +202,6 @@ class VisionTransformer(nn.Module):
         self.reset_classifier()  # as main_finetune.py does after loading
         logger.info("loaded %d encoder tensors, ignored %d keys; %s", len(state), len(ignored), "; ".join(notes))
         return {"loaded": list(state), "ignored": ignored, "notes": notes, "initialised": sorted(classifier)}
-
 
     @classmethod
     def from_pretrained(
@@ -240,74 +226,56 @@ class VisionTransformer(nn.Module):
         The module is built on the meta device and the file's tensors are assigned (memory-mapped), so
         the 300 M encoder parameters are neither initialised nor copied.
         """
-        from .checkpoint import LoadReport, classify, read_checkpoint
-
         if head not in ("fresh", "file"):
             raise ValueError(f"head must be 'fresh' (start a new classifier) or 'file' (load the file's), got {head!r}")
         config = (config or ViTConfig()).replace(**overrides)
-        data = read_checkpoint(path, trust=trust)
-        with torch.device("meta"):
-            model = cls(config)
-        mae_view = MAEConfig(img_size=config.img_size, patch_size=config.patch_size, in_chans=config.in_chans,
-                             embed_dim=config.embed_dim, depth=config.depth, num_heads=config.num_heads,
-                             mlp_ratio=config.mlp_ratio)
-        if (not config.global_pool and "norm.weight" not in data.state_dict
-                and any(k.startswith("fc_norm.") for k in data.classifier)):
-            raise IncompatibleCheckpointError(
-                f"{data.path} was fine-tuned with global pooling (it has fc_norm and no final norm), so it does not "
-                "fit a cls-token classifier; build the model with global_pool=True"
-            )
-        try:
-            state, ignored, notes = encoder_state_for_classifier(data.state_dict, model)
-        except IncompatibleCheckpointError as exc:
-            # Name the file, and the architecture it looks like when that explains the mismatch.
-            hint = classify(data.state_dict, mae_view).hint
-            raise IncompatibleCheckpointError(
-                f"{data.path} does not fit this classifier: {exc}" + (f"; {hint}" if hint else "")
-            ) from None
-        warnings_: list[str] = []
-        if head == "file":
-            loaded_head = classifier_state_from_file(data.classifier, model, data.path)
-            state.update(loaded_head)
-            ignored = [k for k in ignored if k not in loaded_head]
-            notes.append(f"loaded the file's classifier ({', '.join(loaded_head)})")
-        else:
-            usable = [k for k in model.state_dict() if k.startswith(CLASSIFIER_PREFIXES) and k in data.classifier]
-            if usable:
-                warnings_.append(
-                    f"this file holds a trained classifier ({', '.join(usable)}); a fresh one was started, as for "
-                    "fine-tuning; pass head='file' to use the file's"
-                )
-        not_float = [k for k, v in state.items() if not v.is_floating_point()]
-        if not_float:
-            raise IncompatibleCheckpointError(
-                f"{data.path} stores {len(not_float)} weights as {state[not_float[0]].dtype} ({not_float[0]} ...), "
-                "not floating point; it is not a model checkpoint"
-            )
-        state = {k: v.float() for k, v in state.items()}
-        model.load_state_dict(state, strict=False, assign=True)
-        # What the file did not provide (the classifier) gets memory and its fine-tuning init.
-        for module in model.modules():
-            if any(p.is_meta for p in module.parameters(recurse=False)):
-                module.to_empty(device="cpu", recurse=False)
-                init_official_(module)
-        if head == "fresh":
-            model.reset_classifier()
-        kind = classify(data.state_dict, mae_view).kind
-        kind = kind if kind in ("full", "encoder-only") else "encoder-only"  # the encoder checks passed above
-        model.load_report = LoadReport(
-            path=data.path, kind=kind, source_format=data.source_format, container=data.container,
-            num_loaded=len(state), num_expected=len(model.state_dict()),
-            missing=[k for k in model.state_dict() if k not in state],
-            unexpected=[], ignored=[k for k in [*data.dropped, *ignored] if k not in state],
-            fixes=[*data.fixes, *notes], num_parameters=sum(t.numel() for t in state.values()),
-            weights_only=data.weights_only, warnings=warnings_,
+        reference = MaskedAutoencoderViT.expected_state(config.mae_view())
+        return load.from_pretrained(cls, config, path, reference=reference, trust=trust, device=device,
+                                    fit=lambda data, result, model: fit_classifier_state(data, result, model, head))
+
+
+def classifier_key_part(name: str) -> Part:
+    """`classifier` for the head and fc_norm, `encoder` for everything else of the classifier."""
+    return "classifier" if name.startswith(CLASSIFIER_PREFIXES) else "encoder"
+
+
+def fit_classifier_state(data: CheckpointData, result: Classification, model: VisionTransformer,
+                         head: Literal["fresh", "file"]) -> Fitted:
+    """The classifier's filter: the encoder tensors it needs (`encoder_state_for_classifier`), the
+    file's classifier with `head="file"`, float32."""
+    if (not model.global_pool and "norm.weight" not in data.state_dict
+            and any(k.startswith("fc_norm.") for k in data.classifier)):
+        raise IncompatibleCheckpointError(
+            f"{data.path} was fine-tuned with global pooling (it has fc_norm and no final norm), so it does not "
+            "fit a cls-token classifier; build the model with global_pool=True"
         )
-        logger.info("%s: %d tensors loaded into the classifier; ignored %d keys", data.path.name,
-                    len(state), len(model.load_report.ignored))
-        for message in warnings_:
-            logger.warning("%s: %s", data.path.name, message)
-        return model.to(device)
+    try:
+        state, ignored, notes = encoder_state_for_classifier(data.state_dict, model)
+    except IncompatibleCheckpointError as exc:
+        # Name the file, and the architecture it looks like when that explains the mismatch.
+        hint = f"; {result.hint}" if result.hint else ""
+        raise IncompatibleCheckpointError(f"{data.path} does not fit this classifier: {exc}{hint}") from None
+    warns: list[str] = []
+    if head == "file":
+        loaded_head = classifier_state_from_file(data.classifier, model, data.path)
+        state.update(loaded_head)
+        ignored = [k for k in ignored if k not in loaded_head]
+        notes.append(f"loaded the file's classifier ({', '.join(loaded_head)})")
+    else:
+        usable = [k for k in model.state_dict() if k.startswith(CLASSIFIER_PREFIXES) and k in data.classifier]
+        if usable:
+            warns.append(f"this file holds a trained classifier ({', '.join(usable)}); a fresh one was started, as "
+                         "for fine-tuning; pass head='file' to use the file's")
+    not_float = [k for k, v in state.items() if not v.is_floating_point()]
+    if not_float:
+        raise IncompatibleCheckpointError(
+            f"{data.path} stores {len(not_float)} weights as {state[not_float[0]].dtype} ({not_float[0]} ...), "
+            "not floating point; it is not a model checkpoint"
+        )
+    state = {k: v.float() for k, v in state.items()}
+    # The encoder checks passed: a file that is not "full" is the encoder of one (or a fine-tuned classifier's).
+    kind = result.kind if result.kind in ("full", "encoder-only") else "encoder-only"
+    return Fitted(state, kind, ignored=ignored, fixes=notes, warnings=warns)
 
 
 def classifier_state_from_file(classifier: StateDict, model: VisionTransformer, path: Path) -> StateDict:
@@ -457,15 +425,13 @@ def apply_lr_scale(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 # ---- the official sizes (models_vit.py) -----------------------------------------------------------
 def vit_base_patch16(**overrides: Any) -> VisionTransformer:
-    return VisionTransformer(ViTConfig(**{"embed_dim": 768, "depth": 12, "num_heads": 12, **overrides}))
+    return VisionTransformer(ViTConfig.from_architecture("vit_base_patch16", **overrides))
 
 
 def vit_large_patch16(**overrides: Any) -> VisionTransformer:
     """The classifier over the published MAE ViT-L/16 encoder; e.g. `vit_large_patch16(num_classes=10)`."""
-    return VisionTransformer(ViTConfig(**{
-        "img_size": 224, "num_classes": 1000, "global_pool": True, "drop_path_rate": 0.1, **overrides,
-    }))
+    return VisionTransformer(ViTConfig.from_architecture("vit_large_patch16", **overrides))
 
 
 def vit_huge_patch14(**overrides: Any) -> VisionTransformer:
-    return VisionTransformer(ViTConfig(**{"patch_size": 14, "embed_dim": 1280, "depth": 32, "num_heads": 16, **overrides}))
+    return VisionTransformer(ViTConfig.from_architecture("vit_huge_patch14", **overrides))

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.helpers import encoder_only, save_official, small_config, small_state_dict
+from tests.helpers import encoder_only, save_official, small_state_dict, use_small_architecture
 
 
 @pytest.fixture
@@ -20,11 +20,7 @@ def runner() -> CliRunner:
 @pytest.fixture
 def small_arch(monkeypatch):
     """Make every command build the official small configuration (img 32, patch 8) instead of ViT-L."""
-    import cli.common
-
-    monkeypatch.setattr(cli.common, "model_config",
-                        lambda size, norm_pix_loss: small_config(norm_pix_loss=norm_pix_loss))
-    return small_config()
+    return use_small_architecture(monkeypatch)
 
 
 @pytest.fixture

@@ -17,11 +17,18 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import cli.features
 from cli.app import app
 from mae.large import MAEConfig, VisionTransformer, ViTConfig
 from mae.large.features import classifier_for_pool, extract_features, load_features
-from tests.helpers import REPO, encoder_only, save_official, shaped_state_dict, small_config, small_state_dict
+from tests.helpers import (
+    REPO,
+    encoder_only,
+    save_official,
+    shaped_state_dict,
+    small_config,
+    small_state_dict,
+    use_small_architecture,
+)
 
 runner = CliRunner()
 
@@ -32,7 +39,7 @@ def tiny_classifier_config(size: tuple[int, int], pool: str) -> ViTConfig:
 
 @pytest.fixture
 def tiny(monkeypatch):
-    monkeypatch.setattr(cli.features, "classifier_config", tiny_classifier_config)
+    use_small_architecture(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +166,7 @@ def test_missing_checkpoint(tiny, tmp_path) -> None:
 def test_incompatible_checkpoint(monkeypatch, tmp_path, size) -> None:
     """A ViT-B file, against the tiny model (2 blocks, 64 wide) and the real ViT-L (24 blocks, 1024 wide)."""
     if size == "tiny":
-        monkeypatch.setattr(cli.features, "classifier_config", tiny_classifier_config)
+        use_small_architecture(monkeypatch)
     write_images(tmp_path / "imgs", 2)
     vit_b = save_official(tmp_path / "vit_b.pth", encoder_only(shaped_state_dict(MAEConfig.vit_base())))
     out = tmp_path / "f.safetensors"

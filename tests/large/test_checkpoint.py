@@ -59,7 +59,7 @@ def test_official_containers(tmp_path: Path, container: str | None, legacy: bool
     assert_same(data.state_dict, sd)
     assert data.container == ("torch-legacy" if legacy else "torch-zip")
     assert data.source_format == "official" and data.weights_only
-    assert classify(data.state_dict, small_config()).kind == "full"
+    assert classify(data.state_dict, MaskedAutoencoderViT.expected_state(small_config())).kind == "full"
 
 
 def test_training_checkpoint_with_args_is_safe_to_read(tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def test_huggingface_encoder_model_is_encoder_only(tmp_path: Path) -> None:
     path = save_official(tmp_path / "vitmae.pth", hf)
     data = read_checkpoint(path)
     assert_same(data.state_dict, encoder_only(small_state_dict()))
-    assert classify(data.state_dict, small_config()).kind == "encoder-only"
+    assert classify(data.state_dict, MaskedAutoencoderViT.expected_state(small_config())).kind == "encoder-only"
 
 
 def test_timm_classifier_keys_are_reported_and_dropped(tmp_path: Path) -> None:
@@ -392,7 +392,7 @@ def test_half_precision_files_are_cast(tmp_path: Path) -> None:
 def test_integer_tensors_are_incompatible(tmp_path: Path) -> None:
     sd = {k: v.to(torch.int32) for k, v in small_state_dict().items()}
     path = save_official(tmp_path / "ints.pth", sd)
-    result = classify(read_checkpoint(path).state_dict, small_config())
+    result = classify(read_checkpoint(path).state_dict, MaskedAutoencoderViT.expected_state(small_config()))
     assert result.kind == "incompatible" and len(result.not_float) == 62
     with pytest.raises(IncompatibleCheckpointError, match="not floating point"):
         MaskedAutoencoderViT.from_pretrained(path, small_config())

@@ -1,0 +1,220 @@
+"""Loading a checkpoint into a model: one chain for every model class.
+
+    read -> convert -> classify -> fit -> assign -> materialise -> report
+
+* read, convert: `checkpoint.read_checkpoint` (file -> tensors in official key names; each fix logged);
+* classify: `checkpoint.classify` against the masked autoencoder's `ExpectedState`, once;
+* fit: the model's own filter (timm's `filter_fn`) picks the tensors it loads and fixes them (a sin-cos
+  table for another grid, a position table to interpolate, a classifier to keep or start fresh);
+* assign: the model is built on the meta device and the tensors are assigned, not copied (memory-mapped
+  from the file), or copied into an existing model;
+* materialise: what the file did not hold gets memory and the model's official init;
+* report: a `LoadReport`, logged; its warnings are raised as `UserWarning`.
+
+This module imports no model class: a model class hands itself in, with its filter. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointData, Classification, ExpectedState, Kind, Part, classify, read_checkpoint
+from .convert import StateDict
+from .errors import IncompatibleCheckpointError
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=nn.Module)
+
+
+@dataclass
+class LoadReport:
+    """What a load did. `kind` is `full` or `encoder-only` (incompatible files raise instead;
+    `partial` only with strict=False)."""
+
+    path: Path
+    kind: Kind
+    source_format: str
+    container: str
+    num_loaded: int  # tensors taken from the file
+    num_expected: int  # keys the model has
+    missing: list[str]  # model keys not in the file (the decoder, for encoder-only)
+    unexpected: list[str]  # file keys not in the model (always empty: those raise)
+    ignored: list[str]  # file keys deliberately not loaded (classifier heads, decoder for a classifier)
+    fixes: list[str]  # each change made on the way, in order
+    num_parameters: int  # parameters in the loaded tensors
+    weights_only: bool
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def decoder_random(self) -> bool:
+        return self.kind == "encoder-only"
+
+
+@dataclass
+class Fitted:
+    """What a model's filter hands back: the tensors to load, and what it did to get them."""
+
+    state: StateDict  # official names of the model, float32
+    kind: Kind  # what the report calls the file
+    ignored: list[str] = field(default_factory=list)
+    fixes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Loadable(Protocol):
+    """What a model class provides to be loaded by this chain."""
+
+    load_report: LoadReport | None
+
+    def init_missing_(self, names: Collection[str]) -> None: ...
+
+
+# A model's filter: (file, its classification, the model to load into, meta or real) -> Fitted.
+FitFn = Callable[[CheckpointData, Classification, Any], Fitted]
+
+
+# ---- what a model expects ---------------------------------------------------------------------------
+@cache
+def expected_state_of(
+    model_cls: type[nn.Module],
+    config: Any,
+    part_of: Callable[[str], Part],
+    fixed: frozenset[str] = frozenset(),
+    alternatives: tuple[tuple[str, Any], ...] = (),
+) -> ExpectedState:
+    """Key -> shape of `model_cls(config)` in state-dict order, built on the meta device (no memory, no
+    init) and cached; `alternatives` are (label, config) pairs whose encoder shapes are listed too."""
+
+    def shapes(cfg: Any) -> dict[str, tuple[int, ...]]:
+        with torch.device("meta"):
+            model = model_cls(cfg)
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+    own = shapes(config)
+    others = tuple((label, {k: s for k, s in shapes(cfg).items() if part_of(k) == "encoder"})
+                   for label, cfg in alternatives)
+    name = getattr(config, "name", "") or config.architecture_name
+    return ExpectedState(name, own, {k: part_of(k) for k in own}, fixed, others)
+
+
+# ---- the chain ----------------------------------------------------------------------------------------
+def from_pretrained(
+    model_cls: type[M],
+    config: Any,
+    path: str | Path,
+    *,
+    reference: ExpectedState,
+    fit: FitFn,
+    trust: bool = False,
+    device: str | torch.device = "cpu",
+) -> M:
+    """Build `model_cls(config)` from a checkpoint without initialising the weights it is about to replace.
+
+    The module is built on the meta device (no memory, no init), the file is memory-mapped and its tensors
+    are assigned, not copied. Whatever the file does not hold is materialised and given the official
+    init by the model (`init_missing_`). The report is kept as `model.load_report`.
+    """
+    data = read(path, trust=trust)
+    result = classify(data.state_dict, reference)
+    with torch.device("meta"):
+        model = model_cls(config)
+    fitted = fit(data, result, model)
+    log.info("%s: fit: %d tensors to load (%s)", data.path.name, len(fitted.state), fitted.kind)
+    assign(model, fitted.state)
+    missing = materialise(model, fitted.state)
+    finish(model, data, fitted, missing)
+    return model.to(device)
+
+
+def load_into(model: M, path: str | Path, *, reference: ExpectedState, fit: FitFn, trust: bool = False) -> LoadReport:
+    """Load a checkpoint into an existing model (copying), all or nothing: the filter raises before a
+    single tensor is copied; what the file does not hold keeps the model's current values."""
+    data = read(path, trust=trust)
+    result = classify(data.state_dict, reference)
+    fitted = fit(data, result, model)
+    with torch.no_grad():
+        missing, unexpected = model.load_state_dict(fitted.state, strict=False)
+    if unexpected:  # cannot happen after the filter; guard the invariant
+        raise IncompatibleCheckpointError(f"{data.path}: unexpected keys after fitting: {unexpected[:3]}")
+    log.info("%s: copied %d tensors, %d kept their values", data.path.name, len(fitted.state), len(missing))
+    return finish(model, data, fitted, list(missing))
+
+
+# ---- the steps ----------------------------------------------------------------------------------------
+def read(path: str | Path, *, trust: bool) -> CheckpointData:
+    """read + convert, each fix logged (by `read_checkpoint`)."""
+    data = read_checkpoint(path, trust=trust)
+    log.info("%s: read %d tensors (%s, %s)", data.path.name, len(data.state_dict), data.source_format, data.container)
+    return data
+
+
+def assign(model: nn.Module, state: StateDict) -> None:
+    """Assign `state` into a meta-built model (the tensors become the parameters: no copy)."""
+    # Parameters that do not train (the fixed sin-cos tables) must stay so: assign=True would take
+    # requires_grad from the file's tensor.
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    model.load_state_dict(state, strict=False, assign=True)
+    for name, p in model.named_parameters():
+        if name in frozen:
+            p.requires_grad_(False)
+
+
+def materialise(model: nn.Module, loaded: Mapping[str, torch.Tensor]) -> list[str]:
+    """Give real memory to every parameter still on the meta device and let the model initialise them
+    (`init_missing_`, its official init). Returns their names."""
+    missing = [k for k, v in model.state_dict().items() if v.is_meta]
+    if not missing:
+        return []
+    for module in model.modules():
+        if module is not model and any(p.is_meta for p in module.parameters(recurse=False)):
+            module.to_empty(device="cpu", recurse=False)
+    for name, param in list(model.named_parameters(recurse=False)):
+        if param.is_meta:
+            setattr(model, name, nn.Parameter(torch.empty(param.shape), requires_grad=param.requires_grad))
+    with torch.no_grad():
+        model.init_missing_(missing)  # type: ignore[operator]
+    log.info("materialised %d tensors the file did not hold (%s ...)", len(missing), missing[0])
+    return missing
+
+
+def finish(model: nn.Module, data: CheckpointData, fitted: Fitted, missing: list[str]) -> LoadReport:
+    """The report: kept on the model, logged, its warnings raised as `UserWarning`."""
+    state = fitted.state
+    report = LoadReport(
+        path=data.path, kind=fitted.kind, source_format=data.source_format, container=data.container,
+        num_loaded=len(state), num_expected=len(model.state_dict()), missing=missing, unexpected=[],
+        ignored=[k for k in [*data.dropped, *fitted.ignored] if k not in state], fixes=[*data.fixes, *fitted.fixes],
+        num_parameters=sum(t.numel() for t in state.values()), weights_only=data.weights_only,
+        warnings=list(fitted.warnings),
+    )
+    model.load_report = report  # type: ignore[assignment]
+    log.info("%s: %s checkpoint, %d/%d tensors loaded (%s, %s)", data.path.name, report.kind, report.num_loaded,
+             report.num_expected, report.source_format, report.container)
+    for message in report.warnings:
+        log.warning("%s: %s", data.path.name, message)
+        warnings.warn(f"{data.path.name}: {message}", UserWarning, stacklevel=4)
+    return report
+
+
+def as_float32(state: StateDict, fixes: list[str]) -> StateDict:
+    """Cast floating tensors stored in another precision to float32, noting each cast in `fixes`."""
+    cast: dict[str, int] = {}
+    out: StateDict = {}
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and tensor.dtype != torch.float32:
+            key = str(tensor.dtype).removeprefix("torch.")
+            cast[key] = cast.get(key, 0) + 1
+            tensor = tensor.float()
+        out[name] = tensor
+    fixes.extend(f"cast {count} tensors from {dtype} to float32" for dtype, count in cast.items())
+    return out
