@@ -85,8 +85,8 @@ DtypeOpt = Annotated[str, typer.Option(
 def exit_process(code: object) -> None:
     """End the console-script process with `code` (a SystemExit code) without the interpreter's teardown.
 
-    Once torch is imported, Python's finalisation (module teardown, C++ static destructors) takes
-    0.3 s on this 2-core machine, a tenth of a whole `mae-large reconstruct`. Here the atexit handlers
+    Once torch is imported, Python's finalisation (module teardown, C++ static destructors) is a visible
+    share of a short command (docs/benchmarks.md). Here the atexit handlers
     run as usual (logging flushes, weakref finalizers, temporary folders), both streams are flushed,
     then the process exits at once. Without torch loaded (`--help`, `download`) it is a plain exit.
     Only for the console script's `main()`: in-process callers (tests, CliRunner) never get here.

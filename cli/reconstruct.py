@@ -30,6 +30,7 @@ from cli.common import (
 )
 from cli.render import escape
 from cli.sharded import run_sharded
+from mae.large import catalog
 
 PANEL_FILES = ("original", "masked", "reconstruction", "reconstruction_visible")
 
@@ -37,7 +38,7 @@ PANEL_FILES = ("original", "masked", "reconstruction", "reconstruction_visible")
 @handle_errors
 def reconstruct_command(
     images: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.", show_default=False)],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Full (398-key) checkpoint.")] = DEFAULT_CHECKPOINT,
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help=f"Full ({catalog.FULL.num_tensors}-key) checkpoint.")] = DEFAULT_CHECKPOINT,
     mask_ratio: MaskRatioOpt = 0.75,
     seed: Annotated[int, typer.Option("--seed", help="Masking seed; the same seed gives the same mask (official demo: 2).")] = 2,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the figures.")] = Path("outputs"),

@@ -262,8 +262,8 @@ class Classification:
 
     kind: Kind
     num_tensors: int
-    num_expected: int  # keys of the full model (398 for ViT-L)
-    num_encoder: int  # keys of the encoder part (294 for ViT-L)
+    num_expected: int  # keys of the full model
+    num_encoder: int  # keys of the encoder part
     missing: list[str]
     unexpected: list[str]
     mismatched: list[ShapeMismatch]

@@ -158,8 +158,8 @@ def reconstruction_figure(
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 100) -> Path:
     """Write `fig` as a PNG of figsize * dpi pixels, atomically (no half-written file on failure).
 
-    zlib level 1 rather than PIL's default 6: on the 1600x480 figure that halves the save time
-    (0.27 s -> 0.13 s on 2 cores) for a file about 17% larger, and saving is what a batch run waits on.
+    zlib level 1 rather than PIL's default 6: about half the save time for a file about 17% larger
+    (docs/benchmarks.md), and saving is what a batch run waits on.
     """
     path = Path(path)
     with atomic_path(path) as tmp:

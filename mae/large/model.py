@@ -307,15 +307,8 @@ class MaskedAutoencoderViT(nn.Module):
                               fit=lambda data, result, model: fit_mae_state(data, result, model.config, strict))
 
     @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        config: MAEConfig | None = None,
-        *,
-        trust: bool = False,
-        device: str | torch.device = "cpu",
-        strict: bool = True,
-    ) -> MaskedAutoencoderViT:
+    def from_pretrained(cls, path: str | Path, config: MAEConfig | None = None, *, trust: bool = False,
+                        device: str | torch.device = "cpu", strict: bool = True) -> MaskedAutoencoderViT:
         """Build a model straight from a checkpoint: built on the meta device, the file memory-mapped and
         its tensors assigned (no random init, no copy). Whatever the file does not hold (the decoder of an
         encoder-only file) gets the official init. Returned in eval mode; the report is `model.load_report`."""
