@@ -38,7 +38,8 @@ PANEL_FILES = ("original", "masked", "reconstruction", "reconstruction_visible")
 @handle_errors
 def reconstruct_command(
     images: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.", show_default=False)],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help=f"Full ({catalog.FULL.num_tensors}-key) checkpoint.")] = DEFAULT_CHECKPOINT,
+    checkpoint: Annotated[Path, typer.Option(
+        "--checkpoint", "-c", help=f"Full ({catalog.FULL.num_tensors}-key) checkpoint.")] = DEFAULT_CHECKPOINT,
     mask_ratio: MaskRatioOpt = 0.75,
     seed: Annotated[int, typer.Option("--seed", help="Masking seed; the same seed gives the same mask (official demo: 2).")] = 2,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the figures.")] = Path("outputs"),

@@ -59,6 +59,25 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual.double() - expected.double()).abs().max() / scale).item()
 
 
+def official_target(imgs: torch.Tensor, patch_size: int, norm_pix_loss: bool) -> torch.Tensor:
+    """The official models_mae loss target, written out independently of the library, in float64.
+
+    patchify: (N, C, H, W) -> (N, L, p*p*C), patches row-major, each patch row-major over (p, p) with
+    channels last; with norm_pix_loss each patch becomes (x - mean) / (var + 1e-6) ** 0.5, var unbiased
+    (torch.var's default, as the official code).
+    """
+    x = imgs.double()
+    n, c, h_px, w_px = x.shape
+    p = patch_size
+    h, w = h_px // p, w_px // p
+    x = x.reshape(n, c, h, p, w, p).permute(0, 2, 4, 3, 5, 1).reshape(n, h * w, p * p * c)
+    if norm_pix_loss:
+        mean = x.sum(-1, keepdim=True) / x.shape[-1]
+        var = ((x - mean) ** 2).sum(-1, keepdim=True) / (x.shape[-1] - 1)
+        x = (x - mean) / torch.sqrt(var + 1e-6)
+    return x
+
+
 def hf_config(config: MAEConfig, **overrides):
     """A transformers ViTMAEConfig equal to `config` (LayerNorm eps 1e-6, exact GELU)."""
     from transformers import ViTMAEConfig

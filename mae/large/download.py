@@ -7,7 +7,7 @@ a reader never sees a half-downloaded or wrong checkpoint there.
 
 Mirrors: pass `base_url` (or set `MAE_LARGE_BASE_URL`) and every file is fetched from
 `{base_url}/{filename}`: a mirror holds the files flat, side by side, under their official names
-(e.g. `https://mirror.example/mae/mae_visualize_vit_large.pth`), not in Meta's `visualize/` and
+(e.g. `https://mirror.example/mae/<file name>`), not in Meta's `visualize/` and
 `pretrain/` sub-folders.
 
 Only the standard library talks to the network (`urllib`): no credentials are ever sent, only

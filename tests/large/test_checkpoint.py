@@ -10,11 +10,13 @@ import os
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
-from mae.large import MAEConfig, MaskedAutoencoderViT
+from mae.large import MAEConfig, MaskedAutoencoderViT, VisionTransformer, ViTConfig
 from mae.large.checkpoint import classify, key_part, read_checkpoint
 from mae.large.convert import to_huggingface
 from mae.large.errors import (
@@ -30,14 +32,27 @@ from tests.helpers import (
     save_official,
     shaped_state_dict,
     small_config,
-    small_state_dict,
     vectors,
 )
+from tests.helpers import small_state_dict as sorted_small_state_dict
 
 
-def assert_same(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
-    """Same keys, every tensor bit for bit; a failure names each differing key and by how much."""
-    assert list(actual) == list(expected) or set(actual) == set(expected)
+def small_state_dict() -> dict[str, torch.Tensor]:
+    """The official small model's weights in the official key order (the reference vectors store them sorted,
+    as safetensors does): files written from it have the layout of the released checkpoints."""
+    sd = sorted_small_state_dict()
+    return {k: sd[k] for k in MaskedAutoencoderViT.expected_state(small_config()).shapes}
+
+
+def assert_same(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], *, ordered: bool = True) -> None:
+    """Same keys in the same order (callers pass `expected` in the official order), every tensor bit for bit;
+    a failure names each differing key and by how much. `ordered=False` only where the order is not promised."""
+    assert set(actual) == set(expected), (
+        f"missing {sorted(set(expected) - set(actual))[:5]}, unexpected {sorted(set(actual) - set(expected))[:5]}")
+    if ordered:
+        moved = [(i, a, e) for i, (a, e) in enumerate(zip(actual, expected)) if a != e]
+        assert not moved, (f"same keys in another order: position {moved[0][0]} holds {moved[0][1]!r}, "
+                           f"the official order has {moved[0][2]!r}")
     differ = {k: (actual[k].double() - v.double()).abs().max().item() for k, v in expected.items()
               if not torch.equal(actual[k], v)}
     assert not differ, f"{len(differ)} tensors differ (key: max abs difference): {differ}"
@@ -77,7 +92,7 @@ def test_safetensors(tmp_path: Path) -> None:
     save_file(sd, path)
     data = read_checkpoint(path)
     assert data.container == "safetensors"
-    assert_same(data.state_dict, sd)
+    assert_same(data.state_dict, sd, ordered=False)  # safetensors stores its keys sorted: no order to keep
 
 
 @pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
@@ -96,7 +111,8 @@ def test_huggingface_layouts(tmp_path: Path, new_names: bool) -> None:
     save_file(to_huggingface(sd, new_names=new_names), path)
     data = read_checkpoint(path)
     assert data.source_format == "huggingface"
-    assert_same(data.state_dict, sd)
+    # Not ordered: the conversion lists the fused qkv tensors after all other keys (see the report).
+    assert_same(data.state_dict, sd, ordered=False)
 
 
 def test_huggingface_encoder_model_is_encoder_only(tmp_path: Path) -> None:
@@ -104,7 +120,7 @@ def test_huggingface_encoder_model_is_encoder_only(tmp_path: Path) -> None:
     hf = {k[len("vit."):]: v for k, v in to_huggingface(small_state_dict()).items() if k.startswith("vit.")}
     path = save_official(tmp_path / "vitmae.pth", hf)
     data = read_checkpoint(path)
-    assert_same(data.state_dict, encoder_only(small_state_dict()))
+    assert_same(data.state_dict, encoder_only(small_state_dict()), ordered=False)  # converted: qkv keys come last
     assert classify(data.state_dict, MaskedAutoencoderViT.expected_state(small_config())).kind == "encoder-only"
 
 
@@ -203,6 +219,31 @@ def test_load_pretrained_into_existing_model(vit_l_files) -> None:
     report = model.load_pretrained(full)
     assert report.kind == "full" and report.num_loaded == 398
     assert_same(model.state_dict(), sd)
+
+
+def _file_mappings(path: Path) -> list[tuple[int, int]]:
+    """Address ranges this process has mapped from `path` (Linux /proc/self/maps)."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == str(path.resolve()):
+            start, end = (int(a, 16) for a in fields[0].split("-"))
+            ranges.append((start, end))
+    return ranges
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the memory map from Linux /proc")
+def test_from_pretrained_memory_maps_a_zip_checkpoint(tmp_path: Path) -> None:
+    """The weights are the file's pages (mmap), not a copy: every tensor's bytes lie inside a mapping of the file."""
+    path = save_official(tmp_path / "small.pth", small_state_dict())
+    model = MaskedAutoencoderViT.from_pretrained(path, small_config())
+    mapped = _file_mappings(path)
+    assert mapped, f"{path.name} is not memory-mapped"
+    sd = model.state_dict()
+    outside = [k for k, t in sd.items()
+               if not any(a <= t.data_ptr() and t.data_ptr() + t.nbytes <= b for a, b in mapped)]
+    assert not outside, f"{len(outside)} of {len(sd)} tensors were copied out of the file: {outside[:3]}"
+    assert_same(sd, small_state_dict())
 
 
 # ---- bad files --------------------------------------------------------------------------------
@@ -331,6 +372,60 @@ def test_malicious_pickle_does_not_run(tmp_path: Path, payload: type, legacy: bo
     assert not marker.exists()
     expected_global = "system" if payload is _RunsCommand else "open"
     assert expected_global in str(info.value)
+
+
+def _cli(args: list[str], monkeypatch):
+    """Run the CLI in process; `features` builds the tiny classifier instead of ViT-L."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+    from tests.helpers import use_small_architecture
+
+    use_small_architecture(monkeypatch)
+    return CliRunner().invoke(app, args)
+
+
+def _cli_features(path: Path, tmp_path: Path, monkeypatch):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(images / "a.png")
+    out = tmp_path / "f.safetensors"
+    return _cli(["features", str(images), "-c", str(path), "-o", str(out), "--size", "32", "--device", "cpu"],
+                monkeypatch)
+
+
+LOADERS = {
+    "MaskedAutoencoderViT.from_pretrained": lambda path, tmp, mp: MaskedAutoencoderViT.from_pretrained(
+        path, small_config()),
+    "load_pretrained": lambda path, tmp, mp: MaskedAutoencoderViT(small_config()).load_pretrained(path),
+    "VisionTransformer.from_pretrained": lambda path, tmp, mp: VisionTransformer.from_pretrained(
+        path, ViTConfig.from_mae(small_config())),
+    "cli features": _cli_features,
+    "cli inspect": lambda path, tmp, mp: _cli(["inspect", str(path)], mp),
+}
+
+
+@pytest.mark.parametrize("payload", [_RunsCommand, _CreatesFile])
+@pytest.mark.parametrize("loader", list(LOADERS))
+def test_every_loader_refuses_a_malicious_pickle(tmp_path: Path, monkeypatch, loader: str, payload: type) -> None:
+    """No entry point reads a pickle with weights_only=False unless asked: the payload never runs."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": small_state_dict(), "extra": payload(marker)}, path)
+    before = sha256(path)
+    expected_global = "system" if payload is _RunsCommand else "open"
+    if loader.startswith("cli"):
+        result = LOADERS[loader](path, tmp_path, monkeypatch)
+        assert not marker.exists(), f"{loader} ran the pickle's payload"
+        assert result.exit_code == 1, result.output
+        assert "--trust-checkpoint" in result.stderr and expected_global in result.stderr, result.stderr
+        assert not (tmp_path / "f.safetensors").exists()
+    else:
+        with pytest.raises(UnsafeCheckpointError, match="trust") as info:
+            LOADERS[loader](path, tmp_path, monkeypatch)
+        assert expected_global in str(info.value)
+    assert not marker.exists(), f"{loader} ran the pickle's payload"
+    assert sha256(path) == before
 
 
 def test_trust_opt_in_reads_a_file_with_objects(tmp_path: Path) -> None:

@@ -48,6 +48,35 @@ def test_every_image_gets_the_seed_mask(tmp_path: Path) -> None:
     assert int(items[0].mask.sum()) == 12
 
 
+def _official_demo_mask(seed: int, num_patches: int, mask_ratio: float) -> torch.Tensor:
+    """The mask the official demo gets: torch.manual_seed(seed), then random_masking's torch.rand(1, L);
+    the len_keep patches with the smallest noise are visible (0), the rest removed (1). Built by hand."""
+    torch.manual_seed(seed)
+    noise = torch.rand(1, num_patches)[0]
+    len_keep = int(num_patches * (1 - mask_ratio))
+    mask = torch.ones(num_patches)
+    mask[noise.sort().indices[:len_keep]] = 0
+    return mask
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_each_images_mask_is_its_seeds_official_mask(tmp_path: Path, batch_size: int, rng_state) -> None:
+    """Every image gets the mask the official demo draws after torch.manual_seed(seed), whichever the seed,
+    the batch size or the image's place in the batch; another seed, another mask."""
+    paths = _images(tmp_path, 3)
+    model = small_model()
+    length = model.config.num_patches
+    masks = {}
+    for seed in (0, 7, 123):
+        items = list(reconstruct_files(model, paths, seed=seed, mask_ratio=0.75, batch_size=batch_size))
+        expected = _official_demo_mask(seed, length, 0.75)
+        assert int(expected.sum()) == 12
+        for item in items:
+            assert torch.equal(item.mask, expected), (seed, item.path.name, item.mask, expected)
+        masks[seed] = expected
+    assert len({tuple(m.tolist()) for m in masks.values()}) == 3  # the seed decides the mask
+
+
 def test_noise_loss_is_seeded_and_batch_independent() -> None:
     model = small_model()
     a = noise_loss(model, "full", samples=4, seed=1, batch_size=4)

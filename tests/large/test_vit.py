@@ -386,6 +386,27 @@ def test_drop_path_is_random_in_training_only() -> None:
         assert not torch.allclose(vit.forward_features(x), vit.forward_features(x))
 
 
+@pytest.mark.parametrize("p", [0.5, 0.75])  # keep probabilities 1/2 and 1/4: x / keep is exact in float32
+def test_drop_path_rescales_kept_samples(p: float, rng_state) -> None:
+    """Stochastic depth (timm's drop_path): each sample's branch is dropped (0) or kept and divided by 1 - p,
+    so that its expected value is the input itself."""
+    from mae.large.layers import DropPath
+
+    torch.manual_seed(0)
+    n = 20_000
+    x = torch.randn(3, 5)  # one sample (tokens, dim), seen n times
+    layer = DropPath(p).train()
+    out = layer(x.expand(n, -1, -1).clone())
+    dropped = (out == 0).flatten(1).all(1)
+    kept = (out == x / (1 - p)).flatten(1).all(1)
+    assert bool((dropped | kept).all()), "a sample is neither dropped nor exactly x / (1 - p)"
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.02
+    # E[out] = x. The per-sample scale has standard deviation sqrt(p / (1 - p)) <= 1.74, so the mean of
+    # n = 20000 has a standard error below 0.013: 0.06 is more than 4.5 of them, and far from 1 - p.
+    torch.testing.assert_close(out.mean(0), x, rtol=0.06, atol=0)
+    assert torch.equal(layer.eval()(x), x)
+
+
 # ---- from_pretrained --------------------------------------------------------------------------
 def test_from_pretrained_encoder_only_vit_large(vit_l_files) -> None:
     """The encoder-only ViT-L file loads into the classifier: every encoder tensor equal, head fresh."""
