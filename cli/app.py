@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import logging
+import sys
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
-from cli import common, download, features, inspect, loss, reconstruct
+from cli import common, download, features, inspect, interrupt, loss, reconstruct
+
+
+class JsonAwareGroup(TyperGroup):
+    """Usage errors (exit 2) of a command run with `--json` also print `{"error", "exit_code"}` on stdout,
+    so a script reads one JSON document whatever the outcome; the usual usage text still goes to stderr."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        ctx.meta["mae_large.json"] = "--json" in args
+        common.STATE["json_printed"] = False
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            # A usage error (click's UsageError interface: format_message, exit_code 2), raised while the
+            # command's options are parsed or by the command itself (typer.BadParameter).
+            usage = callable(getattr(exc, "format_message", None)) and getattr(exc, "exit_code", None) == 2
+            if usage and ctx.meta.get("mae_large.json") and not common.STATE.get("json_printed"):
+                common.print_json({"error": " ".join(exc.format_message().split()),  # type: ignore[attr-defined]
+                                   "exit_code": 2, "written": []})
+            raise
+
 
 app = typer.Typer(
+    cls=JsonAwareGroup,
     name="mae-large",
     help="MAE ViT-Large (He et al., CVPR 2022): inspect checkpoints, reconstruct masked images, measure the loss.",
     no_args_is_help=True,
@@ -33,10 +60,15 @@ def root(
 ) -> None:
     """MAE ViT-Large: inspect checkpoints, reconstruct masked images, measure the loss."""
     common.STATE["debug"] = debug
+    # Warnings of the libraries underneath (matplotlib's missing glyphs, torch's notices) become log records:
+    # shown with --debug, never printed raw otherwise. The command prints what the user needs to know.
+    logging.captureWarnings(True)
+    py_warnings = logging.getLogger("py.warnings")
+    py_warnings.propagate = common.debug_enabled()
+    if not py_warnings.handlers:
+        py_warnings.addHandler(logging.NullHandler())
     if common.debug_enabled():
         # With --debug, show the library's log records (each loading fix, the load summary).
-        import logging
-
         from rich.logging import RichHandler
 
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s",
@@ -51,7 +83,20 @@ app.command("features")(features.features_command)
 
 
 def main() -> None:
+    """The console script: signals first (so no interrupt is ever lost), then the app, then a fast exit."""
+    interrupt.install()
     try:
         app()
+        code: object = 0
     except SystemExit as exc:
-        common.exit_process(exc.code)
+        code = exc.code
+    except KeyboardInterrupt as exc:  # before a command's own handler could take it (start-up, parsing)
+        signum = interrupt.signum_of(exc)
+        sys.stderr.write(f"interrupted by {interrupt.describe(signum)}; nothing was written\n")
+        code = interrupt.exit_code(signum)
+    signum = interrupt.received()
+    if signum is not None and code in (0, 1, None):
+        # The interrupt was swallowed on the way (a library's cleanup); the run still did not finish as asked.
+        sys.stderr.write(f"interrupted by {interrupt.describe(signum)}\n")
+        code = interrupt.exit_code(signum)
+    common.exit_process(code)

@@ -6,6 +6,7 @@ Nothing here imports torch at module level: `mae-large --help` must stay fast (`
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -30,6 +31,7 @@ DEBUG_ENV = "MAE_LARGE_DEBUG"
 # How the CLI spells the API arguments that library errors name (`MAEError.argument`).
 FLAGS: dict[str, str] = {
     "trust": "--trust-checkpoint",
+    "max_patches": "--max-patches",
     "allow_random_decoder": "--allow-random-decoder",
     "device": "--device",
     "samples": "--samples",
@@ -44,7 +46,7 @@ FLAGS: dict[str, str] = {
 _PIPED = not sys.stdout.isatty() and "COLUMNS" not in os.environ
 out = Console(width=120 if _PIPED else None)
 err = Console(stderr=True, soft_wrap=True)
-STATE: dict[str, bool] = {"debug": False}
+STATE: dict[str, bool] = {"debug": False, "json": False, "json_printed": False}
 
 # ---- shared option aliases ------------------------------------------------------------------------
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
@@ -117,41 +119,96 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def handle_errors(fn: F) -> F:
-    """The one place that turns the project's known errors into one red line and exit code 1."""
+    """The one place that turns the project's known errors, interrupts and OS errors into one line and an
+    exit code: 1 for errors, 130 for Ctrl-C, 143 for SIGTERM. With `--json` the line is also a JSON object
+    on stdout (`{"error", "exit_code", "written"}`), so scripts can parse every outcome."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from mae.large.errors import MAEError  # light: no torch
 
+        STATE["json"], STATE["json_printed"] = bool(kwargs.get("json_")), False
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
+        except KeyboardInterrupt as exc:
+            from cli import interrupt
+
+            signum = interrupt.signum_of(exc)
+            fail(f"interrupted by {interrupt.describe(signum)}; {written_summary()}; no half-written file was left",
+                 interrupt.exit_code(signum))
         except MAEError as exc:
             if debug_enabled():
                 raise
             flag = FLAGS.get(exc.argument or "")
             fail(f"{exc} (command line: {flag})" if flag else str(exc))
-        except (OSError, ValueError) as exc:
-            # Disk full, permission denied, an impossible option combination: the user's to fix.
+        except OSError as exc:  # disk full, read-only folder, permission denied: the user's to fix
             if debug_enabled():
                 raise
-            fail(f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc))
-        except KeyboardInterrupt:
-            err.print("[red]interrupted[/]; files already written are complete, nothing half-written was left")
-            raise typer.Exit(130) from None
+            fail(f"{os_error_sentence(exc)}; {written_summary()}")
+        except ValueError as exc:  # an impossible option combination
+            if debug_enabled():
+                raise
+            fail(str(exc))
 
     return wrapper  # type: ignore[return-value]
 
 
+_OS_FIXES: dict[int, str] = {
+    errno.ENOSPC: "the disk is full; free some space or write elsewhere (--out)",
+    errno.EDQUOT: "the disk quota is exceeded; free some space or write elsewhere (--out)",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f); raise the limit or write elsewhere",
+    errno.EROFS: "the file system is read-only; write elsewhere (--out)",
+    errno.EACCES: "permission denied; write to a folder you own (--out)",
+    errno.EPERM: "the operation is not permitted (an immutable or protected folder?); write elsewhere (--out)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+    errno.EISDIR: "the path is a folder; give a file name",
+}
+
+
+def os_error_sentence(exc: OSError) -> str:
+    """`could not write PATH: the disk is full; ...` for an OSError, naming the path and the cause."""
+    path = exc.filename or "a file"
+    cause = _OS_FIXES.get(exc.errno or -1) or (exc.strerror or str(exc) or type(exc).__name__)
+    return f"could not write or read {path}: {cause}"
+
+
+def written_summary() -> str:
+    """What this process finished writing, for the last line of a run that stopped early."""
+    from mae.large.atomic import completed
+
+    done = completed()
+    if not done:
+        return "nothing was written"
+    last = escape_plain(str(done[-1]))
+    return f"{len(done)} file(s) were written completely (the last: {last}), the rest were not"
+
+
+def failures_summary(failed: int, written: int) -> str:
+    """`2 of 5 inputs failed[/]; the other 3 were written`, or that nothing was written (rich markup)."""
+    if not written:
+        return f"{'the input' if failed == 1 else f'all {failed} inputs'} failed[/]; nothing was written"
+    return f"{failed} of {failed + written} inputs failed[/]; the other {written} were written"
+
+
+def escape_plain(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def fail(message: str, code: int = 1) -> None:
-    """Print `error: message` on one line to stderr and exit."""
+    """Print `error: message` on one line to stderr (and, with --json, a JSON object on stdout) and exit."""
     one_line = " ".join(str(message).split())
+    if STATE.get("json") and not STATE.get("json_printed"):  # one JSON document per run
+        from mae.large.atomic import completed
+
+        print_json({"error": one_line, "exit_code": code, "written": [escape_plain(str(p)) for p in completed()]})
     err.print(f"[bold red]error:[/] {escape(one_line)}")
     raise typer.Exit(code)
 
 
 def print_json(data: Any) -> None:
+    STATE["json_printed"] = True
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
@@ -179,15 +236,68 @@ def parse_dtype(name: str):  # -> torch.dtype
     return table[name.lower()]
 
 
-def collect_inputs(images: list[Path], purpose: str) -> tuple[list[Path], list]:
-    """Image files from files and folders; raise one clear error when none is left to `purpose`."""
+MaxPatchesOpt = Annotated[int, typer.Option(
+    "--max-patches", min=1, help="Refuse inputs of more patches than this before any work (the decoder's attention "
+    "grows with the square of the patch count; 4096 patches is 1024x1024 at patch 16).")]
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=2**64 - 1, help="Masking seed; the same seed gives the same "
+                                      "mask (official demo: 2).")]
+
+
+def check_size_budget(size: tuple[int, int] | None, max_patches: int, *, decoder: bool, mask_ratio: float = 0.0) -> None:
+    """Refuse an input size whose cost is over `max_patches` before torch is imported (instant)."""
+    from mae.large.config import EncoderConfig, MAEConfig
+    from mae.large.cost import check_patch_budget
+
+    base = MAEConfig if decoder else EncoderConfig
+    config = base.from_architecture(None, **({"img_size": size} if size else {}))
+    check_patch_budget(config, max_patches, mask_ratio)
+
+
+def check_output_folder(folder: Path) -> None:
+    """Fail now, before the model is loaded, when `folder` cannot take the outputs: it is a file, or it (or the
+    nearest folder that exists above it) cannot be written to."""
+    import tempfile
+
+    if folder.exists() and not folder.is_dir():
+        raise typer.BadParameter(f"{folder} is a file, not a folder; give a folder for the outputs", param_hint="--out")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise typer.BadParameter(f"{existing} is a file, so {folder} cannot be created; choose another --out",
+                                 param_hint="--out")
+    try:  # the only reliable test (root ignores permission bits, read-only mounts and chattr +i do not)
+        with tempfile.TemporaryFile(dir=existing, prefix=".mae-probe-"):
+            pass
+    except OSError as exc:
+        exc.filename = exc.filename or str(existing)
+        raise OSError(exc.errno, exc.strerror, str(folder)) from None
+
+
+RecursiveOpt = Annotated[bool, typer.Option(
+    "--recursive", "-r", help="Also take the images in sub-folders of the folders given (depth first, by name).")]
+
+
+def collect_inputs(images: list[Path], purpose: str, *, recursive: bool = False,
+                   quiet: bool = False) -> tuple[list[Path], list]:
+    """Image files from files and folders; a note for what was passed over on purpose (sub-folders, inputs
+    given twice); one clear error when no image is left to `purpose`."""
     from mae.large.errors import ImageError
     from mae.large.image import collect_images
 
-    paths, failures = collect_images(images)
+    collected = collect_images(images, recursive=recursive)
+    paths, failures = collected
+    skipped = collected.skipped_folders
+    walk = (f"{len(skipped)} sub-folder(s) were not walked ({', '.join(p.name for p in skipped[:3])}"
+            f"{' ...' if len(skipped) > 3 else ''}); pass --recursive to include them") if skipped else ""
     if not paths:
         reasons = "; ".join(f.reason for f in failures) or "no inputs"
-        raise ImageError(f"no image to {purpose}: {reasons}")
+        raise ImageError(f"no image to {purpose}: {reasons}" + (f"; {walk}" if walk else ""))
+    if not quiet:
+        if walk:
+            err.print(f"[yellow]note:[/] {escape(walk)}")
+        for path in collected.duplicates:
+            err.print(f"[yellow]note:[/] {escape(str(path))} was given more than once; it is processed once")
     return paths, failures
 
 

@@ -19,11 +19,16 @@ from cli.common import (
     DeviceOpt,
     DtypeOpt,
     JsonOpt,
+    MaxPatchesOpt,
+    RecursiveOpt,
     SizeOpt,
     TrustOpt,
+    check_output_folder,
+    check_size_budget,
     choice,
     collect_inputs,
     err,
+    failures_summary,
     handle_errors,
     out,
     parse_dtype,
@@ -34,6 +39,7 @@ from cli.common import (
 from cli.render import escape
 from cli.sharded import run_sharded
 from mae.large import catalog
+from mae.large.cost import DEFAULT_MAX_PATCHES
 
 if TYPE_CHECKING:  # pragma: no cover
     from mae.large import VisionTransformer
@@ -60,6 +66,8 @@ def features_command(
     crop: CropOpt = "resize",
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
+    recursive: RecursiveOpt = False,
+    max_patches: MaxPatchesOpt = DEFAULT_MAX_PATCHES,
     json_: JsonOpt = False,
     trust: TrustOpt = False,
 ) -> None:
@@ -67,14 +75,17 @@ def features_command(
     if out_path.is_dir():
         raise typer.BadParameter(f"{out_path} is a folder; give a file name such as {DEFAULT_FEATURES_OUT}",
                                  param_hint="--out")
+    # Everything that can be checked is checked before torch is imported and the checkpoint read.
     hw = parse_size(size)
+    check_size_budget(hw, max_patches, decoder=False)
+    check_output_folder(out_path.parent)
     torch_dtype = parse_dtype(dtype)
 
     from mae.large.features import FeatureResult, extract_features
     from mae.large.image import ImageFailure
     from mae.large.pipeline import resolve_device
 
-    paths, failures = collect_inputs(images, "extract features from")
+    paths, failures = collect_inputs(images, "extract features from", recursive=recursive, quiet=json_)
     if out_path.resolve() in {p.resolve() for p in paths}:
         raise typer.BadParameter(f"{out_path} is one of the input images; choose another output file", param_hint="--out")
     started = time.perf_counter()
@@ -112,7 +123,7 @@ def features_command(
             err.print("[red]no feature vector[/]: every image failed, nothing was written")
     if failures:
         if not json_ and rows:
-            err.print(f"[red]{len(failures)} of {len(failures) + len(rows)} inputs failed[/]; the others were written")
+            err.print(f"[red]{failures_summary(len(failures), len(rows))}")
         raise typer.Exit(1)
 
 

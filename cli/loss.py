@@ -15,8 +15,11 @@ from cli.common import (
     DtypeOpt,
     JsonOpt,
     MaskRatioOpt,
+    MaxPatchesOpt,
+    RecursiveOpt,
     SizeOpt,
     TrustOpt,
+    check_size_budget,
     err,
     fail,
     handle_errors,
@@ -27,6 +30,7 @@ from cli.common import (
     print_json,
 )
 from cli.render import escape
+from mae.large.cost import DEFAULT_MAX_PATCHES
 
 
 @handle_errors
@@ -35,7 +39,8 @@ def loss_command(
                                                         show_default=False)] = None,
     noise: Annotated[bool, typer.Option("--noise", help="Feed randn images in ImageNet-normalised space.")] = False,
     samples: Annotated[int, typer.Option("--samples", min=1, help="Noise images to average over.")] = 8,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the noise images, masks and a random init.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**64 - 1,
+                                      help="Seed of the noise images, masks and a random init.")] = 0,
     checkpoint: Annotated[Path | None, typer.Option(
         "--checkpoint", "-c", help=f"Checkpoint; default {DEFAULT_CHECKPOINT} if it exists, else a random init.",
         show_default=False)] = None,
@@ -48,6 +53,8 @@ def loss_command(
     dtype: DtypeOpt = "float32",
     check: Annotated[bool, typer.Option(
         "--check", help="Exit 1 if the mean is outside the tolerance of the expected value.")] = False,
+    recursive: RecursiveOpt = False,
+    max_patches: MaxPatchesOpt = DEFAULT_MAX_PATCHES,
     json_: JsonOpt = False,
     trust: TrustOpt = False,
 ) -> None:
@@ -58,6 +65,7 @@ def loss_command(
     if random_init and checkpoint is not None:
         raise typer.BadParameter("--random-init and --checkpoint exclude each other")
     hw = parse_size(size)
+    check_size_budget(hw, max_patches, decoder=True, mask_ratio=mask_ratio)
     torch_dtype = parse_dtype(dtype)
     if random_init:
         chosen = None
@@ -79,7 +87,7 @@ def loss_command(
                             dtype=torch_dtype)
     else:
         result, unread = image_loss(model, kind, images or [], seed=seed, mask_ratio=mask_ratio, batch_size=batch_size,
-                                    dtype=torch_dtype)
+                                    dtype=torch_dtype, recursive=recursive)
         failed = len(unread)
         for f in unread:
             err.print(f"[red]skipped[/] {escape(f.reason)}")

@@ -17,10 +17,16 @@ from cli.common import (
     DtypeOpt,
     JsonOpt,
     MaskRatioOpt,
+    MaxPatchesOpt,
+    RecursiveOpt,
+    SeedOpt,
     SizeOpt,
     TrustOpt,
+    check_output_folder,
+    check_size_budget,
     collect_inputs,
     err,
+    failures_summary,
     handle_errors,
     load_model,
     out,
@@ -31,6 +37,7 @@ from cli.common import (
 from cli.render import escape
 from cli.sharded import run_sharded
 from mae.large import catalog
+from mae.large.cost import DEFAULT_MAX_PATCHES
 
 PANEL_FILES = ("original", "masked", "reconstruction", "reconstruction_visible")
 
@@ -41,7 +48,7 @@ def reconstruct_command(
     checkpoint: Annotated[Path, typer.Option(
         "--checkpoint", "-c", help=f"Full ({catalog.FULL.num_tensors}-key) checkpoint.")] = DEFAULT_CHECKPOINT,
     mask_ratio: MaskRatioOpt = 0.75,
-    seed: Annotated[int, typer.Option("--seed", help="Masking seed; the same seed gives the same mask (official demo: 2).")] = 2,
+    seed: SeedOpt = 2,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the figures.")] = Path("outputs"),
     device: DeviceOpt = "auto",
     batch_size: BatchSizeOpt = 8,
@@ -54,6 +61,8 @@ def reconstruct_command(
     allow_random_decoder: Annotated[bool, typer.Option(
         "--allow-random-decoder", help="Draw even with an encoder-only checkpoint (the decoder is then random).")] = False,
     dtype: DtypeOpt = "float32",
+    recursive: RecursiveOpt = False,
+    max_patches: MaxPatchesOpt = DEFAULT_MAX_PATCHES,
     json_: JsonOpt = False,
     trust: TrustOpt = False,
 ) -> None:
@@ -62,13 +71,16 @@ def reconstruct_command(
 
     Under torchrun each process reconstructs its own share of the images and writes their figures;
     rank 0 gathers the rows and prints the summary."""
+    # Everything that can be checked is checked before torch is imported and the checkpoint read.
     hw = parse_size(size)
+    check_size_budget(hw, max_patches, decoder=True, mask_ratio=mask_ratio)
+    check_output_folder(out_dir)
     torch_dtype = parse_dtype(dtype)
 
     from mae.large.image import ImageFailure
     from mae.large.pipeline import require_decoder, resolve_device
 
-    paths, failures = collect_inputs(images, "reconstruct")
+    paths, failures = collect_inputs(images, "reconstruct", recursive=recursive, quiet=json_)
     # Named from every input, so each rank names its figures as one process would.
     names = _output_names(paths, out_dir, save_panels)
 
@@ -123,7 +135,7 @@ def reconstruct_command(
         out.print(_summary_table(rows, mask_ratio, seed))
     if failures:
         if not json_:
-            err.print(f"[red]{len(failures)} of {len(failures) + len(ok)} inputs failed[/]; the others were written")
+            err.print(f"[red]{failures_summary(len(failures), len(ok))}")
         raise typer.Exit(1)
 
 

@@ -1,12 +1,49 @@
-"""Atomic file writes: a reader, or an interrupted run, never sees a half-written file."""
+"""Atomic file writes: a reader, or an interrupted run, never sees a half-written file.
+
+Every temporary file this module creates is registered while it lives, and every file it completes is
+remembered, so that an application can, on an interrupt, remove what is half-written at once
+(`remove_live_temporaries`) and say what was finished (`completed`). The library installs no signal
+handler: that is the application's decision.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+_lock = threading.Lock()
+_live: set[Path] = set()
+_completed: list[Path] = []
+
+
+def live_temporaries() -> list[Path]:
+    """The temporary files being written right now (by any thread)."""
+    with _lock:
+        return sorted(_live)
+
+
+def completed() -> list[Path]:
+    """The files this process has finished writing through `atomic_path`, in order."""
+    with _lock:
+        return list(_completed)
+
+
+def remove_live_temporaries() -> list[Path]:
+    """Unlink every live temporary file (for a hard exit that skips the `finally` blocks); returns them.
+
+    Safe to call from a signal handler: it takes no lock another frame of the same thread may hold
+    (the set is copied without the lock; a file that finishes meanwhile is simply not found).
+    """
+    removed = []
+    for path in list(_live):
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
@@ -22,9 +59,11 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     # A short name of its own (not the target's): a target name near the 255-byte limit still fits.
     fd, tmp_name = tempfile.mkstemp(prefix=".mae-", suffix=f".part{target.suffix[:16]}", dir=target.parent)
-    os.close(fd)
     tmp = Path(tmp_name)
+    with _lock:
+        _live.add(tmp)
     try:
+        os.close(fd)
         yield tmp
         # mkstemp creates the file 0600; give the result the permissions a plain open() would.
         umask = os.umask(0)
@@ -32,7 +71,12 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         if tmp.exists():
             os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
+        with _lock:
+            _completed.append(target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    finally:
+        with _lock:
+            _live.discard(tmp)

@@ -258,16 +258,23 @@ def download(
     part = dest_dir / (spec.filename + PART_SUFFIX)
     url = source_url(spec, base_url)
 
+    stale = ""  # why a copy already at the final name was not kept, for the message if the fetch fails too
     if not force and final.exists():
         ok, reason = verify_file(final, spec)
         if ok:
             return DownloadResult(final, "present", 0, time.monotonic() - start, spec.kind, spec.num_tensors)
-        log.info("%s exists but %s: fetching it again", final, reason)
+        stale = f"{final} is there but {reason}"
+        log.info("%s: fetching it again", stale)
     if force:
         # A forced fetch starts clean: a stale .part is exactly what --force is meant to get rid of.
         part.unlink(missing_ok=True)
 
-    fetched, status = _transfer(url, part, final, spec, timeout, progress)
+    try:
+        fetched, status = _transfer(url, part, final, spec, timeout, progress)
+    except DownloadError as exc:
+        if not stale:
+            raise
+        raise DownloadError(f"{stale}, and fetching it again failed: {exc}") from None
 
     ok, reason = verify_file(part, spec, md5=True)
     if not ok:

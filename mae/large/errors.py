@@ -69,10 +69,16 @@ def invalid_argument(argument: str, message: str) -> InvalidArgumentError:
 
 
 # ---- message helpers shared by every module (no torch here) ---------------------------------------
-def first_line(message: str, limit: int = 200, default: str = "no details") -> str:
-    """The first line of an exception text, cut to `limit` characters, for a one-line message."""
+def first_line(message: str, limit: int = 300, default: str = "no details") -> str:
+    """The first line of an exception text for a one-line message; a line over `limit` characters is cut
+    at a word boundary and ends in "..." (never in the middle of a word)."""
     text = str(message).strip()
-    return text.splitlines()[0][:limit] if text else default
+    if not text:
+        return default
+    line = text.splitlines()[0].strip()
+    if len(line) <= limit:
+        return line
+    return line[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
 
 
 def short_list(items: list[str], limit: int = 3) -> str:

@@ -7,6 +7,7 @@ and works in threads and on headless machines.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,8 +143,7 @@ def reconstruction_figure(
         ax.set_axis_off()
     parts = []
     if title:
-        # A file name that is not valid UTF-8 (surrogate escapes) would make matplotlib refuse the text.
-        parts.append(title.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+        parts.append(drawable_text(title))
     if loss is not None:
         parts.append(f"loss {float(loss):.4f}")
     if note:
@@ -153,6 +153,24 @@ def reconstruction_figure(
     # Fixed margins instead of a layout engine: the saved size stays exactly figsize * dpi.
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.82 if parts else 0.9, wspace=0.04)
     return fig
+
+
+@functools.cache
+def _font_charmap() -> frozenset[int]:
+    """The code points the figures' font can draw (matplotlib's default font, DejaVu Sans)."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    return frozenset(FT2Font(font_manager.findfont(font_manager.FontProperties())).get_charmap())
+
+
+def drawable_text(text: str) -> str:
+    """`text` with every character the font cannot draw written as a backslash escape (`\u4e2d`), so a
+    file name in any script shows as something readable instead of boxes, and matplotlib has nothing to
+    warn about. A name that is not valid UTF-8 (surrogate escapes) is shown with its bytes escaped."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    charmap = _font_charmap()
+    return "".join(c if ord(c) in charmap or c in "\n\t" else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 100) -> Path:

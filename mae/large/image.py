@@ -28,6 +28,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_SUFFIXES",
+    "CollectedImages",
     "ImageFailure",
     "check_crop",
     "collect_images",
@@ -71,28 +72,49 @@ def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[ImageFailure]]:
+class CollectedImages(tuple):
+    """`(paths, failures)` as `collect_images` returns them, plus what was passed over on purpose:
+    `skipped_folders` (sub-folders not walked without `recursive`) and `duplicates` (inputs reached a
+    second time, kept once). Unpacks as the pair."""
+
+    skipped_folders: list[Path]
+    duplicates: list[Path]
+
+    def __new__(cls, paths: list[Path], failures: list[ImageFailure], skipped_folders: list[Path],
+                duplicates: list[Path]) -> CollectedImages:
+        self = super().__new__(cls, (paths, failures))
+        self.skipped_folders = skipped_folders
+        self.duplicates = duplicates
+        return self
+
+
+def collect_images(inputs: Sequence[str | os.PathLike[str]], *, recursive: bool = False) -> CollectedImages:
     """Expand files and folders into a list of image paths, plus the inputs that gave none.
 
     * A file is taken as given, whatever its suffix: `open_image` validates it later, so a PNG saved
       as `.dat` still works and a broken `.jpg` fails with its own message.
-    * A folder contributes its image files (by suffix, case-insensitive), sorted by name. It is not
-      searched recursively, and hidden files (name starting with ".") are skipped: they are macOS
-      `._x.jpg` resource forks or half-written temporary files, never the user's pictures.
+    * A folder contributes its image files (by suffix, case-insensitive), sorted by name; with
+      `recursive` its sub-folders too (depth first, each sorted by name), otherwise they are passed over
+      and listed in `skipped_folders`. Hidden files and folders (name starting with ".") are skipped:
+      they are macOS `._x.jpg` resource forks or half-written temporary files, never the user's pictures.
     * A folder with no image, a path that does not exist or a folder that cannot be listed gives an
       `ImageFailure` instead, so one bad argument does not stop the others.
 
     Duplicates (the same file reached twice, even by different spellings) are kept once, first
-    occurrence first.
+    occurrence first, and listed in `duplicates`.
     """
     found: list[Path] = []
     failures: list[ImageFailure] = []
+    skipped: list[Path] = []
+    duplicates: list[Path] = []
     seen: set[Path] = set()
     failed: set[Path] = set()
 
     def add(path: Path) -> None:
         key = _identity(path)
-        if key not in seen:
+        if key in seen:
+            duplicates.append(path)
+        else:
             seen.add(key)
             found.append(path)
 
@@ -102,25 +124,38 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path]
             failed.add(key)
             failures.append(ImageFailure(path, reason))
 
+    def walk(folder: Path) -> int:
+        """Add the images of `folder` (and, with `recursive`, below it); return how many it held."""
+        try:
+            entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+            images = [p for p in entries if _is_image_name(p) and p.is_file()]
+            folders = [p for p in entries if p.is_dir()]
+        except OSError as exc:
+            fail(folder, f"folder {folder} cannot be read ({exc.strerror or exc})")
+            return -1
+        for image in images:
+            add(image)
+        count = len(images)
+        for sub in folders:
+            if recursive:
+                count += max(0, walk(sub))
+            else:
+                skipped.append(sub)
+        return count
+
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            try:
-                entries = sorted(p for p in path.iterdir() if not p.name.startswith(".") and _is_image_name(p))
-                images = [p for p in entries if p.is_file()]
-            except OSError as exc:
-                fail(path, f"folder {path} cannot be read ({exc.strerror or exc})")
-                continue
-            if not images:
+            count = walk(path)
+            if count == 0:
                 looked = ", ".join(_SUFFIX_ORDER)
-                fail(path, f"folder {path} holds no images (looked for {looked})")
-            for image in images:
-                add(image)
+                below = " or its sub-folders" if recursive else ""
+                fail(path, f"folder {path}{below} holds no images (looked for {looked})")
         elif path.exists():
             add(path)
         else:
             fail(path, f"{path} does not exist")
-    return found, failures
+    return CollectedImages(found, failures, skipped, duplicates)
 
 
 def _identity(path: Path) -> Path:

@@ -268,10 +268,11 @@ def image_loss(
     mask_ratio: float = 0.75,
     batch_size: int = 8,
     dtype: torch.dtype = torch.float32,
+    recursive: bool = False,
 ) -> tuple[LossResult, list[ImageFailure]]:
     """The loss on image files and folders (each image masked with `seed`'s mask): the result over the
     images that could be read, and the inputs that could not. Raises `ImageError` when none could."""
-    paths, failures = collect_images(images)
+    paths, failures = collect_images(images, recursive=recursive)
     losses: list[float] = []
     for item in reconstruct_files(model, paths, mask_ratio=mask_ratio, seed=seed, batch_size=batch_size, dtype=dtype):
         if isinstance(item, ImageFailure):

@@ -1,0 +1,63 @@
+"""Ctrl-C and SIGTERM: end the run with one line, the right exit code, and no temporary file left.
+
+`install()` (called first thing by the console script) makes SIGINT and SIGTERM raise `Interrupted`, a
+`KeyboardInterrupt`, in the main thread: every `finally` and every atomic writer then cleans up on the way
+out, and the command's error handler prints what was written. A second signal does not wait for that
+(a forward pass in a kernel cannot be interrupted): it removes the live temporary files and exits at once.
+SIGTERM is what `kill`, `timeout`, job schedulers and `docker stop` send; its exit code is 143, Ctrl-C's 130.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from types import FrameType
+
+_received: list[int] = []
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; `signum` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def exit_code(signum: int) -> int:
+    return 128 + signum
+
+
+def received() -> int | None:
+    """The first signal this process received, if any (also when a library swallowed the exception)."""
+    return _received[0] if _received else None
+
+
+def describe(signum: int | None) -> str:
+    return "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+
+
+def _handler(signum: int, frame: FrameType | None) -> None:
+    _received.append(signum)
+    if len(_received) > 1:
+        from mae.large.atomic import remove_live_temporaries
+
+        removed = remove_live_temporaries()
+        note = f"; removed {len(removed)} half-written file(s)" if removed else ""
+        os.write(2, f"interrupted again ({describe(signum)}): stopped at once{note}\n".encode())
+        os._exit(exit_code(_received[0]))
+    raise Interrupted(signum)
+
+
+def install() -> None:
+    """Route SIGINT and SIGTERM to `Interrupted` (main thread only; elsewhere a no-op)."""
+    try:
+        signal.signal(signal.SIGINT, _handler)
+        signal.signal(signal.SIGTERM, _handler)
+    except ValueError:  # not the main thread (an embedding application): leave its handlers alone
+        pass
+
+
+def signum_of(error: BaseException) -> int:
+    """The signal behind a KeyboardInterrupt: SIGTERM for `Interrupted(SIGTERM)`, else SIGINT."""
+    return getattr(error, "signum", None) or received() or signal.SIGINT
