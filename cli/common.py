@@ -46,7 +46,7 @@ FLAGS: dict[str, str] = {
 _PIPED = not sys.stdout.isatty() and "COLUMNS" not in os.environ
 out = Console(width=120 if _PIPED else None)
 err = Console(stderr=True, soft_wrap=True)
-STATE: dict[str, bool] = {"debug": False, "json": False, "json_printed": False}
+STATE: dict[str, Any] = {"debug": False, "json": False, "json_printed": False, "written_from": 0}
 
 # ---- shared option aliases ------------------------------------------------------------------------
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
@@ -125,9 +125,11 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from mae.large.atomic import completed
         from mae.large.errors import MAEError  # light: no torch
 
         STATE["json"], STATE["json_printed"] = bool(kwargs.get("json_")), False
+        STATE["written_from"] = len(completed())  # this run's files are the ones completed after this
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
@@ -174,11 +176,16 @@ def os_error_sentence(exc: OSError) -> str:
     return f"could not write or read {path}: {cause}"
 
 
-def written_summary() -> str:
-    """What this process finished writing, for the last line of a run that stopped early."""
+def written_files() -> list[Path]:
+    """The files this run has finished writing (atomically), in order."""
     from mae.large.atomic import completed
 
-    done = completed()
+    return completed()[int(STATE.get("written_from", 0)):]
+
+
+def written_summary() -> str:
+    """What this run finished writing, for the last line of a run that stopped early."""
+    done = written_files()
     if not done:
         return "nothing was written"
     last = escape_plain(str(done[-1]))
@@ -200,9 +207,7 @@ def fail(message: str, code: int = 1) -> None:
     """Print `error: message` on one line to stderr (and, with --json, a JSON object on stdout) and exit."""
     one_line = " ".join(str(message).split())
     if STATE.get("json") and not STATE.get("json_printed"):  # one JSON document per run
-        from mae.large.atomic import completed
-
-        print_json({"error": one_line, "exit_code": code, "written": [escape_plain(str(p)) for p in completed()]})
+        print_json({"error": one_line, "exit_code": code, "written": [escape_plain(str(p)) for p in written_files()]})
     err.print(f"[bold red]error:[/] {escape(one_line)}")
     raise typer.Exit(code)
 

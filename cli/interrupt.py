@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import threading
 from types import FrameType
 
 _received: list[int] = []
@@ -37,25 +39,69 @@ def describe(signum: int | None) -> str:
     return "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
 
 
-def _handler(signum: int, frame: FrameType | None) -> None:
-    _received.append(signum)
-    if len(_received) > 1:
-        from mae.large.atomic import remove_live_temporaries
+_handled = [0]  # signals the Python-level handler has run for
 
-        removed = remove_live_temporaries()
-        note = f"; removed {len(removed)} half-written file(s)" if removed else ""
-        os.write(2, f"interrupted again ({describe(signum)}): stopped at once{note}\n".encode())
-        os._exit(exit_code(_received[0]))
+
+def _handler(signum: int, frame: FrameType | None) -> None:
+    from mae.large import cancel
+
+    cancel.request()  # background workers stop; nothing waits for a batch in flight
+    if not _received:
+        _received.append(signum)
+    _handled[0] += 1
+    if _handled[0] > 1:
+        _hard_exit(signum)
     raise Interrupted(signum)
 
 
+def _hard_exit(signum: int) -> None:
+    from mae.large.atomic import remove_live_temporaries
+
+    removed = remove_live_temporaries()
+    note = f"; removed {len(removed)} half-written file(s)" if removed else ""
+    os.write(2, f"interrupted again ({describe(signum)}): stopped at once{note}\n".encode())
+    os._exit(exit_code(_received[0] if _received else signum))
+
+
+def _watch(sock: socket.socket) -> None:
+    """Count signals as they arrive, even while the main thread is inside a kernel (where Python-level
+    handlers cannot run until it returns): the C-level handler writes each signal number to `sock`."""
+    seen = 0
+    while True:
+        try:
+            data = sock.recv(64)
+        except OSError:
+            return
+        if not data:
+            return
+        for signum in data:
+            if signum in (signal.SIGINT, signal.SIGTERM):
+                from mae.large import cancel
+
+                cancel.request()
+                seen += 1
+                if not _received:
+                    _received.append(signum)
+                if seen >= 2:
+                    _hard_exit(signum)
+
+
 def install() -> None:
-    """Route SIGINT and SIGTERM to `Interrupted` (main thread only; elsewhere a no-op)."""
+    """Route SIGINT and SIGTERM to `Interrupted`, and a second one to an immediate exit (main thread only;
+    elsewhere a no-op)."""
     try:
         signal.signal(signal.SIGINT, _handler)
         signal.signal(signal.SIGTERM, _handler)
     except ValueError:  # not the main thread (an embedding application): leave its handlers alone
-        pass
+        return
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    threading.Thread(target=_watch, args=(reader,), name="mae-signal-watch", daemon=True).start()
+    _keep.extend((reader, writer))
+
+
+_keep: list[socket.socket] = []  # the socket pair lives as long as the process
 
 
 def signum_of(error: BaseException) -> int:

@@ -73,9 +73,11 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, target)
         with _lock:
             _completed.append(target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno is not None and not exc.filename:
+            exc.filename = str(target)  # writers (matplotlib, Pillow) often raise without naming the file
         raise
     finally:
         with _lock:

@@ -200,25 +200,32 @@ def _torch_load(path: Path, *, trust: bool, mmap: bool) -> Any:
     except Exception as exc:
         # weights_only refuses unknown globals with an UnpicklingError; anything else is a damaged file.
         message = str(exc)
-        if "Weights only load failed" in message or "Unsupported global" in message:
+        names = _unsafe_globals(path, message) if ("Weights only load failed" in message
+                                                    or "Unsupported global" in message) else []
+        if names:
             raise UnsafeCheckpointError(
-                f"{path} asks to build objects beyond tensors ({', '.join(_unsafe_globals(path, message))}), so it "
-                "was not loaded; if you trust its source, pass trust=True"
+                f"{path} asks to build objects beyond tensors ({', '.join(names)}), so it was not loaded; "
+                "if you trust its source, pass trust=True"
             ) from None
-        raise CheckpointError(
-            f"{path} is truncated or corrupt ({first_line(message)}); fetch it again"
-        ) from None
+        raise CheckpointError(f"{path} is truncated or corrupt ({_pickle_detail(message)}); fetch it again") from None
+
+
+def _pickle_detail(message: str) -> str:
+    """The unpickler's own complaint inside torch's long weights_only message (which advises
+    weights_only=False: wrong for a damaged file, and unsafe)."""
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", message, re.S)
+    return first_line(match.group(1) if match else message)
 
 
 def _unsafe_globals(path: Path, message: str) -> list[str]:
-    names: list[str] = []
+    """The globals a well-formed pickle asks for beyond the allowed ones; empty when the pickle itself is
+    damaged (then it is a broken file, and trusting it would not help)."""
     try:  # exact list for zip files; it reads the pickle without running it
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # legacy format: fall back to what torch's message names
+    except Exception:  # legacy format, or a pickle that does not parse: only what torch's message names
         names = re.findall(r"GLOBAL ([\w.]+)", message)
     allowed = {f"{t.__module__}.{t.__qualname__}" for t in SAFE_GLOBALS}
-    names = [n for n in dict.fromkeys(names) if n not in allowed]
-    return names or ["unknown globals"]
+    return [n for n in dict.fromkeys(names) if n not in allowed]
 
 
 def _unwrap(raw: Any, path: Path, fixes: list[str], extras: list[str]) -> StateDict:

@@ -77,3 +77,13 @@ def check_patch_budget(config: EncoderConfig, max_patches: int = DEFAULT_MAX_PAT
             f"use a smaller size, or raise the limit with max_patches={cost.num_patches} if the machine can take it",
         )
     return cost
+
+
+def warn_if_large(config: EncoderConfig, max_patches: int = DEFAULT_MAX_PATCHES) -> None:
+    """A `UserWarning` with the estimate when `config` is over `max_patches` (the library warns, the CLI refuses)."""
+    if config.num_patches > max_patches:
+        import warnings
+
+        h, w = config.img_size
+        warnings.warn(f"an input of {h}x{w} pixels means {forward_cost(config).describe()}; a forward pass may take "
+                      "very long and cannot be interrupted inside a kernel", UserWarning, stacklevel=3)

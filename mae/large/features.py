@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,7 +192,14 @@ def save_features(
     tensor = features.detach().to(device="cpu", dtype=torch.float32).contiguous()
     target = Path(path)
     with atomic_path(target) as tmp:
-        safetensors.torch.save_file({_FEATURES_KEY: tensor}, str(tmp), metadata=meta)
+        try:
+            safetensors.torch.save_file({_FEATURES_KEY: tensor}, str(tmp), metadata=meta)
+        except Exception as exc:  # safetensors reports I/O failures (a full disk) as its own error type
+            code = re.search(r"os error (\d+)", str(exc))
+            if code is None:
+                raise
+            errno_ = int(code.group(1))
+            raise OSError(errno_, os.strerror(errno_), str(target)) from None
     return target
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from . import catalog, load
 from .checkpoint import CheckpointData, Classification, ExpectedState, is_regenerable, key_part
 from .config import MAEConfig
+from .cost import warn_if_large
 from .errors import IncompatibleCheckpointError, short_list
 from .layers import Block, Linear, PatchEmbed, check_images, init_fresh_, init_official_, init_patch_embed_, init_token_
 from .load import Fitted, LoadReport
@@ -78,6 +79,7 @@ class MaskedAutoencoderViT(nn.Module):
             raise TypeError(f"config must be an MAEConfig, got {type(config).__name__}")
         self.config = config
         c = config
+        warn_if_large(config)
         self.load_report: LoadReport | None = None
 
         # Registration order matters twice: state_dict() lists direct parameters first (cls_token,

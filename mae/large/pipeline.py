@@ -20,7 +20,7 @@ from typing import NamedTuple, TypeVar
 
 import torch
 
-from . import catalog
+from . import cancel, catalog
 from .catalog import EXPECTED_NOISE_LOSS, NOISE_LOSS_TOLERANCE
 from .errors import DeviceError, EncoderOnlyCheckpointError, ImageError, invalid_argument
 from .image import Crop, ImageFailure, check_crop, collect_images, load_image
@@ -162,14 +162,15 @@ _DONE = object()
 def _run_ahead(items: Iterator[T], depth: int) -> Iterator[T]:
     """Yield what `items` yields, producing it in a worker thread at most `depth` items ahead.
 
-    The worker's exceptions are raised in the caller; when the caller stops early (break, an error,
-    Ctrl-C), the worker finishes the batch it is computing and ends, and the caller waits for it.
+    The worker's exceptions are raised in the caller; when the caller stops early (break, an error), the
+    worker finishes the batch it is computing and ends, and the caller waits for it; on Ctrl-C the caller
+    does not wait.
     """
     buffer: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
 
     def put(item: object) -> bool:
-        while not stop.is_set():
+        while not stop.is_set() and not cancel.requested():
             try:
                 buffer.put(item, timeout=0.05)
                 return True
@@ -189,6 +190,7 @@ def _run_ahead(items: Iterator[T], depth: int) -> Iterator[T]:
 
     worker = threading.Thread(target=work, name="mae-reconstruct-ahead", daemon=True)
     worker.start()
+    interrupted = False
     try:
         while True:
             item = buffer.get()
@@ -197,9 +199,15 @@ def _run_ahead(items: Iterator[T], depth: int) -> Iterator[T]:
             if isinstance(item, _Raised):
                 raise item.error
             yield item
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
         stop.set()
-        worker.join()
+        # An interrupt must not wait for the batch in flight (a forward pass cannot be stopped inside a
+        # kernel): the worker writes nothing, sees `stop` when it is done and ends on its own.
+        if not interrupted and not cancel.requested():
+            worker.join()
 
 
 @dataclass(frozen=True)

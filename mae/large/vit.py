@@ -26,6 +26,7 @@ from . import load
 from .checkpoint import CheckpointData, Classification, ExpectedState, Part
 from .config import EncoderConfig, MAEConfig
 from .convert import CLASSIFIER_PREFIXES, DECODER_PREFIXES, StateDict
+from .cost import warn_if_large
 from .errors import IncompatibleCheckpointError
 from .layers import Block, PatchEmbed, check_images, init_fresh_, init_official_, init_patch_embed_, init_token_
 from .load import Fitted, LoadReport
@@ -73,6 +74,7 @@ class VisionTransformer(nn.Module):
         if not isinstance(config, ViTConfig):
             raise TypeError(f"config must be a ViTConfig, got {type(config).__name__}")
         self.config = c = config
+        warn_if_large(config)
         self.global_pool = c.global_pool
         self.grad_checkpointing = False
         self.load_report: LoadReport | None = None

@@ -220,3 +220,41 @@ def test_very_long_file_name(runner, small_arch, small_ckpts, tmp_path: Path) ->
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / ("x" * 245 + ".png")).exists()
 
+
+
+def test_sub_folders_are_reported_and_walked_with_recursive(runner, small_arch, small_ckpts, tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    (root / "cats").mkdir(parents=True)
+    write_image(root / "top.png")
+    write_image(root / "cats" / "cat.png", seed=1)
+    out = tmp_path / "out"
+    flat_run = _run(runner, root, "-c", small_ckpts[0], "--out", out)
+    assert flat_run.exit_code == 0
+    assert "1 sub-folder(s) were not walked (cats); pass --recursive" in " ".join(flat_run.stderr.split())
+    assert sorted(p.name for p in out.glob("*.png")) == ["top.png"]
+    deep = _run(runner, root, "-c", small_ckpts[0], "--out", out, "--recursive", "--json")
+    assert deep.exit_code == 0
+    assert [Path(r["image"]).name for r in json.loads(deep.stdout)["images"]] == ["top.png", "cat.png"]
+
+
+def test_an_input_given_twice_gets_a_note(runner, small_arch, small_ckpts, images, tmp_path: Path) -> None:
+    result = _run(runner, images[0], images[0], "-c", small_ckpts[0], "--out", tmp_path / "out")
+    assert result.exit_code == 0
+    assert "was given more than once; it is processed once" in " ".join(result.stderr.split())
+
+
+def test_when_every_input_fails_nothing_is_said_to_be_written(runner, small_arch, small_ckpts, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    result = _run(runner, broken, "-c", small_ckpts[0], "--out", tmp_path / "out")
+    assert result.exit_code == 1
+    text = " ".join(result.stderr.split())
+    assert "the input failed; nothing was written" in text and "the others were written" not in text
+
+
+def test_non_latin_file_names_draw_without_warnings(runner, small_arch, small_ckpts, tmp_path: Path) -> None:
+    image = write_image(tmp_path / "猫の写真.png")
+    result = _run(runner, image, "-c", small_ckpts[0], "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "Glyph" not in result.stderr and "Warning" not in result.stderr
+    assert (tmp_path / "out" / "猫の写真.png").is_file()

@@ -520,3 +520,19 @@ def test_cast_is_reported_once_per_dtype(tmp_path: Path) -> None:
     model = MaskedAutoencoderViT.from_pretrained(path, small_config())
     casts = [f for f in model.load_report.fixes if f.startswith("cast")]
     assert casts == ["cast 62 tensors from bfloat16 to float32"]
+
+
+def test_a_damaged_pickle_is_called_damaged_not_unsafe(tmp_path: Path) -> None:
+    import zipfile
+
+    good = save_official(tmp_path / "good.pth", small_state_dict())
+    bad = tmp_path / "bad.pth"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w", zipfile.ZIP_STORED) as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            dst.writestr(item, b"\x80\x02garbage, not a pickle" if item.filename.endswith("data.pkl") else data)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(bad)
+    assert not isinstance(info.value, UnsafeCheckpointError)
+    message = str(info.value)
+    assert "truncated or corrupt" in message and "trust" not in message and "weights_only" not in message

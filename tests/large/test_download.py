@@ -410,3 +410,13 @@ def test_base_url_must_be_plain_http_or_https(base: str, tmp_path: Path, monkeyp
     with pytest.raises(DownloadError, match="base URL"):
         download(spec, tmp_path)
     assert files_in(tmp_path) == []
+
+
+def test_a_stale_copy_and_a_failed_refetch_say_both_reasons(server: FileServer, blobs: dict[str, bytes],
+                                                            tmp_path: Path) -> None:
+    (tmp_path / FILENAME).write_bytes(blobs["encoder"])  # the wrong file under the right name; the server has none
+    with pytest.raises(DownloadError) as info:
+        download(small_spec(server), tmp_path)
+    message = str(info.value)
+    assert f"{tmp_path / FILENAME} is there but has 30 tensors (encoder-only)" in message
+    assert "fetching it again failed" in message and "404" in message

@@ -235,3 +235,17 @@ def test_figures_never_import_pyplot(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "f.png").stat().st_size > 0
+
+
+def test_drawable_text_escapes_what_the_font_cannot_draw() -> None:
+    import warnings
+
+    from mae.large.figures import drawable_text
+
+    assert drawable_text("café — x.jpg") == "café — x.jpg"  # Latin and punctuation stay
+    assert drawable_text("猫.png") == "\\u732b.png"
+    assert drawable_text("a\udcffb") == "a\\xffb"  # a file name that is not valid UTF-8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns about a missing glyph when it draws one
+        fig = reconstruction_figure(some_panels(), title="猫の写真.png")
+        fig.canvas.draw()

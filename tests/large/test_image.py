@@ -362,3 +362,17 @@ def test_center_crop_of_a_thin_strip_stays_small(tmp_path) -> None:
     Image.fromarray((np.arange(3000) % 256).astype(np.uint8).reshape(1, 3000)).save(path)
     out = load_image(path, size=224, crop="center")
     assert out.shape == (3, 224, 224) and torch.isfinite(out).all()
+
+
+def test_collect_images_reports_sub_folders_and_walks_them_when_asked(tmp_path: Path) -> None:
+    for rel in ("b.png", "sub/a.png", "sub/deeper/c.png", ".hidden/d.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / rel)
+    collected = collect_images([tmp_path])
+    found, failures = collected
+    assert [p.name for p in found] == ["b.png"] and failures == []
+    assert [p.name for p in collected.skipped_folders] == ["sub"]
+    deep, _ = collect_images([tmp_path], recursive=True)
+    assert [p.relative_to(tmp_path).as_posix() for p in deep] == ["b.png", "sub/a.png", "sub/deeper/c.png"]
+    again = collect_images([tmp_path / "b.png", tmp_path / "b.png"])
+    assert [p.name for p in again[0]] == ["b.png"] and [p.name for p in again.duplicates] == ["b.png"]

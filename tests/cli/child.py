@@ -1,0 +1,84 @@
+"""Run `mae-large` in a child process the way the console script does (`cli.app.main`), with the tests'
+small architecture, and optionally stop at a chosen point so a test can send a signal there.
+
+    python -m tests.cli.child POINT mae-large-args...
+
+POINT is `none`, or where to write the file `$MAE_TEST_READY` and then wait (60 s at most):
+`figure` (inside a figure write: its temporary file exists), `features` (inside the features file write),
+`batch` (the worker thread is computing a batch, between two figures), `stuck-cleanup` (inside a figure
+write whose clean-up then hangs, so only a second signal can end the run).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _arrive() -> None:
+    Path(os.environ["MAE_TEST_READY"]).write_text("ready")
+    time.sleep(60)
+
+
+def main() -> None:
+    point, args = sys.argv[1], sys.argv[2:]
+    from mae.large import catalog
+    from tests.helpers import small_config
+
+    config = small_config()
+    name = f"vit_d{config.embed_dim}_depth{config.depth}_heads{config.num_heads}_patch{config.patch_size}"
+    sizes = {k: v for k, v in config.to_dict().items() if k not in ("name", "norm_pix_loss")}
+    catalog.ARCHITECTURES[name] = catalog.Architecture(name, "the tests' small MAE", sizes)
+    catalog.DEFAULT_ARCHITECTURE = name
+
+    if point in ("figure", "stuck-cleanup"):
+        from matplotlib.figure import Figure
+
+        savefig = Figure.savefig
+        calls = [0]
+
+        def slow_savefig(self, *a, **k):
+            savefig(self, *a, **k)
+            calls[0] += 1
+            if calls[0] == 2:  # the first figure is complete, the second one half-written
+                try:
+                    _arrive()
+                finally:
+                    if point == "stuck-cleanup":
+                        time.sleep(60)
+
+        Figure.savefig = slow_savefig
+    elif point == "features":
+        import safetensors.torch
+
+        save_file = safetensors.torch.save_file
+
+        def slow_save(*a, **k):
+            save_file(*a, **k)
+            _arrive()
+
+        safetensors.torch.save_file = slow_save
+    elif point == "batch":
+        import mae.large.pipeline as pipeline
+
+        load_image = pipeline.load_image
+        calls = [0]
+
+        def slow_load(*a, **k):
+            calls[0] += 1
+            if calls[0] == 3:  # batch size 2: the second batch is being prepared in the worker
+                _arrive()
+            return load_image(*a, **k)
+
+        pipeline.load_image = slow_load
+
+    sys.argv = ["mae-large", *args]
+    from cli.app import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The atomic writer's registry of live temporary files and finished files, and the stop request."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from mae.large import atomic, cancel
+
+
+def test_live_temporaries_are_registered_and_removable(tmp_path: Path) -> None:
+    target = tmp_path / "out.png"
+    with atomic.atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        assert tmp in atomic.live_temporaries()
+        assert atomic.remove_live_temporaries() == [tmp] and not tmp.exists()
+        tmp.write_bytes(b"whole")  # the writer carries on (the hard exit would not)
+    assert target.read_bytes() == b"whole" and atomic.live_temporaries() == []
+    assert atomic.completed()[-1] == target
+
+
+def test_a_failed_write_names_the_target_and_is_not_completed(tmp_path: Path) -> None:
+    target = tmp_path / "out.png"
+    before = len(atomic.completed())
+    with pytest.raises(OSError) as info, atomic.atomic_path(target):
+        raise OSError(28, "No space left on device")
+    assert info.value.filename == str(target) and not target.exists()
+    assert len(atomic.completed()) == before and list(tmp_path.iterdir()) == []
+
+
+def test_a_stop_request_ends_the_worker_without_waiting(monkeypatch) -> None:
+    from mae.large.pipeline import _run_ahead
+
+    release = threading.Event()
+
+    def slow():
+        yield 1
+        release.wait(5)  # a batch in flight
+        yield 2
+
+    items = _run_ahead(slow(), 1)
+    assert next(items) == 1
+    cancel.request()
+    try:
+        items.close()  # returns at once: the worker is not joined
+        assert not release.is_set()
+    finally:
+        cancel.reset()
+        release.set()
