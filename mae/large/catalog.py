@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 Kind = Literal["full", "encoder-only"]
 Target = Literal["pixels", "norm-pix"]
+TARGETS: tuple[str, ...] = ("auto", "pixels", "norm-pix")  # what --target accepts
 
 BASE_URL = "https://dl.fbaipublicfiles.com/mae"
 DATA_DIR = Path("data")
@@ -121,6 +122,10 @@ CHECKPOINTS: dict[str, CheckpointEntry] = {
                         RECONSTRUCTION + " (GAN loss: sharper images)"),
         CheckpointEntry("pretrain", "mae_pretrain_vit_large.pth", "pretrain", None, "b8b06e", "encoder-only", 294,
                         FINE_TUNING, target=None),
+        # The pre-training run's own file with its decoder, trained with norm_pix_loss (facebookresearch/mae
+        # issues 8 and 12: drawn as RGB its predictions look grey and flat). Size and md5 are not published.
+        CheckpointEntry("pretrain-full", "mae_pretrain_vit_large_full.pth", "pretrain", None, None, "full", 398,
+                        RECONSTRUCTION + " (predicts per-patch normalised pixels)", target="norm-pix"),
     )
 }
 ALL = "all"  # `mae-large download all`

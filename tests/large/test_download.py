@@ -381,8 +381,8 @@ def test_redirect_policy(old: str, new: str, allowed: bool) -> None:
 # Names and URLs
 # ================================================================================================
 def test_registry_matches_the_published_files() -> None:
-    assert list(REGISTRY) == ["visualize", "visualize-gan", "pretrain"]
-    visualize, gan, pretrain = REGISTRY.values()
+    assert list(REGISTRY) == ["visualize", "visualize-gan", "pretrain", "pretrain-full"]
+    visualize, gan, pretrain, full = REGISTRY.values()
     assert (visualize.size, visualize.kind, visualize.num_tensors) == (1_318_315_181, "full", 398)
     assert (gan.size, gan.kind, gan.num_tensors) == (None, "full", 398)
     assert (pretrain.size, pretrain.md5_prefix, pretrain.kind, pretrain.num_tensors) == (None, "b8b06e", "encoder-only", 294)
@@ -390,13 +390,17 @@ def test_registry_matches_the_published_files() -> None:
         assert spec.url.startswith("https://dl.fbaipublicfiles.com/mae/") and spec.url.endswith("/" + spec.filename)
         assert spec.config.embed_dim == 1024 and spec.config.depth == 24
     assert "fine-tuning" in pretrain.purpose and "reconstruction" in visualize.purpose
+    # The norm-pix pre-training file: official release pattern, size and md5 unpublished, structure checked.
+    assert full.url == "https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_large_full.pth"
+    assert (full.size, full.md5_prefix, full.kind, full.num_tensors) == (None, None, "full", 398)
 
 
 def test_resolve_names() -> None:
-    assert [s.name for s in resolve_names(["all"])] == ["visualize", "visualize-gan", "pretrain"]
-    assert [s.name for s in resolve_names(["pretrain", "all", "Pretrain"])] == ["pretrain", "visualize", "visualize-gan"]
+    assert [s.name for s in resolve_names(["all"])] == ["visualize", "visualize-gan", "pretrain", "pretrain-full"]
+    assert [s.name for s in resolve_names(["pretrain", "all", "Pretrain"])] == ["pretrain", "visualize", "visualize-gan",
+                                                                               "pretrain-full"]
     with pytest.raises(DownloadError, match=r"unknown checkpoint 'visualise'; choose one of visualize, visualize-gan, "
-                                            r"pretrain, all"):
+                                            r"pretrain, pretrain-full, all"):
         resolve_names(["visualize", "visualise"])
 
 
