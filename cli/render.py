@@ -48,6 +48,9 @@ def summary_panel(s: CheckpointSummary) -> Panel:
         ("weights_only", "yes: plain tensors, safe to load" if s.weights_only else
          "[red]no[/]: the file asks for objects beyond tensors (read only because of --trust-checkpoint)"),
     ]
+    bad = s.nonfinite
+    rows.append(("values", f"[red]{len(bad)} tensors hold NaN or infinite values[/] (damaged)" if bad
+                 else "all finite"))
     if s.extras:
         rows.append(("other entries", escape(", ".join(s.extras))))
     for fix in s.fixes:
@@ -79,6 +82,10 @@ def tensor_table(groups: list[TensorGroup] | list[Any], folded: bool) -> Table:
 def verdict_panel(s: CheckpointSummary) -> Panel:
     c = s.classification
     lines = [escape(s.verdict())]
+    for t in s.nonfinite[:10]:
+        lines.append(f"  non-finite  {escape(t.name)}: {t.nonfinite:,} of {t.numel:,} values")
+    if len(s.nonfinite) > 10:
+        lines.append(f"  ... and {len(s.nonfinite) - 10} more non-finite tensors (--json lists them all)")
     if not c.loadable:
         for m in c.mismatched[:10]:
             lines.append(f"  shape  {escape(str(m))}")
@@ -89,5 +96,5 @@ def verdict_panel(s: CheckpointSummary) -> Panel:
         hidden = max(0, len(c.mismatched) - 10) + max(0, len(c.missing) - 10) + max(0, len(c.unexpected) - 10)
         if hidden:
             lines.append(f"  ... and {hidden} more (--json lists them all)")
-    style = {"full": "green", "encoder-only": "yellow"}.get(c.kind, "red")
+    style = "red" if s.damaged else {"full": "green", "encoder-only": "yellow"}.get(c.kind, "red")
     return Panel("\n".join(lines), title=f"verdict against {s.model_name}", border_style=style, expand=False)

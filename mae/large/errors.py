@@ -40,6 +40,13 @@ class EncoderOnlyCheckpointError(CheckpointError):
     argument = "allow_random_decoder"
 
 
+class NonFiniteCheckpointError(CheckpointError):
+    """A checkpoint whose weights hold NaN or infinite values (a damaged file or a diverged run); loading it
+    needs an explicit opt-in."""
+
+    argument = "allow_nonfinite"
+
+
 class ImageError(MAEError):
     """An image file that cannot be opened or decoded."""
 

@@ -36,9 +36,10 @@ import torch
 from . import catalog
 from .atomic import atomic_path
 from .config import Size2D, to_2tuple
+from .device import resolve_device
 from .errors import ImageError, MAEError, invalid_argument
 from .image import Crop, ImageFailure, check_crop, load_image
-from .pipeline import autocast_context
+from .pipeline import autocast_context, nonfinite_fix
 from .vit import VisionTransformer, ViTConfig
 
 __all__ = [
@@ -101,11 +102,14 @@ def extract_features(
 
     The pooling is the model's (`model.global_pool`; build it with `classifier_for_pool`). Images are
     preprocessed as the official demo does (`load_image`, `crop="resize"`) at `size`, which defaults to
-    the model's `img_size` and must equal it. `device` is where the batches go (default: the model's);
-    the model is not moved. Each batch runs in eval mode under `torch.inference_mode` (a model left in
-    train mode would drop paths at random), and the mode is restored afterwards. A row does not depend
+    the model's `img_size` and must equal it. `device` is where the batches go (default: the model's),
+    checked by `resolve_device` (one this machine lacks is a `DeviceError`); the model is not moved.
+    Each batch runs in eval mode under `torch.inference_mode` (a model left in train mode would drop
+    paths at random), and the mode is restored afterwards. A row does not depend
     on the batch it lands in. Vectors are float32 on the CPU; `dtype=torch.bfloat16` runs the forward
-    pass under autocast.
+    pass under autocast. A row that is not finite (NaN or infinite values: a damaged checkpoint loaded
+    with `allow_nonfinite=True`, or an overflow in low precision) is yielded as an `ImageFailure` saying
+    so, never as a result.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise invalid_argument("batch_size", f"batch size must be a positive integer, got batch_size={batch_size!r}")
@@ -116,7 +120,7 @@ def extract_features(
         raise invalid_argument("size", f"size {size[0]}x{size[1]} differs from the model's img_size "
                                f"{model_size[0]}x{model_size[1]}; build the model at that size "
                                "(from_pretrained(..., img_size=...)) instead")
-    target = torch.device(device) if device is not None else next(model.parameters()).device
+    target = resolve_device(device) if device is not None else next(model.parameters()).device
     # Failures wait in the queue with the images, so everything comes out in input order.
     pending: list[tuple[int, Path, torch.Tensor | ImageFailure]] = []
     queued = 0  # images (not failures) in `pending`
@@ -128,13 +132,17 @@ def extract_features(
         queued = 0
         tensors = [t for _, _, t in batch if isinstance(t, torch.Tensor)]
         feats = _forward(model, tensors, target, dtype) if tensors else None
+        bad = (~torch.isfinite(feats)).sum(dim=1) if feats is not None else None  # non-finite values per row
         row = 0
         for index, path, item in batch:
             if isinstance(item, ImageFailure):
                 yield item
                 continue
-            assert feats is not None
-            yield FeatureResult(path, index, feats[row].clone())  # clone: a row must not keep the batch alive
+            assert feats is not None and bad is not None
+            if bad[row]:
+                yield ImageFailure(path, _nonfinite_reason(path, int(bad[row]), feats.shape[1], dtype))
+            else:
+                yield FeatureResult(path, index, feats[row].clone())  # clone: a row must not keep the batch alive
             row += 1
 
     for index, raw in enumerate(paths):
@@ -148,6 +156,12 @@ def extract_features(
             yield from flush()
     if pending:
         yield from flush()
+
+
+def _nonfinite_reason(path: Path, bad: int, dim: int, dtype: torch.dtype) -> str:
+    """One sentence for an image whose feature vector is not finite: what, and what to try."""
+    return (f"{path}: its feature vector is not finite ({bad} of its {dim} values are NaN or infinite), so it was not "
+            f"kept; {nonfinite_fix(dtype)}")
 
 
 def _forward(model: VisionTransformer, tensors: list[torch.Tensor], device: torch.device,

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import invalid_argument, short_list
+
 
 class _CastCache(NamedTuple):
     key: tuple  # (dtype, data_ptr, version) of the weight and of the bias when they were cast
@@ -226,21 +228,47 @@ def init_fresh_(model: nn.Module, names: Collection[str]) -> None:
             init_token_(param)
 
 
-def check_images(imgs: torch.Tensor, in_chans: int, img_size: tuple[int, int], size_hint: str = "") -> None:
-    """Validate a model input batch (N, C, H, W) with one clear sentence per problem, never `assert`."""
+def check_images(imgs: torch.Tensor, in_chans: int, img_size: tuple[int, int], size_hint: str = "", *,
+                 dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Validate a model input batch (N, C, H, W) with one clear sentence per problem, never `assert`, and
+    return it in `dtype` (the model's weight dtype; None keeps it).
+
+    The one cast of an input: float64 from numpy, float16 or bfloat16 becomes the weights' dtype here, at
+    entry, so that every later step (the encoder, the loss target) sees the same images; float16 and
+    bfloat16 widen to float32 exactly. Integer, bool and complex batches are refused (images are
+    normalised floats), and so are an empty batch and images holding NaN or infinite values (also those
+    that only overflow in the cast, such as float64 values beyond float32's range).
+    """
     if not isinstance(imgs, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor, got {type(imgs).__name__}")
     if imgs.dim() != 4:
-        raise ValueError(
+        raise invalid_argument("imgs", (
             f"images must be a 4-D batch (N, {in_chans}, H, W), got shape {tuple(imgs.shape)}; "
-            "add a batch dimension with imgs.unsqueeze(0)"
-        )
+            "add a batch dimension with imgs.unsqueeze(0)"))
     if not imgs.is_floating_point():
-        raise ValueError(f"images must be floating point (normalised), got dtype {imgs.dtype}")
+        raise invalid_argument("imgs", f"images must be floating point (normalised), got dtype {imgs.dtype}; "
+                               "convert them with imgs.float() after normalising")
     if imgs.shape[1] != in_chans:
-        raise ValueError(f"images must have {in_chans} channels, got {imgs.shape[1]} (shape {tuple(imgs.shape)})")
+        raise invalid_argument("imgs", f"images must have {in_chans} channels, got {imgs.shape[1]} "
+                               f"(shape {tuple(imgs.shape)})")
     if tuple(imgs.shape[2:]) != tuple(img_size):
-        raise ValueError(
+        raise invalid_argument("imgs", (
             f"images must be {img_size[0]}x{img_size[1]} for this model, got {imgs.shape[2]}x{imgs.shape[3]}; "
-            f"resize them or build the model with img_size=({imgs.shape[2]}, {imgs.shape[3]}){size_hint}"
-        )
+            f"resize them or build the model with img_size=({imgs.shape[2]}, {imgs.shape[3]}){size_hint}"))
+    if imgs.shape[0] == 0:
+        raise invalid_argument("imgs", f"the image batch is empty (shape {tuple(imgs.shape)}); give at least one image")
+    given = imgs
+    if dtype is not None and imgs.dtype != dtype:
+        imgs = imgs.to(dtype)
+    if not bool(torch.isfinite(imgs).all()):
+        bad = (~torch.isfinite(imgs)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+        overflow = [i for i in bad if bool(torch.isfinite(given[i]).all())]
+        which = f"image {bad[0]}" if len(bad) == 1 else f"images {short_list([str(i) for i in bad], 5)}"
+        verb, them = ("holds", "it") if len(bad) == 1 else ("hold", "them")
+        if len(overflow) == len(bad):
+            cause = (f"{verb} values beyond the range of {str(imgs.dtype).removeprefix('torch.')}, the model's dtype; "
+                     f"normalise {them} (the model expects ImageNet-normalised values of order 1)")
+        else:
+            cause = f"{verb} NaN or infinite values; drop or repair {them} (torch.nan_to_num) or check the preprocessing"
+        raise invalid_argument("imgs", f"{which} of the batch of {imgs.shape[0]} {cause}")
+    return imgs

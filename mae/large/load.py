@@ -7,7 +7,8 @@
 * fit: the model's own filter (timm's `filter_fn`) picks the tensors it loads and fixes them (a sin-cos
   table for another grid, a position table to interpolate, a classifier to keep or start fresh);
 * assign: the model is built on the meta device and the tensors are assigned, not copied (memory-mapped
-  from the file), or copied into an existing model;
+  from the file), or copied into an existing model; on the way each tensor is read once to check that
+  it holds no NaN or infinity (`scan`): such a file is refused unless `allow_nonfinite=True`;
 * materialise: what the file did not hold gets memory and the model's official init;
 * report: a `LoadReport`, logged; its warnings are raised as `UserWarning`.
 
@@ -27,9 +28,20 @@ from typing import Any, Protocol, TypeVar
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointData, Classification, ExpectedState, Kind, Part, classify, read_checkpoint
+from .checkpoint import (
+    CheckpointData,
+    Classification,
+    ExpectedState,
+    Kind,
+    Part,
+    classify,
+    describe_nonfinite,
+    nonfinite_tensors,
+    read_checkpoint,
+)
 from .convert import StateDict
-from .errors import IncompatibleCheckpointError
+from .device import resolve_device
+from .errors import IncompatibleCheckpointError, NonFiniteCheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +66,8 @@ class LoadReport:
     num_parameters: int  # parameters in the loaded tensors
     weights_only: bool
     warnings: list[str] = field(default_factory=list)
+    # loaded tensors holding NaN or infinite values: name -> how many (only with allow_nonfinite=True)
+    nonfinite: dict[str, int] = field(default_factory=dict)
 
     @property
     def decoder_random(self) -> bool:
@@ -69,6 +83,7 @@ class Fitted:
     ignored: list[str] = field(default_factory=list)
     fixes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    nonfinite: dict[str, int] = field(default_factory=dict)  # filled by `scan`
 
 
 class Loadable(Protocol):
@@ -117,31 +132,39 @@ def from_pretrained(
     fit: FitFn,
     trust: bool = False,
     device: str | torch.device = "cpu",
+    allow_nonfinite: bool = False,
 ) -> M:
     """Build `model_cls(config)` from a checkpoint without initialising the weights it is about to replace.
 
     The module is built on the meta device (no memory, no init), the file is memory-mapped and its tensors
     are assigned, not copied. Whatever the file does not hold is materialised and given the official
-    init by the model (`init_missing_`). The report is kept as `model.load_report`.
+    init by the model (`init_missing_`). The report is kept as `model.load_report`. `device` goes through
+    `resolve_device` (an unavailable one is a `DeviceError` before the file is read). A tensor holding NaN
+    or infinite values raises `NonFiniteCheckpointError` unless `allow_nonfinite=True` (then the report
+    warns, naming them).
     """
+    target = resolve_device(device)
     data = read(path, trust=trust)
     result = classify(data.state_dict, reference)
     with torch.device("meta"):
         model = model_cls(config)
     fitted = fit(data, result, model)
     log.info("%s: fit: %d tensors to load (%s)", data.path.name, len(fitted.state), fitted.kind)
-    assign(model, fitted.state)
+    assign(model, fitted, data.path, allow_nonfinite=allow_nonfinite)
     missing = materialise(model, fitted.state)
     finish(model, data, fitted, missing)
-    return model.to(device)
+    return model.to(target)
 
 
-def load_into(model: M, path: str | Path, *, reference: ExpectedState, fit: FitFn, trust: bool = False) -> LoadReport:
-    """Load a checkpoint into an existing model (copying), all or nothing: the filter raises before a
-    single tensor is copied; what the file does not hold keeps the model's current values."""
+def load_into(model: M, path: str | Path, *, reference: ExpectedState, fit: FitFn, trust: bool = False,
+              allow_nonfinite: bool = False) -> LoadReport:
+    """Load a checkpoint into an existing model (copying), all or nothing: the filter and the scan for
+    NaN / infinite values raise before a single tensor is copied; what the file does not hold keeps the
+    model's current values."""
     data = read(path, trust=trust)
     result = classify(data.state_dict, reference)
     fitted = fit(data, result, model)
+    scan(fitted, data.path, allow_nonfinite=allow_nonfinite)  # the copy step's check, before any copy
     with torch.no_grad():
         missing, unexpected = model.load_state_dict(fitted.state, strict=False)
     if unexpected:  # cannot happen after the filter; guard the invariant
@@ -158,8 +181,31 @@ def read(path: str | Path, *, trust: bool) -> CheckpointData:
     return data
 
 
-def assign(model: nn.Module, state: StateDict) -> None:
-    """Assign `state` into a meta-built model (the tensors become the parameters: no copy)."""
+def scan(fitted: Fitted, path: Path, *, allow_nonfinite: bool) -> dict[str, int]:
+    """Read each tensor about to be loaded once (`checkpoint.count_nonfinite`) and refuse the file if any
+    holds NaN or infinite values, naming them, unless `allow_nonfinite`; then the tensors are noted in
+    `fitted.nonfinite` and a warning names them. Only the tensors the model loads are read."""
+    counts = nonfinite_tensors(fitted.state)
+    if not counts:
+        return counts
+    named = describe_nonfinite(counts, fitted.state)
+    if not allow_nonfinite:
+        raise NonFiniteCheckpointError(
+            f"{path} holds NaN or infinite values in {len(counts)} of the tensors to load ({named}), so nothing was "
+            "loaded; the file is damaged or comes from a diverged run: fetch or export it again, or pass "
+            "allow_nonfinite=True to load it anyway"
+        )
+    fitted.nonfinite.update(counts)
+    fitted.warnings.append(f"loaded with allow_nonfinite=True: {len(counts)} tensors hold NaN or infinite values "
+                           f"({named}), so outputs that depend on them will not be finite")
+    return counts
+
+
+def assign(model: nn.Module, fitted: Fitted, path: Path, *, allow_nonfinite: bool = False) -> None:
+    """Assign the fitted tensors into a meta-built model (the tensors become the parameters: no copy),
+    each read once on the way for NaN / infinite values (`scan`, which may refuse the file)."""
+    scan(fitted, path, allow_nonfinite=allow_nonfinite)
+    state = fitted.state
     # Parameters that do not train (the fixed sin-cos tables) must stay so: assign=True would take
     # requires_grad from the file's tensor.
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
@@ -195,7 +241,7 @@ def finish(model: nn.Module, data: CheckpointData, fitted: Fitted, missing: list
         num_loaded=len(state), num_expected=len(model.state_dict()), missing=missing, unexpected=[],
         ignored=[k for k in [*data.dropped, *fitted.ignored] if k not in state], fixes=[*data.fixes, *fitted.fixes],
         num_parameters=sum(t.numel() for t in state.values()), weights_only=data.weights_only,
-        warnings=list(fitted.warnings),
+        warnings=list(fitted.warnings), nonfinite=dict(fitted.nonfinite),
     )
     model.load_report = report  # type: ignore[assignment]
     log.info("%s: %s checkpoint, %d/%d tensors loaded (%s, %s)", data.path.name, report.kind, report.num_loaded,

@@ -150,8 +150,12 @@ class MaskedAutoencoderViT(nn.Module):
 
     # ---- patches -------------------------------------------------------------------------------
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, L, p*p*C), each patch row-major over (p, p) with channels last."""
-        self._check_images(imgs)
+        """(N, C, H, W) -> (N, L, p*p*C), each patch row-major over (p, p) with channels last.
+
+        `imgs` is checked and cast to the weights' dtype as for `forward` (`check_images`)."""
+        return self._patchify(self._check_images(imgs))
+
+    def _patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         p = self.config.patch_size
         n, c, h_px, w_px = imgs.shape
         h, w = h_px // p, w_px // p
@@ -209,8 +213,15 @@ class MaskedAutoencoderViT(nn.Module):
     def forward_encoder(
         self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Images -> (latent (N, 1 + kept, D), mask (N, L), ids_restore (N, L))."""
-        self._check_images(imgs)
+        """Images -> (latent (N, 1 + kept, D), mask (N, L), ids_restore (N, L)).
+
+        `imgs` is checked and cast to the weights' dtype as for `forward` (`check_images`)."""
+        return self._encode(self._check_images(imgs), mask_ratio, noise)
+
+    def _encode(
+        self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward_encoder` of checked images."""
         check_mask_ratio(mask_ratio, self.patch_embed.num_patches)  # fail before any work
         x = self.patch_embed(imgs)  # (N, L, D)
         x = x + self.pos_embed[:, 1:, :]
@@ -239,7 +250,10 @@ class MaskedAutoencoderViT(nn.Module):
     # ---- loss ----------------------------------------------------------------------------------
     def loss_target(self, imgs: torch.Tensor) -> torch.Tensor:
         """Patchified images, normalised per patch when `norm_pix_loss` is on. (N, L, p*p*C)."""
-        target = self.patchify(imgs)
+        return self._loss_target(self._check_images(imgs))
+
+    def _loss_target(self, imgs: torch.Tensor) -> torch.Tensor:
+        target = self._patchify(imgs)
         if self.norm_pix_loss:
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)
@@ -252,14 +266,24 @@ class MaskedAutoencoderViT(nn.Module):
         With no removed patch (mask ratio 0) the mean runs over all patches, where the official
         code divides 0 by 0 and returns NaN.
         """
-        loss = ((pred - self.loss_target(imgs)) ** 2).mean(dim=-1)  # (N, L) per-patch loss
+        return self._per_image(self._patch_loss(self._check_images(imgs), pred), mask)
+
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The official loss: MSE on removed patches, averaged over all removed patches of the batch."""
+        return self._batch_loss(self._patch_loss(self._check_images(imgs), pred), mask)
+
+    def _patch_loss(self, imgs: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """Squared error per patch of checked images, (N, L)."""
+        return ((pred - self._loss_target(imgs)) ** 2).mean(dim=-1)
+
+    @staticmethod
+    def _per_image(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         removed = mask.sum(dim=1)  # (N,)
         masked_mean = (loss * mask).sum(dim=1) / removed.clamp_min(1)
         return torch.where(removed > 0, masked_mean, loss.mean(dim=1))
 
-    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The official loss: MSE on removed patches, averaged over all removed patches of the batch."""
-        loss = ((pred - self.loss_target(imgs)) ** 2).mean(dim=-1)  # (N, L)
+    @staticmethod
+    def _batch_loss(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if mask.sum() == 0:  # mask ratio 0: defined as the mean over all patches (official: NaN)
             return loss.mean()
         return (loss * mask).sum() / mask.sum()
@@ -268,24 +292,34 @@ class MaskedAutoencoderViT(nn.Module):
     def forward(
         self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
     ) -> MAEOutput:
-        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
+        """Images (N, C, H, W) -> `MAEOutput(loss, pred, mask)`, as the official model.
+
+        The images are checked once (`check_images`: a non-empty float batch of the model's shape with
+        no NaN or infinity, else a `ValueError` naming the image) and cast to the dtype of the weights
+        (float64 from numpy just works); the encoder and the loss target both use the cast images."""
+        imgs = self._check_images(imgs)
+        latent, mask, ids_restore = self._encode(imgs, mask_ratio, noise)
         pred = self.forward_decoder(latent, ids_restore)  # (N, L, p*p*C)
-        loss = self.forward_loss(imgs, pred, mask)
+        loss = self._batch_loss(self._patch_loss(imgs, pred), mask)
         return MAEOutput(loss, pred, mask)
 
     def reconstruct(
         self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
     ) -> Reconstruction:
-        """One masked forward pass with every intermediate result (see `Reconstruction`)."""
-        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
+        """One masked forward pass with every intermediate result (see `Reconstruction`); the images are
+        checked and cast as for `forward`."""
+        imgs = self._check_images(imgs)
+        latent, mask, ids_restore = self._encode(imgs, mask_ratio, noise)
         pred = self.forward_decoder(latent, ids_restore)
-        per_image = self.per_image_loss(imgs, pred.float(), mask.float())
-        loss = self.forward_loss(imgs, pred.float(), mask.float())
+        patch_loss = self._patch_loss(imgs, pred.float())
+        per_image = self._per_image(patch_loss, mask.float())
+        loss = self._batch_loss(patch_loss, mask.float())
         return Reconstruction(loss, per_image, pred, mask, latent, ids_restore)
 
     # ---- checks --------------------------------------------------------------------------------
-    def _check_images(self, imgs: torch.Tensor) -> None:
-        check_images(imgs, self.config.in_chans, self.config.img_size)
+    def _check_images(self, imgs: torch.Tensor) -> torch.Tensor:
+        """`imgs` checked (`check_images`) and in the dtype of the patch projection's weight."""
+        return check_images(imgs, self.config.in_chans, self.config.img_size, dtype=self.patch_embed.proj.weight.dtype)
 
     # ---- loading (the chain is load.py; the filter is fit_mae_state below) ----------------------
     @classmethod
@@ -298,24 +332,34 @@ class MaskedAutoencoderViT(nn.Module):
         alternatives = tuple((label, c) for label, c in others if (c.embed_dim, c.depth, c.patch_size) != own)
         return load.expected_state_of(MaskedAutoencoderViT, config, key_part, FIXED_TABLES, alternatives)
 
-    def load_pretrained(self, path: str | Path, *, strict: bool = True, trust: bool = False) -> LoadReport:
+    def load_pretrained(self, path: str | Path, *, strict: bool = True, trust: bool = False,
+                        allow_nonfinite: bool = False) -> LoadReport:
         """Load a checkpoint into this model, all or nothing (copying).
 
         A full file loads all tensors; an encoder-only file loads the encoder and leaves the decoder as it
         is (the official random init of a freshly built model), with a loud `UserWarning`. Anything else
-        raises `IncompatibleCheckpointError` before a single tensor is copied.
+        raises `IncompatibleCheckpointError` before a single tensor is copied, and a file whose tensors
+        hold NaN or infinite values `NonFiniteCheckpointError`, unless `allow_nonfinite=True` (the report
+        then warns, naming them).
         """
         return load.load_into(self, path, reference=self.expected_state(self.config), trust=trust,
+                              allow_nonfinite=allow_nonfinite,
                               fit=lambda data, result, model: fit_mae_state(data, result, model.config, strict))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, config: MAEConfig | None = None, *, trust: bool = False,
-                        device: str | torch.device = "cpu", strict: bool = True) -> MaskedAutoencoderViT:
+                        device: str | torch.device = "cpu", strict: bool = True,
+                        allow_nonfinite: bool = False) -> MaskedAutoencoderViT:
         """Build a model straight from a checkpoint: built on the meta device, the file memory-mapped and
         its tensors assigned (no random init, no copy). Whatever the file does not hold (the decoder of an
-        encoder-only file) gets the official init. Returned in eval mode; the report is `model.load_report`."""
+        encoder-only file) gets the official init. Returned in eval mode; the report is `model.load_report`.
+
+        `device` is checked first (`resolve_device`: 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'; one this
+        machine lacks is a `DeviceError`). Each loaded tensor is read once for NaN / infinite values: such
+        a file raises `NonFiniteCheckpointError` naming them, unless `allow_nonfinite=True`."""
         config = config or MAEConfig.vit_large()
         model = load.from_pretrained(cls, config, path, reference=cls.expected_state(config), trust=trust, device=device,
+                                     allow_nonfinite=allow_nonfinite,
                                      fit=lambda data, result, model: fit_mae_state(data, result, config, strict))
         return model.eval()
 

@@ -22,39 +22,13 @@ import torch
 
 from . import cancel, catalog
 from .catalog import EXPECTED_NOISE_LOSS, NOISE_LOSS_TOLERANCE
-from .errors import DeviceError, EncoderOnlyCheckpointError, ImageError, invalid_argument
+from .device import resolve_device
+from .errors import EncoderOnlyCheckpointError, ImageError, MAEError, invalid_argument
 from .image import Crop, ImageFailure, check_crop, collect_images, load_image
 from .model import MaskedAutoencoderViT
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """auto -> cuda if available, else mps if available, else cpu. Unavailable devices raise `DeviceError`."""
-    name = name.strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    unknown = f"unknown device {name!r}; use device='auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise DeviceError(unknown) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(f"device {name!r} was asked for but no CUDA device is available; use device='cpu' or 'auto'")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(f"device {name!r}: there are only {torch.cuda.device_count()} CUDA devices")
-    elif device.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise DeviceError("device 'mps' was asked for but MPS is not available; use device='cpu' or 'auto'")
-    elif device.type != "cpu":
-        raise DeviceError(unknown)
-    return device
 
 
 def mask_noise(seed: int, num_patches: int, count: int = 1) -> torch.Tensor:
@@ -88,11 +62,16 @@ def reconstruct_files(
     seed: int = 2,
     crop: Crop = "resize",
     batch_size: int = 8,
-    device: torch.device | None = None,
+    device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     overlap: bool = True,
 ) -> Iterator[ImageResult | ImageFailure]:
     """Reconstruct every file in `paths` in batches; yields one result or failure per file, in order.
+
+    A failure is an input that gave no result: a file that could not be read, or an image whose loss or
+    prediction is not finite (NaN or infinite: a damaged checkpoint loaded with `allow_nonfinite=True`, or
+    an overflow in a low-precision `dtype`); its `reason` says which. `device` is where the batches run
+    (default: the model's), checked by `resolve_device`; the model is not moved.
 
     With `overlap` the batches are computed in a worker thread, one batch ahead of the caller: while
     the caller handles a batch's results (the CLI draws and saves a figure per image), the next batch's
@@ -102,8 +81,9 @@ def reconstruct_files(
     check_crop(crop)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise invalid_argument("batch_size", f"batch size must be a positive integer, got batch_size={batch_size!r}")
+    target = resolve_device(device) if device is not None else next(model.parameters()).device
     items = _reconstruct_batches(model, paths, mask_ratio=mask_ratio, seed=seed, crop=crop, batch_size=batch_size,
-                                 device=device, dtype=dtype)
+                                 device=target, dtype=dtype)
     return _run_ahead(items, batch_size) if overlap else items
 
 
@@ -115,10 +95,9 @@ def _reconstruct_batches(
     seed: int,
     crop: Crop,
     batch_size: int,
-    device: torch.device | None,
+    device: torch.device,
     dtype: torch.dtype,
 ) -> Iterator[ImageResult | ImageFailure]:
-    device = device or next(model.parameters()).device
     size = model.config.img_size
     noise_row = mask_noise(seed, model.config.num_patches)
     # Failures wait in the queue beside the images so that everything comes out in input order.
@@ -134,9 +113,17 @@ def _reconstruct_batches(
             on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
             with on_device, torch.inference_mode(), autocast_context(device, dtype):
                 out = model.reconstruct(imgs, mask_ratio, noise)
+                pred = out.pred.float()
+                bad_pred = (~torch.isfinite(pred)).flatten(1).sum(dim=1).cpu()  # (B,) non-finite values per image
+            losses = out.per_image_loss.float().cpu()
             for j, (index, path, _) in enumerate(loaded):
-                outputs[index] = ImageResult(path, index, imgs[j].float().cpu(), out.pred[j].float().cpu(),
-                                             out.mask[j].float().cpu(), float(out.per_image_loss[j]))
+                loss = float(losses[j])
+                if bad_pred[j] or not math.isfinite(loss):
+                    outputs[index] = ImageFailure(path, _nonfinite_reason(path, loss, int(bad_pred[j]), pred[j].numel(),
+                                                                          dtype))
+                    continue
+                outputs[index] = ImageResult(path, index, imgs[j].float().cpu(), pred[j].cpu(),
+                                             out.mask[j].float().cpu(), loss)
         for index, _, item in pending:
             yield outputs[index] if isinstance(item, torch.Tensor) else item
         pending.clear()
@@ -150,6 +137,19 @@ def _reconstruct_batches(
             yield from flush()
     if pending:
         yield from flush()
+
+
+def nonfinite_fix(dtype: torch.dtype) -> str:
+    """The fix to suggest for a result that is not finite, computed in `dtype`."""
+    precision = (f"run with dtype=torch.float32 (the {str(dtype).removeprefix('torch.')} forward pass may overflow) or "
+                 if dtype != torch.float32 else "")
+    return f"{precision}check the checkpoint's weights for NaN or infinite values (summarize or inspect it)"
+
+
+def _nonfinite_reason(path: Path, loss: float, bad: int, numel: int, dtype: torch.dtype) -> str:
+    """One sentence for an image whose reconstruction is not finite: what, and what to try."""
+    what = f"{bad} of its {numel} predicted values are NaN or infinite" if bad else f"its loss is {loss}"
+    return f"{path}: the reconstruction is not finite ({what}), so no result was produced; {nonfinite_fix(dtype)}"
 
 
 class _Raised(NamedTuple):
@@ -248,7 +248,10 @@ def noise_loss(
     batch_size: int = 8,
     dtype: torch.dtype = torch.float32,
 ) -> LossResult:
-    """The requirements' benchmark: loss on `randn` images (ImageNet-normalised space), seeded."""
+    """The requirements' benchmark: loss on `randn` images (ImageNet-normalised space), seeded.
+
+    Raises `MAEError` when a sample's loss is not finite (the noise is finite, so the weights or the
+    precision are at fault)."""
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise invalid_argument("samples", f"samples must be a positive integer, got {samples!r}")
     c = model.config
@@ -262,6 +265,12 @@ def noise_loss(
         with torch.inference_mode(), autocast_context(device, dtype):
             out = model.reconstruct(batch, mask_ratio, noise[start:start + batch_size].to(device))
         losses.extend(out.per_image_loss.float().cpu().tolist())
+    bad = [i for i, loss in enumerate(losses) if not math.isfinite(loss)]
+    if bad:
+        raise MAEError(
+            f"the loss on noise is not finite for {len(bad)} of {samples} samples (sample {bad[0]}: "
+            f"{losses[bad[0]]}), so there is no mean to report; {nonfinite_fix(dtype)}"
+        )
     benchmark = mask_ratio == catalog.NOISE_MASK_RATIO and not model.norm_pix_loss
     expected = EXPECTED_NOISE_LOSS.get(kind) if benchmark else None
     return LossResult("noise", kind, losses, mask_ratio, model.norm_pix_loss, expected, NOISE_LOSS_TOLERANCE)
@@ -279,7 +288,8 @@ def image_loss(
     recursive: bool = False,
 ) -> tuple[LossResult, list[ImageFailure]]:
     """The loss on image files and folders (each image masked with `seed`'s mask): the result over the
-    images that could be read, and the inputs that could not. Raises `ImageError` when none could."""
+    images that gave a finite loss, and the failures: inputs that could not be read and images whose loss
+    or prediction is not finite (`reconstruct_files`). Raises `ImageError` when no image gave a loss."""
     paths, failures = collect_images(images, recursive=recursive)
     losses: list[float] = []
     for item in reconstruct_files(model, paths, mask_ratio=mask_ratio, seed=seed, batch_size=batch_size, dtype=dtype):
@@ -288,7 +298,7 @@ def image_loss(
         else:
             losses.append(item.loss)
     if not losses:
-        raise ImageError("no image could be read: " + "; ".join(f.reason for f in failures))
+        raise ImageError("no image gave a loss: " + "; ".join(f.reason for f in failures))
     result = LossResult("images", kind, losses, mask_ratio, model.norm_pix_loss, None, NOISE_LOSS_TOLERANCE)
     return result, failures
 
@@ -311,6 +321,6 @@ def require_decoder(model: MaskedAutoencoderViT, allow_random_decoder: bool) -> 
 
 __all__ = [
     "EXPECTED_NOISE_LOSS", "NOISE_LOSS_TOLERANCE", "ImageFailure", "ImageResult", "LossResult", "autocast_context",
-    "checkpoint_kind", "image_loss", "mask_noise", "noise_loss", "reconstruct_files", "require_decoder",
+    "checkpoint_kind", "image_loss", "mask_noise", "noise_loss", "nonfinite_fix", "reconstruct_files", "require_decoder",
     "resolve_device",
 ]

@@ -1,7 +1,8 @@
 """`inspect`: what a checkpoint file holds, measured against MAE ViT-Large, without building the model.
 
-The file is memory-mapped and only its tensor metadata (names, shapes, dtypes) is used, so inspecting a
-1.3 GB checkpoint costs almost no memory and no model construction.
+The file is memory-mapped and no model is built. Each tensor is read once, for NaN and infinite values
+(`checkpoint.count_nonfinite`: a sum per tensor, counted value by value only when the sum is not finite);
+a file that holds any is damaged and not loadable as is.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from . import catalog
-from .checkpoint import Classification, classify, read_checkpoint
+from .checkpoint import Classification, classify, count_nonfinite, read_checkpoint
 from .config import MAEConfig
-from .errors import UnsafeCheckpointError
+from .errors import UnsafeCheckpointError, short_list
 from .model import MaskedAutoencoderViT
 
 
@@ -26,6 +27,7 @@ class TensorInfo:
     dtype: str
     numel: int
     part: str  # encoder | decoder | other (not a key of the model)
+    nonfinite: int = 0  # NaN or infinite values in the tensor
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,18 @@ class CheckpointSummary:
         return self.classification.kind
 
     @property
+    def nonfinite(self) -> list[TensorInfo]:
+        """The tensors holding NaN or infinite values, in file order."""
+        return [t for t in self.tensors if t.nonfinite]
+
+    @property
+    def damaged(self) -> bool:
+        """Some tensor holds NaN or infinite values: loading refuses the file unless allow_nonfinite=True."""
+        return bool(self.nonfinite)
+
+    @property
     def loadable(self) -> bool:
-        return self.classification.loadable
+        return self.classification.loadable and not self.damaged
 
     @property
     def num_parameters(self) -> int:
@@ -58,6 +70,12 @@ class CheckpointSummary:
 
     def verdict(self) -> str:
         c = self.classification
+        if self.damaged:
+            bad = self.nonfinite
+            names = short_list([f"{t.name} ({t.nonfinite} of {t.numel} values)" for t in bad])
+            also = f"; besides, {c.problem()}" if not c.loadable else ""
+            return (f"damaged: {len(bad)} tensors hold NaN or infinite values ({names}), so loading refuses the file "
+                    f"unless allow_nonfinite=True{also}; fetch or export it again")
         if c.kind == "full":
             return f"loadable as is: all {c.num_expected} tensors of {self.model_name} (encoder + decoder)"
         if c.kind == "encoder-only":
@@ -74,7 +92,9 @@ class CheckpointSummary:
             "container": self.container,
             "source_format": self.source_format,
             "kind": c.kind,
-            "loadable": c.loadable,
+            "loadable": self.loadable,
+            "damaged": self.damaged,
+            "nonfinite": [{"name": t.name, "count": t.nonfinite, "numel": t.numel} for t in self.nonfinite],
             "num_tensors": c.num_tensors,
             "num_expected_full": c.num_expected,
             "num_expected_encoder": c.num_encoder,
@@ -108,7 +128,8 @@ def summarize(path: str | Path, *, trust: bool = False, config: MAEConfig | None
         data = read_checkpoint(path, trust=True)
     expected = MaskedAutoencoderViT.expected_state(config)
     tensors = [
-        TensorInfo(name, tuple(t.shape), str(t.dtype).removeprefix("torch."), t.numel(), expected.parts.get(name, "other"))
+        TensorInfo(name, tuple(t.shape), str(t.dtype).removeprefix("torch."), t.numel(), expected.parts.get(name, "other"),
+                   count_nonfinite(t))
         for name, t in data.state_dict.items()
     ]
     dtypes = dict(Counter(t.dtype for t in tensors))

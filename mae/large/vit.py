@@ -143,8 +143,9 @@ class VisionTransformer(nn.Module):
 
     # ---- forward -------------------------------------------------------------------------------
     def _run_blocks(self, imgs: torch.Tensor) -> torch.Tensor:
-        """Images -> block output (N, 1 + L, D), cls token first."""
-        self._check_images(imgs)
+        """Images -> block output (N, 1 + L, D), cls token first. The images are checked and cast to the
+        weights' dtype once, here (`check_images`)."""
+        imgs = self._check_images(imgs)
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]  # (N, L, D)
         cls_token = self.cls_token + self.pos_embed[:, :1, :]  # (1, 1, D)
         x = torch.cat((cls_token.expand(x.shape[0], -1, -1), x), dim=1)  # (N, 1 + L, D)
@@ -166,7 +167,11 @@ class VisionTransformer(nn.Module):
         return x if self.global_pool else self.norm(x)
 
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
-        """Pooled features (N, D): mean of the patch tokens + fc_norm, or the normed cls token."""
+        """Pooled features (N, D): mean of the patch tokens + fc_norm, or the normed cls token.
+
+        As every forward path, it checks the images (`check_images`: a non-empty float batch of the
+        model's shape with no NaN or infinity, else a `ValueError` naming the image) and casts them to
+        the weights' dtype (float64 from numpy just works)."""
         x = self._run_blocks(imgs)
         if self.global_pool:
             return self.fc_norm(x[:, 1:, :].mean(dim=1))
@@ -176,8 +181,10 @@ class VisionTransformer(nn.Module):
         """Images (N, C, H, W) -> logits (N, num_classes), or features (N, D) when num_classes == 0."""
         return self.head(self.forward_features(imgs))
 
-    def _check_images(self, imgs: torch.Tensor) -> None:
-        check_images(imgs, self.config.in_chans, self.config.img_size, " (the position table is interpolated on load)")
+    def _check_images(self, imgs: torch.Tensor) -> torch.Tensor:
+        """`imgs` checked (`check_images`) and in the dtype of the patch projection's weight."""
+        return check_images(imgs, self.config.in_chans, self.config.img_size,
+                            " (the position table is interpolated on load)", dtype=self.patch_embed.proj.weight.dtype)
 
     # ---- loading (the chain is load.py; the filter is fit_classifier_state below) -------------------
     @classmethod
@@ -214,6 +221,7 @@ class VisionTransformer(nn.Module):
         trust: bool = False,
         device: str | torch.device = "cpu",
         head: Literal["fresh", "file"] = "fresh",
+        allow_nonfinite: bool = False,
         **overrides: Any,
     ) -> VisionTransformer:
         """A classifier whose encoder comes from an MAE checkpoint (encoder-only or full, any layout
@@ -226,13 +234,17 @@ class VisionTransformer(nn.Module):
         (the error says which `num_classes` / `global_pool` it needs).
 
         The module is built on the meta device and the file's tensors are assigned (memory-mapped), so
-        the 300 M encoder parameters are neither initialised nor copied.
+        the 300 M encoder parameters are neither initialised nor copied. `device` is checked first
+        (`resolve_device`; one this machine lacks is a `DeviceError`). Each loaded tensor is read once for
+        NaN / infinite values: such a file raises `NonFiniteCheckpointError` naming them, unless
+        `allow_nonfinite=True` (the report then warns, naming them).
         """
         if head not in ("fresh", "file"):
             raise ValueError(f"head must be 'fresh' (start a new classifier) or 'file' (load the file's), got {head!r}")
         config = (config or ViTConfig()).replace(**overrides)
         reference = MaskedAutoencoderViT.expected_state(config.mae_view())
         return load.from_pretrained(cls, config, path, reference=reference, trust=trust, device=device,
+                                    allow_nonfinite=allow_nonfinite,
                                     fit=lambda data, result, model: fit_classifier_state(data, result, model, head))
 
 

@@ -25,6 +25,7 @@ def test_full_checkpoint(runner, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "full" in result.output and "398 / 398 expected" in result.output
     assert "329,541,888" in result.output and "loadable as is" in flat(result.output)
+    assert "all finite" in flat(result.output) and "damaged" not in result.output
     assert "blocks.{0-23}.attn.qkv.weight" in result.output and "blocks.7.attn.qkv.weight" not in result.output
 
 
@@ -50,6 +51,7 @@ def test_json(runner, tmp_path: Path) -> None:
     assert (data["kind"], data["num_tensors"], data["loadable"]) == ("encoder-only", 294, True)
     assert data["num_parameters"] == 303_301_632 and len(data["tensors"]) == 294
     assert data["weights_only"] is True
+    assert data["damaged"] is False and data["nonfinite"] == []
 
 
 def test_vit_base_is_recognised(runner, tmp_path: Path) -> None:
@@ -95,3 +97,53 @@ def test_debug_shows_the_traceback(runner, tmp_path: Path) -> None:
     result = runner.invoke(app, ["--debug", "inspect", str(tmp_path / "nope.pth")])
     assert result.exit_code != 0
     assert result.exception is not None and "does not exist" in str(result.exception)
+
+
+def _damaged(tmp_path: Path) -> Path:
+    """ViT-L shapes with 2 NaN in blocks.3.norm1.weight and +Inf in decoder_pred.bias."""
+    sd = shaped_state_dict(MAEConfig.vit_large())
+    norm = torch.ones(1024)
+    norm[[10, 20]] = float("nan")
+    bias = torch.zeros(768)
+    bias[5] = float("inf")
+    sd["blocks.3.norm1.weight"], sd["decoder_pred.bias"] = norm, bias
+    return save_official(tmp_path / "damaged.pth", sd)
+
+
+def test_nonfinite_tensors_are_named_with_counts_and_the_file_is_damaged(runner, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["inspect", str(_damaged(tmp_path))])
+    assert result.exit_code == 1, result.output
+    text = flat(result.output)
+    assert "non-finite blocks.3.norm1.weight: 2 of 1,024 values" in text, text
+    assert "non-finite decoder_pred.bias: 1 of 768 values" in text
+    assert "damaged: 2 tensors hold NaN or infinite values" in text and "allow_nonfinite=True" in text
+    assert "2 tensors hold NaN or infinite values (damaged)" in text  # the summary panel's values row
+    assert "loadable as is" not in text
+
+
+def test_json_lists_the_nonfinite_tensors(runner, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["inspect", "--json", str(_damaged(tmp_path))])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["loadable"] is False and data["damaged"] is True and data["kind"] == "full"
+    assert data["nonfinite"] == [{"name": "blocks.3.norm1.weight", "count": 2, "numel": 1024},
+                                 {"name": "decoder_pred.bias", "count": 1, "numel": 768}]
+    per_tensor = {t["name"]: t["nonfinite"] for t in data["tensors"]}
+    assert per_tensor["blocks.3.norm1.weight"] == 2 and per_tensor["decoder_pred.bias"] == 1
+    assert sum(per_tensor.values()) == 3
+    assert data["verdict"].startswith("damaged")
+
+
+def test_the_scan_reads_each_tensor_once(runner, tmp_path: Path, monkeypatch) -> None:
+    from mae.large import summary
+
+    seen: list[tuple[int, ...]] = []
+    original = summary.count_nonfinite
+
+    def counting(tensor):
+        seen.append(tuple(tensor.shape))
+        return original(tensor)
+
+    monkeypatch.setattr(summary, "count_nonfinite", counting)
+    result = runner.invoke(app, ["inspect", "--json", str(_damaged(tmp_path))])
+    assert result.exit_code == 1 and len(seen) == 398 == json.loads(result.stdout)["num_tensors"]

@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from mae.large import MAEConfig, MaskedAutoencoderViT, VisionTransformer, ViTConfig
-from mae.large.checkpoint import classify, key_part, read_checkpoint
+from mae.large.checkpoint import classify, count_nonfinite, key_part, nonfinite_tensors, read_checkpoint
 from mae.large.convert import to_huggingface
 from mae.large.errors import (
     CheckpointError,
@@ -536,3 +536,46 @@ def test_a_damaged_pickle_is_called_damaged_not_unsafe(tmp_path: Path) -> None:
     assert not isinstance(info.value, UnsafeCheckpointError)
     message = str(info.value)
     assert "truncated or corrupt" in message and "trust" not in message and "weights_only" not in message
+
+
+# ---- values ------------------------------------------------------------------------------------
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "count"),
+    [
+        ([1.0, NAN, 2.0], torch.float32, 1),
+        ([INF, 1.0], torch.float32, 1),
+        ([-INF, 1.0], torch.float32, 1),
+        ([INF, -INF, 1.0], torch.float32, 2),  # the sum is NaN, not finite: still caught
+        ([NAN, INF, -INF, NAN], torch.float32, 4),
+        ([3e38, 3e38, 3e38, -1.0], torch.float32, 0),  # the sum overflows: a false alarm the count clears
+        ([60000.0, 60000.0], torch.float16, 0),  # float16 sums overflow early
+        ([1.0, NAN], torch.bfloat16, 1),
+        ([1.0, NAN], torch.float64, 1),
+        ([1.0, 2.0], torch.float32, 0),
+    ],
+)
+def test_count_nonfinite_is_exact_whatever_the_sum_does(values: list[float], dtype: torch.dtype, count: int) -> None:
+    tensor = torch.tensor(values, dtype=dtype)
+    assert count_nonfinite(tensor) == count
+    assert count_nonfinite(tensor.reshape(len(values), 1).expand(-1, 3)) == 3 * count  # strided views too
+
+
+@pytest.mark.parametrize(("values", "dtype"), [([3e38, 3e38, 3e38, -1.0], torch.float32), ([6e4, 6e4], torch.float16)])
+def test_an_overflowing_sum_is_confirmed_value_by_value(values: list[float], dtype: torch.dtype) -> None:
+    tensor = torch.tensor(values, dtype=dtype)
+    assert not torch.isfinite(tensor.sum())  # the fast check fires ...
+    assert count_nonfinite(tensor) == 0  # ... and the count clears it
+
+
+def test_count_nonfinite_skips_what_cannot_hold_nan() -> None:
+    assert count_nonfinite(torch.arange(5)) == 0
+    assert count_nonfinite(torch.empty(0)) == 0
+    assert count_nonfinite(torch.empty(3, device="meta")) == 0
+
+
+def test_nonfinite_tensors_lists_only_the_damaged_in_order() -> None:
+    state = {"a": torch.zeros(4), "b": torch.tensor([NAN, 1.0, INF]), "c": torch.ones(2), "d": torch.tensor([-INF])}
+    assert list(nonfinite_tensors(state).items()) == [("b", 2), ("d", 1)]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mae.large import MaskedAutoencoderViT, VisionTransformer, ViTConfig
+from mae.large import features as features_module
 from mae.large.distributed import (
     DistContext,
     context_from_env,
@@ -22,7 +23,7 @@ from mae.large.distributed import (
     shard,
     unshard,
 )
-from mae.large.errors import MAEError
+from mae.large.errors import DeviceError, MAEError
 from mae.large.features import (
     FEATURES_FORMAT,
     FeatureResult,
@@ -140,6 +141,43 @@ def test_bad_image_becomes_a_failure_in_its_place(encoder_file, tmp_path) -> Non
     assert [r.index for r in results if isinstance(r, FeatureResult)] == [0, 2, 3]
     alone = vectors(extract_features(model, good))
     assert torch.allclose(vectors(r for r in results if isinstance(r, FeatureResult)), alone, atol=1e-6)
+
+
+@pytest.mark.parametrize("pool", ["mean", "cls"])
+def test_a_feature_row_that_is_not_finite_is_a_failure(encoder_file, tmp_path, monkeypatch, pool: str) -> None:
+    """An image that overflows in the model (values of 1e38: finite, so accepted) fails in its place; the other
+    rows of its batch are the ones they are alone."""
+    model = tiny_model(encoder_file, pool)
+    paths = write_images(tmp_path, 3)
+    alone = vectors(extract_features(model, [paths[0], paths[2]]))
+    original = features_module.load_image
+
+    def load(path, **kwargs):
+        image = original(path, **kwargs)
+        return torch.full_like(image, 1e38) if Path(path) == paths[1] else image
+
+    monkeypatch.setattr(features_module, "load_image", load)
+    results = list(extract_features(model, paths, batch_size=3))
+    assert [type(r) for r in results] == [FeatureResult, ImageFailure, FeatureResult]
+    reason = results[1].reason
+    assert results[1].path == paths[1] and str(paths[1]) in reason and "feature vector is not finite" in reason
+    assert "of its 64 values are NaN or infinite" in reason
+    assert [r.index for r in results if isinstance(r, FeatureResult)] == [0, 2]
+    assert torch.allclose(vectors(r for r in results if isinstance(r, FeatureResult)), alone, atol=1e-6)
+
+
+def test_nonfinite_weights_give_failures_not_rows(encoder_file, tmp_path) -> None:
+    model = tiny_model(encoder_file)
+    with torch.no_grad():
+        model.blocks[0].mlp.fc1.bias[0] = float("nan")
+    results = list(extract_features(model, write_images(tmp_path, 2)))
+    assert all(isinstance(r, ImageFailure) and "64 of its 64 values" in r.reason for r in results)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_without_cuda_is_a_device_error(encoder_file, tmp_path) -> None:
+    with pytest.raises(DeviceError, match="no CUDA device is available"):
+        list(extract_features(tiny_model(encoder_file), write_images(tmp_path, 1), device="cuda"))
 
 
 def test_train_mode_model_gives_eval_features_and_keeps_its_mode(encoder_file, tmp_path) -> None:

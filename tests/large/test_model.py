@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mae.large import MAEConfig, MaskedAutoencoderViT
+from mae.large.errors import InvalidArgumentError
 from tests.helpers import official_target, relative_error, small_config, small_model
 
 
@@ -190,3 +191,81 @@ def test_norm_pix_target_on_near_flat_patches_matches_official(level: float, spr
     assert actual.shape == expected.shape and actual.dtype == torch.float32
     err = relative_error(actual, expected)
     assert err <= tol, f"max |target - official| / max |official| = {err:.3g} > {tol}"
+
+
+# ---- inputs: finite, non-empty, cast once to the weights' dtype ---------------------------------------
+NOISE = torch.rand(3, 16, generator=torch.Generator().manual_seed(5))
+ENTRIES = {
+    "forward": lambda m, x: m(x, 0.75, NOISE[: x.shape[0]]),
+    "forward_encoder": lambda m, x: m.forward_encoder(x, 0.75, NOISE[: x.shape[0]]),
+    "reconstruct": lambda m, x: m.reconstruct(x, 0.75, NOISE[: x.shape[0]]),
+    "patchify": lambda m, x: m.patchify(x),
+    "loss_target": lambda m, x: m.loss_target(x),
+}
+
+
+@pytest.mark.parametrize("entry", list(ENTRIES))
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_nonfinite_image_is_named(entry: str, bad: float) -> None:
+    x = torch.randn(3, 3, 32, 32)
+    x[1, 2, 5, 7] = bad
+    with pytest.raises(InvalidArgumentError, match="image 1 of the batch of 3 holds NaN or infinite values") as info:
+        ENTRIES[entry](small_model(), x)
+    assert info.value.argument == "imgs" and isinstance(info.value, ValueError)
+
+
+def test_several_nonfinite_images_are_all_named() -> None:
+    x = torch.randn(3, 3, 32, 32)
+    x[0, 0, 0, 0] = float("nan")
+    x[2, 1, 3, 3] = float("inf")
+    with pytest.raises(ValueError, match="images 0, 2 of the batch of 3 hold NaN or infinite values"):
+        small_model()(x)
+
+
+def test_float64_beyond_float32_is_named_as_out_of_range() -> None:
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    x[1, 0, 0, 0] = 1e300  # finite in float64, infinite once cast
+    with pytest.raises(ValueError, match="image 1 of the batch of 2 holds values beyond the range of float32"):
+        small_model()(x)
+
+
+@pytest.mark.parametrize("entry", list(ENTRIES))
+def test_an_empty_batch_is_refused(entry: str) -> None:
+    with pytest.raises(InvalidArgumentError, match="batch is empty") as info:
+        ENTRIES[entry](small_model(), torch.empty(0, 3, 32, 32))
+    assert info.value.argument == "imgs"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_other_float_dtypes_give_the_float32_outputs_bit_for_bit(dtype: torch.dtype) -> None:
+    """Values representable in float32 (all of float16 / bfloat16, and a float64 copy of float32 images) are cast
+    once at entry: every output, the loss target's included, equals the float32 run exactly."""
+    model = small_model()
+    x = torch.randn(3, 3, 32, 32).to(dtype).float()  # float32 values the other dtype holds exactly
+    other = x.to(dtype)
+    assert torch.equal(other.float(), x)
+    with torch.no_grad():
+        ref, got = model(x, 0.75, NOISE), model(other, 0.75, NOISE)
+        assert got.pred.dtype == torch.float32
+        assert torch.equal(got.pred, ref.pred) and torch.equal(got.loss, ref.loss) and torch.equal(got.mask, ref.mask)
+        r_ref, r_got = model.reconstruct(x, 0.75, NOISE), model.reconstruct(other, 0.75, NOISE)
+        assert torch.equal(r_got.per_image_loss, r_ref.per_image_loss) and torch.equal(r_got.latent, r_ref.latent)
+        assert torch.equal(model.loss_target(other), model.loss_target(x))
+        assert torch.equal(model.forward_loss(other, ref.pred, ref.mask), ref.loss)
+        assert model.patchify(other).dtype == torch.float32
+
+
+def test_float64_from_numpy_just_works() -> None:
+    import numpy as np
+
+    array = np.random.default_rng(0).standard_normal((2, 3, 32, 32))  # float64
+    with torch.no_grad():
+        out = small_model()(torch.from_numpy(array), 0.75, NOISE[:2])
+        ref = small_model()(torch.from_numpy(array).float(), 0.75, NOISE[:2])
+    assert torch.equal(out.pred, ref.pred) and torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool, torch.complex64])
+def test_integer_and_other_non_float_images_are_still_refused(dtype: torch.dtype) -> None:
+    with pytest.raises(InvalidArgumentError, match="must be floating point"):
+        small_model()(torch.zeros(1, 3, 32, 32, dtype=dtype))

@@ -9,9 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from mae.large.errors import MAEError
+from mae.large import device as device_module
+from mae.large import pipeline
+from mae.large.errors import DeviceError, MAEError
 from mae.large.image import ImageFailure
-from mae.large.pipeline import mask_noise, noise_loss, reconstruct_files, resolve_device
+from mae.large.pipeline import ImageResult, image_loss, mask_noise, noise_loss, reconstruct_files, resolve_device
 from tests.helpers import small_model
 
 
@@ -103,3 +105,83 @@ def test_bad_device_names(name: str) -> None:
 def test_cuda_index_without_cuda() -> None:
     with pytest.raises(MAEError, match="no CUDA device"):
         resolve_device("cuda:0")
+
+
+def test_resolve_device_lives_in_its_leaf_module_and_takes_a_torch_device() -> None:
+    assert resolve_device is device_module.resolve_device
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+
+
+# ---- results that are not finite are failures, never results -----------------------------------------
+def _overflowing(monkeypatch, name: str) -> None:
+    """The image file `name` loads as values of 1e38: finite, so the model accepts it, but they overflow in it."""
+    original = pipeline.load_image
+
+    def load(path, **kwargs):
+        image = original(path, **kwargs)
+        return torch.full_like(image, 1e38) if Path(path).name == name else image
+
+    monkeypatch.setattr(pipeline, "load_image", load)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("overlap", [True, False])
+def test_an_image_whose_reconstruction_is_not_finite_is_a_failure(tmp_path: Path, monkeypatch, batch_size: int,
+                                                                    overlap: bool) -> None:
+    paths = _images(tmp_path, 3)
+    reference = [i.loss for i in reconstruct_files(small_model(), [paths[0], paths[2]], batch_size=1)]
+    _overflowing(monkeypatch, "im1.png")
+    items = list(reconstruct_files(small_model(), paths, batch_size=batch_size, overlap=overlap))
+    assert [type(i) for i in items] == [ImageResult, ImageFailure, ImageResult]
+    reason = items[1].reason
+    assert items[1].path == paths[1] and str(paths[1]) in reason and "not finite" in reason, reason
+    assert "\n" not in reason
+    assert [items[0].loss, items[2].loss] == pytest.approx(reference, rel=1e-6)
+    assert all(torch.isfinite(i.pred).all() for i in (items[0], items[2]))
+
+
+def test_nonfinite_weights_make_every_image_a_failure(tmp_path: Path) -> None:
+    model = small_model()
+    with torch.no_grad():
+        model.decoder_pred.bias[3] = float("nan")  # as a damaged file loaded with allow_nonfinite=True
+    items = list(reconstruct_files(model, _images(tmp_path, 2), batch_size=2))
+    assert all(isinstance(i, ImageFailure) for i in items)
+    # one output of decoder_pred per patch: 16 patches x 192 values per patch
+    assert "16 of its 3072 predicted values are NaN or infinite" in items[0].reason
+
+
+def test_a_low_precision_failure_suggests_float32(tmp_path: Path, monkeypatch) -> None:
+    _overflowing(monkeypatch, "im0.png")
+    [item] = list(reconstruct_files(small_model(), _images(tmp_path, 1), dtype=torch.bfloat16))
+    assert isinstance(item, ImageFailure) and "dtype=torch.float32" in item.reason
+
+
+def test_image_loss_returns_nonfinite_images_among_the_failures(tmp_path: Path, monkeypatch) -> None:
+    paths = _images(tmp_path, 3)
+    _overflowing(monkeypatch, "im2.png")
+    result, failures = image_loss(small_model(), "full", paths, batch_size=2)
+    assert len(result.losses) == 2 and all(np.isfinite(result.losses))
+    assert [f.path for f in failures] == [paths[2]] and "not finite" in failures[0].reason
+
+
+def test_image_loss_with_no_finite_loss_raises(tmp_path: Path, monkeypatch) -> None:
+    paths = _images(tmp_path, 1)
+    _overflowing(monkeypatch, "im0.png")
+    with pytest.raises(MAEError, match="no image gave a loss.*not finite"):
+        image_loss(small_model(), "full", paths)
+
+
+def test_noise_loss_refuses_a_loss_that_is_not_finite() -> None:
+    model = small_model()
+    with torch.no_grad():
+        model.blocks[1].mlp.fc2.weight[0, 0] = float("inf")
+    with pytest.raises(MAEError, match="loss on noise is not finite for 3 of 3 samples") as info:
+        noise_loss(model, "full", samples=3)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_reconstruct_files_on_cuda_without_cuda_is_a_device_error(tmp_path: Path) -> None:
+    with pytest.raises(DeviceError, match="no CUDA device is available") as info:
+        reconstruct_files(small_model(), _images(tmp_path, 1), device="cuda")
+    assert info.value.argument == "device"

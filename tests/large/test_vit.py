@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from mae.large import MaskedAutoencoderViT, mae_vit_large_patch16
 from mae.large.convert import to_huggingface
-from mae.large.errors import IncompatibleCheckpointError
+from mae.large.errors import IncompatibleCheckpointError, InvalidArgumentError
 from mae.large.vit import (
     VisionTransformer,
     ViTConfig,
@@ -126,6 +126,36 @@ def test_init_and_output_shapes() -> None:
 def test_bad_images_raise_value_error(imgs: torch.Tensor, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         tiny()(imgs)
+
+
+VIT_ENTRIES = ["forward", "forward_features", "forward_tokens"]
+
+
+@pytest.mark.parametrize("entry", VIT_ENTRIES)
+def test_nonfinite_and_empty_batches_are_refused_naming_the_image(entry: str) -> None:
+    vit = tiny().eval()
+    x = torch.randn(4, 3, 32, 32)
+    x[3, 0, 1, 1] = float("nan")
+    with pytest.raises(InvalidArgumentError, match="image 3 of the batch of 4 holds NaN or infinite values") as info:
+        getattr(vit, entry)(x)
+    assert info.value.argument == "imgs"
+    with pytest.raises(InvalidArgumentError, match="batch is empty"):
+        getattr(vit, entry)(torch.empty(0, 3, 32, 32))
+
+
+@pytest.mark.parametrize("entry", VIT_ENTRIES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_other_float_dtypes_are_cast_to_the_weights_dtype(entry: str, dtype: torch.dtype) -> None:
+    vit = tiny().eval()
+    x = torch.randn(2, 3, 32, 32).to(dtype).float()  # float32 values the other dtype holds exactly
+    with torch.no_grad():
+        got, ref = getattr(vit, entry)(x.to(dtype)), getattr(vit, entry)(x)
+    assert got.dtype == torch.float32 and torch.equal(got, ref)
+
+
+def test_integer_images_are_still_refused_by_the_classifier() -> None:
+    with pytest.raises(InvalidArgumentError, match="must be floating point"):
+        tiny().forward_features(torch.zeros(1, 3, 32, 32, dtype=torch.int32))
 
 
 def test_global_pool_features_are_the_mean_patch_token_after_fc_norm() -> None:
