@@ -32,6 +32,7 @@ DEBUG_ENV = "MAE_LARGE_DEBUG"
 FLAGS: dict[str, str] = {
     "trust": "--trust-checkpoint",
     "max_patches": "--max-patches",
+    "allow_nonfinite": "--allow-nonfinite",
     "allow_random_decoder": "--allow-random-decoder",
     "device": "--device",
     "samples": "--samples",
@@ -54,6 +55,9 @@ TrustOpt = Annotated[bool, typer.Option(
     "--trust-checkpoint",
     help="Read a pickle that asks for more than tensors (weights_only=False). It can run code: only for files you trust.",
 )]
+AllowNonfiniteOpt = Annotated[bool, typer.Option(
+    "--allow-nonfinite", help="Load a checkpoint even if some weights are NaN or infinite (they are named); "
+    "results that are not finite are still never written.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
 MaskRatioOpt = Annotated[float, typer.Option("--mask-ratio", min=0.0, max=0.99, help="Fraction of patches removed.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
@@ -312,6 +316,7 @@ def load_model(
     size: tuple[int, int] | None = None,
     device: str = "auto",
     trust: bool = False,
+    allow_nonfinite: bool = False,
     norm_pix_loss: bool = False,
     quiet: bool = False,
     seed: int = 0,
@@ -335,7 +340,8 @@ def load_model(
     with warnings.catch_warnings():
         # The library warns loudly about a random decoder; the CLI shows the report's warnings itself.
         warnings.simplefilter("ignore", UserWarning)
-        model = MaskedAutoencoderViT.from_pretrained(checkpoint, config, trust=trust, device=target)
+        model = MaskedAutoencoderViT.from_pretrained(checkpoint, config, trust=trust, device=target,
+                                                     allow_nonfinite=allow_nonfinite)
     if not quiet:
         report_load(model)
     return model

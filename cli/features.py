@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cli.common import (
+    AllowNonfiniteOpt,
     BatchSizeOpt,
     CropOpt,
     DeviceOpt,
@@ -68,6 +69,7 @@ def features_command(
     dtype: DtypeOpt = "float32",
     recursive: RecursiveOpt = False,
     max_patches: MaxPatchesOpt = DEFAULT_MAX_PATCHES,
+    allow_nonfinite: AllowNonfiniteOpt = False,
     json_: JsonOpt = False,
     trust: TrustOpt = False,
 ) -> None:
@@ -91,7 +93,8 @@ def features_command(
     started = time.perf_counter()
     run = run_sharded(
         paths, resolve_device(device), label="embedding", quiet=json_,
-        setup=lambda ctx, quiet: _load_encoder(checkpoint, hw, pool, ctx.device, trust=trust, quiet=quiet),
+        setup=lambda ctx, quiet: _load_encoder(checkpoint, hw, pool, ctx.device, trust=trust, quiet=quiet,
+                                               allow_nonfinite=allow_nonfinite),
         work=lambda model, local, ctx: extract_features(model, local, batch_size=batch_size, crop=crop,  # type: ignore[arg-type]
                                                         dtype=torch_dtype, device=ctx.device),
     )
@@ -128,7 +131,7 @@ def features_command(
 
 
 def _load_encoder(checkpoint: Path, size: tuple[int, int] | None, pool: str, device: Any, *, trust: bool,
-                  quiet: bool) -> VisionTransformer:
+                  quiet: bool, allow_nonfinite: bool = False) -> VisionTransformer:
     """The encoder of `catalog.DEFAULT_ARCHITECTURE` (ViT-L) with `pool` pooling and no head."""
     import warnings
 
@@ -138,7 +141,8 @@ def _load_encoder(checkpoint: Path, size: tuple[int, int] | None, pool: str, dev
     config = classifier_for_pool(pool, ViTConfig.from_architecture(None), **({"img_size": size} if size else {}))
     with warnings.catch_warnings():  # the report's warnings are printed below
         warnings.simplefilter("ignore", UserWarning)
-        model = VisionTransformer.from_pretrained(checkpoint, config, trust=trust, device=device)
+        model = VisionTransformer.from_pretrained(checkpoint, config, trust=trust, device=device,
+                                                  allow_nonfinite=allow_nonfinite)
     model.eval()
     r = model.load_report
     if not quiet and r is not None:

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from cli.common import (
     DEFAULT_CHECKPOINT,
+    AllowNonfiniteOpt,
     BatchSizeOpt,
     DeviceOpt,
     DtypeOpt,
@@ -55,6 +56,7 @@ def loss_command(
         "--check", help="Exit 1 if the mean is outside the tolerance of the expected value.")] = False,
     recursive: RecursiveOpt = False,
     max_patches: MaxPatchesOpt = DEFAULT_MAX_PATCHES,
+    allow_nonfinite: AllowNonfiniteOpt = False,
     json_: JsonOpt = False,
     trust: TrustOpt = False,
 ) -> None:
@@ -79,7 +81,8 @@ def loss_command(
 
     from mae.large.pipeline import checkpoint_kind, image_loss, noise_loss
 
-    model = load_model(chosen, size=hw, device=device, trust=trust, norm_pix_loss=norm_pix_loss, quiet=json_, seed=seed)
+    model = load_model(chosen, size=hw, device=device, trust=trust, norm_pix_loss=norm_pix_loss, quiet=json_, seed=seed,
+                       allow_nonfinite=allow_nonfinite)
     kind = checkpoint_kind(model)
     failed = 0
     if noise:
@@ -107,7 +110,8 @@ def loss_command(
             fail(f"mean loss {result.mean:.4f} is outside {result.expected} +- {result.tolerance} expected for a "
                  f"{kind} model")
     if failed:
-        fail(f"{failed} input(s) could not be read (listed above); the loss is over the other {len(result.losses)}")
+        fail(f"{failed} input(s) could not be read or gave no finite loss (listed above); the loss is over the other "
+             f"{len(result.losses)}")
 
 
 def _verdict(result) -> str:

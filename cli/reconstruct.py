@@ -11,6 +11,7 @@ from rich.table import Table
 
 from cli.common import (
     DEFAULT_CHECKPOINT,
+    AllowNonfiniteOpt,
     BatchSizeOpt,
     CropOpt,
     DeviceOpt,
@@ -63,6 +64,7 @@ def reconstruct_command(
     dtype: DtypeOpt = "float32",
     recursive: RecursiveOpt = False,
     max_patches: MaxPatchesOpt = DEFAULT_MAX_PATCHES,
+    allow_nonfinite: AllowNonfiniteOpt = False,
     json_: JsonOpt = False,
     trust: TrustOpt = False,
 ) -> None:
@@ -85,7 +87,8 @@ def reconstruct_command(
     names = _output_names(paths, out_dir, save_panels)
 
     def setup(ctx, quiet: bool):
-        model = load_model(checkpoint, size=hw, device=str(ctx.device), trust=trust, norm_pix_loss=norm_pix, quiet=quiet)
+        model = load_model(checkpoint, size=hw, device=str(ctx.device), trust=trust, norm_pix_loss=norm_pix, quiet=quiet,
+                           allow_nonfinite=allow_nonfinite)
         require_decoder(model, allow_random_decoder)
         return model
 
