@@ -24,7 +24,7 @@ from .errors import invalid_argument
 @dataclass(frozen=True)
 class TargetChoice:
     target: catalog.Target  # "pixels" | "norm-pix"
-    how: str  # why: "asked for", "catalogue: mae_pretrain_vit_large_full.pth", "detected: ..."
+    how: str  # why: "asked for", "catalogue: <file> predicts ...", "detected: ..."
 
     @property
     def norm_pix(self) -> bool:
