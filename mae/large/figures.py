@@ -1,29 +1,77 @@
-"""The official demo's reconstruction figure: original | masked | reconstruction | reconstruction + visible.
+"""The official demo's reconstruction figure: original | masked | reconstruction | reconstruction + visible,
+and the figures built from the same panels: a chosen list of panels with an error map, a mask-ratio sweep,
+an animation.
 
 `make_panels` follows `run_one_image` of the official `demo/mae_visualize.ipynb` step by step; the
-figure is drawn on a bare `matplotlib.figure.Figure` (never pyplot), so drawing has no global state
-and works in threads and on headless machines.
+figures are drawn on a bare `matplotlib.figure.Figure` (never pyplot), so drawing has no global state
+and works in threads and on headless machines. Animation frames are composed with Pillow directly
+(milliseconds a frame, no figure each).
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
-from matplotlib.figure import Figure
-from PIL import Image
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure, FigureBase
+from matplotlib.ticker import MaxNLocator
+from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_path
+from .errors import invalid_argument
 from .image import denormalize
 from .model import MaskedAutoencoderViT
 
-__all__ = ["PANEL_TITLES", "ReconstructionPanels", "make_panels", "reconstruction_figure", "save_figure", "save_panel"]
+__all__ = [
+    "ANIMATION_FORMATS",
+    "ANIMATION_FRAME_MS",
+    "ANIMATION_RATIOS",
+    "DEFAULT_PANELS",
+    "ERROR_LABEL",
+    "NESTED_NOTE",
+    "PANEL_NAMES",
+    "PANEL_TITLES",
+    "ReconstructionPanels",
+    "SweepRow",
+    "animation_frame",
+    "check_panel_names",
+    "drawable_text",
+    "error_map",
+    "make_panels",
+    "mask_ratio_label",
+    "panels_figure",
+    "reconstruction_figure",
+    "save_animation",
+    "save_figure",
+    "save_panel",
+    "sweep_figure",
+]
 
 # The official demo's subplot titles, in order.
 PANEL_TITLES = ("original", "masked", "reconstruction", "reconstruction + visible")
+# The panels a figure can show, by name: the demo's four ("visible" = reconstruction + visible) and the error map.
+PANEL_NAMES = ("original", "masked", "reconstruction", "visible", "error")
+DEFAULT_PANELS = PANEL_NAMES[:4]
+_TITLE_OF = dict(zip(PANEL_NAMES, (*PANEL_TITLES, "squared error")))
+# The error panel's colour bar: the per-patch mean of (pred - target) ** 2, target = model.loss_target.
+ERROR_LABEL = "squared error (loss units)"
+_ERROR_CMAP = "inferno"
+_NEUTRAL = "0.82"  # visible patches in the error panel: light gray, no error to show
+
+# The CLI's default animation: mask ratios 0.10, 0.15, ..., 0.95 (18 frames). All leave ViT-L's 196 patches
+# visible ones (9 at 0.95); on a grid of fewer than 20 patches 0.95 leaves none (`model.check_mask_ratio`).
+ANIMATION_RATIOS: tuple[float, ...] = tuple(round(0.10 + 0.05 * i, 2) for i in range(18))
+ANIMATION_FRAME_MS = 400
+# Animation formats, by the file's suffix (Pillow's format names).
+ANIMATION_FORMATS = {".gif": "GIF", ".webp": "WEBP"}
 
 # The same epsilon as the model's norm_pix target, (var + 1e-6) ** 0.5, so un-normalising is its inverse.
 _NORM_PIX_EPS = 1.0e-6
@@ -71,21 +119,8 @@ def make_panels(
     p, c = cfg.patch_size, cfg.in_chans
     if c != 3:
         raise ValueError(f"panels need 3-channel (RGB) images to denormalise, the model has in_chans={c}")
-    for name, t in (("imgs", imgs), ("pred", pred), ("mask", mask)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    # Everything on the CPU in float32: the panels are for drawing, and pred may be bf16 on a GPU.
-    x = imgs.detach().float().cpu()
-    pred = pred.detach().float().cpu()
-    mask = mask.detach().float().cpu()
-    num_patches = model.patch_embed.num_patches
-    if x.dim() != 4:
-        raise ValueError(f"imgs must be (N, {c}, H, W), got {tuple(x.shape)}")
+    x, pred, mask = _cpu_inputs(model, imgs, pred, mask)
     n = x.shape[0]
-    if pred.shape != (n, num_patches, p * p * c):
-        raise ValueError(f"pred must have shape ({n}, {num_patches}, {p * p * c}), got {tuple(pred.shape)}")
-    if mask.shape != (n, num_patches):
-        raise ValueError(f"mask must have shape ({n}, {num_patches}), got {tuple(mask.shape)}")
 
     if norm_pix:
         pred = _unnormalize_pred(model, x, pred, mask)
@@ -103,6 +138,45 @@ def make_panels(
         ReconstructionPanels(original[i], masked[i], recon[i], paste[i], pixel_mask[i, 0].contiguous())
         for i in range(n)
     ]
+
+
+def _cpu_inputs(
+    model: MaskedAutoencoderViT, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """imgs, pred and mask checked against the model and brought to the CPU in float32: the panels are
+    for drawing, and pred may be bf16 on a GPU."""
+    p, c = model.config.patch_size, model.config.in_chans
+    for name, t in (("imgs", imgs), ("pred", pred), ("mask", mask)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    x = imgs.detach().float().cpu()
+    pred = pred.detach().float().cpu()
+    mask = mask.detach().float().cpu()
+    num_patches = model.patch_embed.num_patches
+    if x.dim() != 4:
+        raise ValueError(f"imgs must be (N, {c}, H, W), got {tuple(x.shape)}")
+    n = x.shape[0]
+    if pred.shape != (n, num_patches, p * p * c):
+        raise ValueError(f"pred must have shape ({n}, {num_patches}, {p * p * c}), got {tuple(pred.shape)}")
+    if mask.shape != (n, num_patches):
+        raise ValueError(f"mask must have shape ({n}, {num_patches}), got {tuple(mask.shape)}")
+    return x, pred, mask
+
+
+def error_map(model: MaskedAutoencoderViT, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each removed patch's squared error, as an image: (N, H, W) float32 on the CPU, NaN on visible patches.
+
+    A patch's value is the mean over its p*p*C values of `(pred - model.loss_target(imgs)) ** 2`, repeated
+    over its pixels: the loss's own units (per-patch normalised pixels when the model has `norm_pix_loss`),
+    so the mean over an image's removed patches (`torch.nanmean` of the map) is `model.per_image_loss`.
+    Arguments as `make_panels`: imgs (N, C, H, W) normalised, pred (N, L, p*p*C), mask (N, L), 1 = removed.
+    A mask that removes nothing gives a map that is NaN everywhere (there is no reconstruction to judge).
+    """
+    x, pred, mask = _cpu_inputs(model, imgs, pred, mask)
+    per_patch = ((pred - model.loss_target(x)) ** 2).mean(dim=-1)  # (N, L), as per_image_loss
+    per_patch = per_patch.masked_fill(mask < 0.5, float("nan"))
+    values = model.config.patch_size ** 2 * model.config.in_chans
+    return model.unpatchify(per_patch.unsqueeze(-1).expand(-1, -1, values).contiguous())[:, 0].contiguous()
 
 
 def _unnormalize_pred(
@@ -133,26 +207,246 @@ def reconstruction_figure(
 
     The suptitle joins the parts that are given, e.g. "cat.jpg | loss 0.4321 | random decoder"; there
     is none when all three are None. Axes are switched off (no ticks, no frame), as `plt.axis('off')`
-    in the demo.
+    in the demo. The same figure as `panels_figure(panels, DEFAULT_PANELS, ...)`.
     """
+    return panels_figure(panels, DEFAULT_PANELS, title=title, loss=loss, note=note, figsize=figsize)
+
+
+def panels_figure(
+    panels: ReconstructionPanels,
+    names: Sequence[str] = DEFAULT_PANELS,
+    *,
+    error: torch.Tensor | None = None,
+    error_max: float | None = None,
+    title: str | None = None,
+    loss: float | None = None,
+    note: str | None = None,
+    figsize: tuple[float, float] | None = None,
+) -> Figure:
+    """One row of the panels `names` (a subset of `PANEL_NAMES`, in the order given), titled as
+    `reconstruction_figure`, which is this figure with the default four panels.
+
+    The "error" panel needs `error`, this image's (H, W) map from `error_map`: removed patches coloured
+    by their squared error (0 to `error_max`, default the map's largest value), visible ones light gray,
+    with a colour bar below it in the loss's units (`ERROR_LABEL`). `error` is ignored when "error" is
+    not in `names`. The default size is 4 x 4.8 inches a panel, plus 1 inch of height for the colour bar.
+    """
+    names = check_panel_names(names)
+    error = _check_error(error, panels, "error") if "error" in names else None
+    figsize = figsize or (4.0 * len(names), 4.8 + (_COLORBAR_IN if error is not None else 0.0))
     fig = Figure(figsize=figsize)
-    axes = fig.subplots(1, 4)
-    for ax, image, name in zip(axes, panels.as_list(), PANEL_TITLES, strict=True):
-        ax.imshow(image.detach().float().cpu().clamp(0.0, 1.0).numpy())
-        ax.set_title(name, fontsize=16)
-        ax.set_axis_off()
+    parts = _title_parts(title, loss, note)
+    if parts:
+        fig.suptitle(" | ".join(parts), fontsize=16)
+    # Fixed margins instead of a layout engine: the saved size stays exactly figsize * dpi.
+    bottom = 0.02 + (_COLORBAR_IN / figsize[1] if error is not None else 0.0)
+    _draw_row(fig, panels, names, error, _error_max(error_max, [error]), fontsize=16, titles=True,
+              margins=(0.01, 0.99, bottom, 0.82 if parts else 0.9))
+    return fig
+
+
+class SweepRow(NamedTuple):
+    """One row of `sweep_figure`: a mask ratio, the image's loss at it, its panels and (optionally) its
+    error map. A plain tuple `(ratio, loss, panels[, error])` is taken as well."""
+
+    ratio: float
+    loss: float | None
+    panels: ReconstructionPanels
+    error: torch.Tensor | None = None
+
+
+# What `sweep_figure(nested=True)` writes under the title.
+NESTED_NOTE = "same seed: the masks are nested (a higher mask ratio removes a superset of the patches)"
+
+
+def sweep_figure(
+    rows: Sequence[SweepRow | tuple],
+    *,
+    names: Sequence[str] = DEFAULT_PANELS,
+    title: str | None = None,
+    note: str | None = None,
+    nested: bool = False,
+    error_max: float | None = None,
+    figsize: tuple[float, float] | None = None,
+) -> Figure:
+    """One image at several mask ratios: a row per `SweepRow` (in the order given) of the panels `names`,
+    each row titled with its ratio and loss ("mask ratio 0.50 | loss 0.4321"), the panel names over the
+    first row only.
+
+    `title` and `note` go on top, joined as in `reconstruction_figure`; `nested=True` (the caller drew
+    every mask from the same seed, e.g. `masks.nested_masks`) adds `NESTED_NOTE` below them. With an
+    "error" panel every row needs its error map, and all rows share one colour scale (0 to `error_max`,
+    default the largest error of any row), so the rows can be compared. Each row is a subfigure
+    (`fig.subfigs`, after a header subfigure when there is a title, note or `nested`). The default size is
+    3 inches a panel, plus room for the titles and colour bars.
+    """
+    names = check_panel_names(names)
+    checked = _check_rows(rows, "error" in names)
+    if not checked:
+        raise invalid_argument("rows", "sweep_figure needs at least one row")
+    scale_max = _error_max(error_max, [r.error for r in checked])
+
+    header = _title_parts(title, None, note)
+    header_lines = [" | ".join(header)] if header else []
+    if nested:
+        header_lines.append(NESTED_NOTE)
+    has_error = "error" in names
+    row_in = _SWEEP_PANEL_IN + _SWEEP_ROW_TITLE_IN + (_COLORBAR_IN if has_error else 0.0)
+    header_in = 0.15 + 0.32 * len(header_lines) if header_lines else 0.0
+    natural = (_SWEEP_PANEL_IN * len(names) + 0.2, header_in + row_in * len(checked))
+    fig = Figure(figsize=figsize or natural)
+    heights = ([header_in] if header_lines else []) + [row_in] * len(checked)
+    subfigs = list(fig.subfigures(len(heights), 1, height_ratios=heights, hspace=0.0, squeeze=False)[:, 0])
+    if header_lines:
+        head = subfigs.pop(0)
+        width_pt = fig.get_figwidth() * 72.0 * 0.96
+        for i, line in enumerate(header_lines):
+            # Smaller type for a line that would not fit (DejaVu Sans averages about 0.55 em a character).
+            size = min(14.0 if i == 0 and header else 11.0, width_pt / (0.55 * max(len(line), 1)))
+            head.text(0.5, 1.0 - (0.1 + 0.32 * (i + 0.5)) / header_in, line, ha="center", va="center", fontsize=size)
+    for i, (row, sub) in enumerate(zip(checked, subfigs)):
+        sub.suptitle(_row_title(row.ratio, row.loss), fontsize=13, y=1.0 - 0.04 / row_in, va="top")
+        bottom = (0.05 + (_COLORBAR_IN if has_error else 0.0)) / row_in
+        top = 1.0 - _SWEEP_ROW_TITLE_IN / row_in
+        _draw_row(sub, row.panels, names, row.error, scale_max, fontsize=11, titles=i == 0,
+                  margins=(0.01, 0.99, bottom, top))
+    return fig
+
+
+def mask_ratio_label(ratio: float) -> str:
+    """"mask ratio 0.35": two decimals, more only when the ratio needs them ("mask ratio 0.125")."""
+    return f"mask ratio {_format_ratio(ratio)}"
+
+
+def check_panel_names(names: Sequence[str]) -> tuple[str, ...]:
+    """`names` as a tuple, after checking each is one of `PANEL_NAMES`, none twice, at least one."""
+    if isinstance(names, str):
+        names = (names,)
+    names = tuple(names)
+    valid = ", ".join(PANEL_NAMES)
+    if not names:
+        raise invalid_argument("panels", f"choose at least one panel of: {valid}")
+    for name in names:
+        if name not in PANEL_NAMES:
+            raise invalid_argument("panels", f"unknown panel {name!r}; the panels are: {valid}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise invalid_argument("panels", f"panel {repeated[0]!r} is named twice; name each of {valid} at most once")
+    return names
+
+
+# ---- layout helpers -------------------------------------------------------------------------------
+_COLORBAR_IN = 1.0  # height under a row for the error colour bar, its ticks and its label
+_SWEEP_PANEL_IN = 3.0
+_SWEEP_ROW_TITLE_IN = 0.6  # the row title and, on the first row, the panel names
+
+
+def _title_parts(title: str | None, loss: float | None, note: str | None) -> list[str]:
     parts = []
     if title:
         parts.append(drawable_text(title))
     if loss is not None:
         parts.append(f"loss {float(loss):.4f}")
     if note:
-        parts.append(note)
-    if parts:
-        fig.suptitle(" | ".join(parts), fontsize=16)
-    # Fixed margins instead of a layout engine: the saved size stays exactly figsize * dpi.
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.82 if parts else 0.9, wspace=0.04)
-    return fig
+        parts.append(drawable_text(note))
+    return parts
+
+
+def _format_ratio(ratio: float) -> str:
+    ratio = float(ratio)
+    return f"{ratio:.2f}" if round(ratio, 2) == ratio else f"{ratio:g}"
+
+
+def _row_title(ratio: float, loss: float | None) -> str:
+    return mask_ratio_label(ratio) + ("" if loss is None else f" | loss {float(loss):.4f}")
+
+
+def _check_error(error: torch.Tensor | None, panels: ReconstructionPanels, where: str) -> torch.Tensor:
+    if error is None:
+        raise invalid_argument("error", f"the error panel needs {where} = error_map(...)[i], this image's (H, W) error map")
+    if not isinstance(error, torch.Tensor) or error.shape != panels.mask.shape:
+        shape = tuple(error.shape) if isinstance(error, torch.Tensor) else type(error).__name__
+        raise invalid_argument("error", f"{where} must be an (H, W) tensor of shape {tuple(panels.mask.shape)} "
+                                        f"(the panels' size), got {shape}")
+    return error.detach().float().cpu()
+
+
+def _check_rows(rows: Sequence[SweepRow | tuple], need_error: bool) -> list[SweepRow]:
+    checked = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, tuple) or len(row) not in (3, 4):
+            raise invalid_argument("rows", f"row {i} must be (ratio, loss, panels[, error]), got {type(row).__name__}")
+        row = SweepRow(*row)
+        if isinstance(row.ratio, bool) or not isinstance(row.ratio, numbers.Real) or not 0.0 <= float(row.ratio) <= 1.0:
+            raise invalid_argument("rows", f"row {i}: the mask ratio must be a number in [0, 1], got {row.ratio!r}")
+        if not isinstance(row.panels, ReconstructionPanels):
+            raise invalid_argument("rows", f"row {i}: panels must be ReconstructionPanels, got {type(row.panels).__name__}")
+        error = _check_error(row.error, row.panels, f"row {i}'s error") if need_error else None
+        checked.append(row._replace(error=error))
+    return checked
+
+
+def _error_max(error_max: float | None, errors: Sequence[torch.Tensor | None]) -> float:
+    """The top of the error colour scale: `error_max`, else the largest finite error (1.0 when none is)."""
+    if error_max is not None:
+        if not math.isfinite(float(error_max)) or float(error_max) <= 0:
+            raise invalid_argument("error_max", f"error_max must be a positive number, got {error_max!r}")
+        return float(error_max)
+    values = [float(torch.nan_to_num(e, nan=0.0, posinf=0.0).max()) for e in errors if e is not None and e.numel()]
+    top = max(values, default=0.0)
+    return top if top > 0 else 1.0
+
+
+def _draw_row(
+    container: FigureBase,
+    panels: ReconstructionPanels,
+    names: Sequence[str],
+    error: torch.Tensor | None,
+    error_max: float,
+    *,
+    fontsize: float,
+    titles: bool,
+    margins: tuple[float, float, float, float],
+) -> list[Axes]:
+    """The panels `names` side by side in `container` (a figure or subfigure), inside `margins`
+    (left, right, bottom, top as fractions of the container)."""
+    left, right, bottom, top = margins
+    grid = container.add_gridspec(1, len(names), left=left, right=right, bottom=bottom, top=top, wspace=0.04)
+    axes = []
+    for j, name in enumerate(names):
+        ax = container.add_subplot(grid[0, j])
+        if name == "error":
+            assert error is not None  # checked by the callers
+            _draw_error(container, ax, error, error_max, fontsize)
+        else:
+            ax.imshow(_panel(panels, name).detach().float().cpu().clamp(0.0, 1.0).numpy())
+        if titles:
+            ax.set_title(_TITLE_OF[name], fontsize=fontsize)
+        ax.set_axis_off()
+        axes.append(ax)
+    return axes
+
+
+def _panel(panels: ReconstructionPanels, name: str) -> torch.Tensor:
+    return {"original": panels.original, "masked": panels.masked, "reconstruction": panels.reconstruction,
+            "visible": panels.reconstruction_visible}[name]
+
+
+def _draw_error(container: FigureBase, ax: Axes, error: torch.Tensor, error_max: float, fontsize: float) -> None:
+    """The error map on `ax` (NaN, the visible patches, in neutral gray) and a horizontal colour bar below
+    it, sized in inches so that it looks the same whatever the panel's size."""
+    from matplotlib import colormaps
+
+    cmap = colormaps[_ERROR_CMAP].with_extremes(bad=_NEUTRAL)
+    image = ax.imshow(error.numpy(), cmap=cmap, vmin=0.0, vmax=error_max, interpolation="nearest")
+    slot_h = ax.bbox.height / container.dpi  # the panel's slot height in inches
+    # 0.1 inch below the image, 0.15 inch high; ticks and the label fill the rest of _COLORBAR_IN.
+    cax = ax.inset_axes((0.0, -(0.1 + 0.15) / slot_h, 1.0, 0.15 / slot_h))
+    bar = container.colorbar(image, cax=cax, orientation="horizontal")
+    bar.locator = MaxNLocator(4)
+    bar.update_ticks()
+    bar.ax.tick_params(labelsize=max(7.0, fontsize * 0.6))
+    bar.set_label(ERROR_LABEL, fontsize=max(8.0, fontsize * 0.7))
 
 
 @functools.cache
@@ -192,9 +486,130 @@ def save_panel(image_hw3: torch.Tensor, path: str | os.PathLike[str]) -> Path:
     ):
         shape = tuple(image_hw3.shape) if isinstance(image_hw3, torch.Tensor) else type(image_hw3).__name__
         raise ValueError(f"a panel must be an (H, W, 3) or (H, W) tensor in [0, 1], got {shape}")
-    pixels = (image_hw3.detach().float().cpu().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
-    img = Image.fromarray(pixels.contiguous().numpy())
+    img = _to_pil(image_hw3)
     path = Path(path)
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
     return path
+
+
+# ---- animation ------------------------------------------------------------------------------------
+_FRAME_MIN_SIDE = 160  # small images are enlarged (nearest neighbour, whole factors) to at least this
+_FRAME_PAD = 8
+_LABEL_PX = 18
+_CAPTION_PX = 13
+_FRAME_PANELS = (("masked", "masked"), ("visible", "reconstruction + visible"))
+
+
+def animation_frame(panels: ReconstructionPanels, label: str, *, scale: int | None = None) -> Image.Image:
+    """One animation frame, an RGB image: masked | reconstruction + visible side by side, the panel names
+    over them and `label` (e.g. `mask_ratio_label(0.35)` or "seed 4") on top.
+
+    Drawn with Pillow and its default font, so a frame costs milliseconds. Each panel is enlarged by the
+    whole factor `scale` (nearest neighbour, patch edges stay sharp); by default the smallest factor that
+    makes it at least 160 pixels on its longer side (1 for the models' 224-pixel inputs). Frames of one
+    image all have the same size. Characters the font may lack (beyond Latin-1) are written as escapes.
+    """
+    if not isinstance(panels, ReconstructionPanels):
+        raise TypeError(f"panels must be ReconstructionPanels, got {type(panels).__name__}")
+    height, width = panels.mask.shape
+    if scale is None:
+        scale = max(1, -(-_FRAME_MIN_SIDE // max(height, width)))
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise invalid_argument("scale", f"scale must be a whole number >= 1, got {scale!r}")
+    w, h = width * scale, height * scale
+    pad = _FRAME_PAD
+    band = pad + _LABEL_PX + 6 + _CAPTION_PX + 4
+    frame = Image.new("RGB", (2 * w + 3 * pad, band + h + pad), "white")
+    draw = ImageDraw.Draw(frame)
+    label_font, caption_font = _pil_font(_LABEL_PX), _pil_font(_CAPTION_PX)
+    _centred_text(draw, frame.width / 2, pad, _latin1_text(label), label_font, (0, 0, 0))
+    for i, (name, caption) in enumerate(_FRAME_PANELS):
+        x = pad + i * (w + pad)
+        image = _to_pil(_panel(panels, name))
+        if scale != 1:
+            image = image.resize((w, h), Image.Resampling.NEAREST)
+        frame.paste(image, (x, band))
+        _centred_text(draw, x + w / 2, pad + _LABEL_PX + 6, caption, caption_font, (70, 70, 70))
+    return frame
+
+
+def _centred_text(draw: ImageDraw.ImageDraw, x: float, top: float, text: str,
+                  font: ImageFont.FreeTypeFont | ImageFont.ImageFont, fill: tuple[int, int, int]) -> None:
+    """`text` centred on x, its ink starting at `top` (no anchors: the bitmap font has none)."""
+    left, upper, right, _ = draw.textbbox((0, 0), text, font=font)
+    draw.text((round(x - (left + right) / 2), round(top - upper)), text, fill=fill, font=font)
+
+
+def save_animation(
+    frames: Sequence[Image.Image] | Sequence[ReconstructionPanels],
+    path: str | os.PathLike[str],
+    *,
+    labels: Sequence[str] | None = None,
+    duration_ms: int | Sequence[int] = ANIMATION_FRAME_MS,
+    loop: bool = True,
+) -> Path:
+    """Write an animated GIF or WebP (by the suffix of `path`, `ANIMATION_FORMATS`), atomically.
+
+    `frames` are images of one size (from `animation_frame`), or, with `labels` (one per frame), the
+    `ReconstructionPanels` to draw them from. `duration_ms`: how long each frame shows, one value or one per
+    frame. `loop=True` repeats forever; `loop=False` plays once. GIF stores times in 10 ms steps and merges
+    a frame identical to the one before it into it (their times add up), so give frames distinct labels.
+    """
+    path = Path(path)
+    fmt = ANIMATION_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise invalid_argument("path", f"an animation is written as {' or '.join(ANIMATION_FORMATS)}, "
+                                       f"by the file's suffix; got {path.name!r}")
+    frames = list(frames)
+    if labels is not None:
+        labels = list(labels)
+        if len(labels) != len(frames):
+            raise invalid_argument("labels", f"labels must have one label per frame: {len(labels)} labels for "
+                                             f"{len(frames)} frames")
+        frames = [animation_frame(p, label) for p, label in zip(frames, labels)]  # type: ignore[arg-type]
+    if not frames:
+        raise invalid_argument("frames", "an animation needs at least one frame")
+    for i, frame in enumerate(frames):
+        if not isinstance(frame, Image.Image):
+            hint = " (pass labels= to draw frames from panels)" if isinstance(frame, ReconstructionPanels) else ""
+            raise invalid_argument("frames", f"frame {i} must be a PIL image, got {type(frame).__name__}{hint}")
+        if frame.size != frames[0].size:
+            raise invalid_argument("frames", f"every frame must have the size of the first, {frames[0].size}; "
+                                             f"frame {i} is {frame.size}")
+    durations = [duration_ms] * len(frames) if isinstance(duration_ms, numbers.Integral) else list(duration_ms)
+    if len(durations) != len(frames) or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d <= 0
+                                            for d in durations):
+        raise invalid_argument("duration_ms", f"duration_ms must be a positive whole number of milliseconds, or one "
+                                              f"per frame ({len(frames)}), got {duration_ms!r}")
+    options: dict[str, object] = {"format": fmt, "save_all": True, "append_images": frames[1:],
+                                  "duration": [int(d) for d in durations]}
+    if fmt == "GIF":
+        if loop:
+            options["loop"] = 0  # the NETSCAPE extension, 0 = forever; without it the GIF plays once
+    else:
+        options.update(loop=0 if loop else 1, quality=90, method=4)  # WebP: the loop count, 0 = forever
+    with atomic_path(path) as tmp:
+        frames[0].save(tmp, **options)
+    return path
+
+
+@functools.cache
+def _pil_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's default font at `size` pixels (Pillow < 10.1: its one bitmap size)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # pragma: no cover - Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _latin1_text(text: str) -> str:
+    """`text` with what Pillow's default font may lack (beyond Latin-1, control characters, bytes that
+    are not UTF-8) written as backslash escapes."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() and ord(c) < 256 else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _to_pil(image_hw3: torch.Tensor) -> Image.Image:
+    pixels = (image_hw3.detach().float().cpu().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+    return Image.fromarray(pixels.contiguous().numpy())
