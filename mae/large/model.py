@@ -26,6 +26,7 @@ from .cost import warn_if_large
 from .errors import IncompatibleCheckpointError, short_list
 from .layers import Block, Linear, PatchEmbed, check_images, init_fresh_, init_official_, init_patch_embed_, init_token_
 from .load import Fitted, LoadReport
+from .masks import check_mask, mask_ratio_of, noise_for_mask
 from .pos_embed import sincos_2d
 
 # The two position tables: fixed 2-D sin-cos functions of the patch grid, stored in the files, never trained.
@@ -50,6 +51,9 @@ class Reconstruction:
     mask: torch.Tensor  # (N, L)
     latent: torch.Tensor  # (N, 1 + kept, D) encoder output, cls token first
     ids_restore: torch.Tensor  # (N, L)
+
+
+DEFAULT_MASK_RATIO = 0.75  # the official pre-training ratio
 
 
 def check_mask_ratio(mask_ratio: float, num_patches: int) -> int:
@@ -189,8 +193,13 @@ class MaskedAutoencoderViT(nn.Module):
         removed tokens, and `ids_restore` (N, L), the permutation that undoes the shuffle.
         With no `noise`, draws `torch.rand(N, L)` on x's device once, as the official code does.
         """
+        return self._keep(x, check_mask_ratio(mask_ratio, x.shape[1]), noise)
+
+    def _keep(
+        self, x: torch.Tensor, len_keep: int, noise: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`random_masking` with the number of kept tokens given."""
         n, length, dim = x.shape
-        len_keep = check_mask_ratio(mask_ratio, length)
         if noise is None:
             noise = torch.rand(n, length, device=x.device)  # noise in [0, 1)
         elif noise.shape != (n, length):
@@ -209,23 +218,45 @@ class MaskedAutoencoderViT(nn.Module):
         mask = torch.gather(mask, dim=1, index=ids_restore)  # back to the original patch order
         return x_masked, mask, ids_restore
 
+    def _masking(
+        self, batch: int, mask_ratio: float | None, noise: torch.Tensor | None, mask: torch.Tensor | None
+    ) -> tuple[int, torch.Tensor | None]:
+        """(len_keep, noise) for a forward pass: from `mask_ratio` and `noise` as the official code, or from
+        a user `mask`, which becomes the noise that keeps exactly its visible patches (`noise_for_mask`)."""
+        length = self.patch_embed.num_patches
+        if mask is None:
+            return check_mask_ratio(DEFAULT_MASK_RATIO if mask_ratio is None else mask_ratio, length), noise
+        if noise is not None:
+            raise ValueError("give either mask or noise, not both: a mask decides which patches are kept")
+        mask = check_mask(mask, batch, length)
+        len_keep = length - int(mask[0].sum())
+        if mask_ratio is not None and check_mask_ratio(mask_ratio, length) != len_keep:
+            raise ValueError(
+                f"mask_ratio {mask_ratio} keeps {check_mask_ratio(mask_ratio, length)} of {length} patches but the mask "
+                f"keeps {len_keep}; pass the mask alone (its ratio is {mask_ratio_of(mask):.4g})"
+            )
+        return len_keep, noise_for_mask(mask)
+
     # ---- encoder / decoder ---------------------------------------------------------------------
     def forward_encoder(
-        self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+        self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Images -> (latent (N, 1 + kept, D), mask (N, L), ids_restore (N, L)).
 
-        `imgs` is checked and cast to the weights' dtype as for `forward` (`check_images`)."""
-        return self._encode(self._check_images(imgs), mask_ratio, noise)
+        `imgs` is checked and cast to the weights' dtype as for `forward` (`check_images`); `mask` as for
+        `forward`."""
+        return self._encode(self._check_images(imgs), mask_ratio, noise, mask)
 
     def _encode(
-        self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None
+        self, imgs: torch.Tensor, mask_ratio: float | None, noise: torch.Tensor | None,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`forward_encoder` of checked images."""
-        check_mask_ratio(mask_ratio, self.patch_embed.num_patches)  # fail before any work
+        len_keep, noise = self._masking(imgs.shape[0], mask_ratio, noise, mask)  # fail before any work
         x = self.patch_embed(imgs)  # (N, L, D)
         x = x + self.pos_embed[:, 1:, :]
-        x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)  # (N, kept, D)
+        x, mask, ids_restore = self._keep(x, len_keep, noise)  # (N, kept, D)
 
         cls_token = self.cls_token + self.pos_embed[:, :1, :]  # (1, 1, D)
         x = torch.cat((cls_token.expand(x.shape[0], -1, -1), x), dim=1)  # (N, 1 + kept, D)
@@ -290,26 +321,33 @@ class MaskedAutoencoderViT(nn.Module):
 
     # ---- forward -------------------------------------------------------------------------------
     def forward(
-        self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
+        self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> MAEOutput:
         """Images (N, C, H, W) -> `MAEOutput(loss, pred, mask)`, as the official model.
 
         The images are checked once (`check_images`: a non-empty float batch of the model's shape with
         no NaN or infinity, else a `ValueError` naming the image) and cast to the dtype of the weights
-        (float64 from numpy just works); the encoder and the loss target both use the cast images."""
+        (float64 from numpy just works); the encoder and the loss target both use the cast images.
+
+        Masking: `mask_ratio` (default 0.75) and `noise` as the official code; or a `mask` the caller chose,
+        bool (N, L) or (L,) with True = removed, the same number removed in every row (`masks.py` makes
+        them). It is exactly the `noise` that ranks the kept patches first (`masks.noise_for_mask`), and the
+        returned mask equals it. A `mask_ratio` passed with it must agree with it."""
         imgs = self._check_images(imgs)
-        latent, mask, ids_restore = self._encode(imgs, mask_ratio, noise)
+        latent, mask, ids_restore = self._encode(imgs, mask_ratio, noise, mask)
         pred = self.forward_decoder(latent, ids_restore)  # (N, L, p*p*C)
         loss = self._batch_loss(self._patch_loss(imgs, pred), mask)
         return MAEOutput(loss, pred, mask)
 
     def reconstruct(
-        self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
+        self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> Reconstruction:
-        """One masked forward pass with every intermediate result (see `Reconstruction`); the images are
-        checked and cast as for `forward`."""
+        """One masked forward pass with every intermediate result (see `Reconstruction`); the images and
+        the masking are checked as for `forward`."""
         imgs = self._check_images(imgs)
-        latent, mask, ids_restore = self._encode(imgs, mask_ratio, noise)
+        latent, mask, ids_restore = self._encode(imgs, mask_ratio, noise, mask)
         pred = self.forward_decoder(latent, ids_restore)
         patch_loss = self._patch_loss(imgs, pred.float())
         per_image = self._per_image(patch_loss, mask.float())

@@ -128,3 +128,54 @@ def test_check_mask_and_noise() -> None:
         check_mask(torch.ones(16, dtype=torch.bool), 1, 16)
     with pytest.raises(ValueError, match="bool"):
         check_mask(mask.float(), 1, 16)
+
+
+# ---- through the model -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["block:0.6", "right", "grid", "patches:0,5,9", "center:0.5"])
+def test_mask_and_its_noise_give_bit_identical_outputs(kind) -> None:
+    from mae.large.masks import mask_ratio_of
+    from tests.helpers import small_model
+
+    model = small_model()
+    imgs = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mask = build_mask(parse_mask(kind), (32, 32), 8, ratio=0.5, seed=1)
+    with torch.no_grad():
+        by_mask = model(imgs, mask=mask)
+        by_noise = model(imgs, mask_ratio=mask_ratio_of(mask), noise=noise_for_mask(mask.expand(3, -1)))
+        rec = model.reconstruct(imgs, mask=mask)
+    assert torch.equal(by_mask.pred, by_noise.pred) and torch.equal(by_mask.loss, by_noise.loss)
+    assert torch.equal(by_mask.mask, mask.expand(3, -1).float())  # the mask returned is the mask given
+    assert torch.equal(rec.mask, by_mask.mask) and torch.equal(rec.pred, by_mask.pred)
+    latent, enc_mask, _ = model.forward_encoder(imgs, mask=mask)
+    assert latent.shape[1] == 1 + 16 - int(mask.sum()) and torch.equal(enc_mask, by_mask.mask)
+
+
+def test_a_per_image_mask_batch() -> None:
+    from tests.helpers import small_model
+
+    model = small_model()
+    imgs = torch.randn(2, 3, 32, 32)
+    mask = torch.stack([half_mask((4, 4), "left"), half_mask((4, 4), "top")])
+    with torch.no_grad():
+        out = model(imgs, mask=mask)
+    assert torch.equal(out.mask, mask.float())
+
+
+def test_model_mask_errors() -> None:
+    from tests.helpers import small_model
+
+    model = small_model()
+    imgs = torch.randn(2, 3, 32, 32)
+    right = half_mask((4, 4), "right")  # removes 8 of 16: ratio 0.5
+    with torch.no_grad():
+        model(imgs, 0.5, mask=right)  # an explicit ratio that agrees is fine
+        with pytest.raises(ValueError, match="mask_ratio 0.75 keeps 4 of 16 patches but the mask keeps 8"):
+            model(imgs, 0.75, mask=right)
+        with pytest.raises(ValueError, match="either mask or noise"):
+            model(imgs, mask=right, noise=torch.rand(2, 16))
+        with pytest.raises(ValueError, match="same number"):
+            model(imgs, mask=torch.stack([right, patches_mask((4, 4), [1])]))
+        with pytest.raises(ValueError, match="leave at least one visible"):
+            model(imgs, mask=torch.ones(16, dtype=torch.bool))
+        with pytest.raises(ValueError, match="shape"):
+            model(imgs, mask=torch.zeros(3, 16, dtype=torch.bool))
