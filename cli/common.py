@@ -33,6 +33,11 @@ FLAGS: dict[str, str] = {
     "trust": "--trust-checkpoint",
     "max_patches": "--max-patches",
     "allow_nonfinite": "--allow-nonfinite",
+    "panels": "--panels",
+    "out_dir": "--out",
+    "target": "--target",
+    "mask": "--mask",
+    "ratios": "--mask-ratio",
     "allow_random_decoder": "--allow-random-decoder",
     "device": "--device",
     "samples": "--samples",
@@ -86,6 +91,22 @@ DtypeOpt = Annotated[str, typer.Option(
     "--dtype", help="float32 (exact) or bfloat16 (autocast: 2-4x faster on CPUs with AVX-512 BF16/AMX, "
     "slightly different numbers; on CPU the bfloat16 weights are cast once and kept, +0.66 GB).",
 )]
+
+TargetOpt = Annotated[str, typer.Option(
+    "--target", callback=choice("--target", catalog.TARGETS),
+    help="What the decoder predicts: auto (from the catalogue for the official files, else measured on the first "
+    "images), pixels, or norm-pix (per-patch normalised pixels, the *_full.pth pre-training files).")]
+
+
+def resolve_target_option(target: str, norm_pix_alias: bool) -> str:
+    """`--target`, with the older `--norm-pix` / `--norm-pix-loss` flags as aliases of `--target norm-pix`."""
+    if norm_pix_alias:
+        if target not in ("auto", "norm-pix"):
+            raise typer.BadParameter(f"--norm-pix means --target norm-pix, which contradicts --target {target}",
+                                     param_hint="--target")
+        return "norm-pix"
+    return target
+
 
 
 def exit_process(code: object) -> None:

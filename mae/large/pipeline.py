@@ -25,7 +25,8 @@ from .catalog import EXPECTED_NOISE_LOSS, NOISE_LOSS_TOLERANCE
 from .device import resolve_device
 from .errors import EncoderOnlyCheckpointError, ImageError, MAEError, invalid_argument
 from .image import Crop, ImageFailure, check_crop, collect_images, load_image
-from .model import MaskedAutoencoderViT
+from .masks import MaskSpec, build_mask, check_mask, mask_ratio_of
+from .model import MaskedAutoencoderViT, check_mask_ratio
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,6 +55,79 @@ class ImageResult:
     loss: float
 
 
+@dataclass(frozen=True)
+class Masking:
+    """How one forward pass masks every image of a run: the official seeded noise at a ratio (random
+    masks), or a mask the caller chose. `label` names it in figures and frames."""
+
+    ratio: float
+    noise: torch.Tensor | None = None  # (L,) noise row: the `len_keep` smallest are kept
+    mask: torch.Tensor | None = None  # (L,) bool, True = removed
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """One image reconstructed under several maskings (a mask-ratio sweep, or one mask per seed)."""
+
+    path: Path
+    index: int
+    image: torch.Tensor  # (C, H, W)
+    maskings: list[Masking]
+    preds: list[torch.Tensor]  # per masking, (L, p*p*C)
+    masks: list[torch.Tensor]  # per masking, (L,) float, 1 = removed
+    losses: list[float]
+
+
+def maskings_for(
+    model: MaskedAutoencoderViT,
+    *,
+    ratios: Sequence[float] = (0.75,),
+    seeds: Sequence[int] = (2,),
+    mask: MaskSpec | torch.Tensor | None = None,
+) -> list[Masking]:
+    """The maskings of a run: one per ratio (a sweep) or one per seed, for the official random mask or a
+    chosen one. Random masks of one seed are nested across ratios (one noise; a higher ratio removes a
+    superset). A fixed-shape mask (box, half, file, patches, grid, or a tensor) is one masking: a list of
+    ratios or seeds with it is refused, as is a ratio list with a mask kind that carries its own ratio."""
+    if not ratios or not seeds:
+        raise invalid_argument("ratios", "give at least one mask ratio and one seed")
+    if len(ratios) > 1 and len(seeds) > 1:
+        raise invalid_argument("ratios", "sweep over ratios or over seeds, not both at once")
+    c = model.config
+    length = c.num_patches
+    for r in ratios:
+        check_mask_ratio(r, length)
+    if isinstance(mask, torch.Tensor):
+        spec_fixed, tensor = True, mask
+    elif mask is not None and mask.fixed_shape:
+        spec_fixed, tensor = True, build_mask(mask, c.img_size, c.patch_size)
+    else:
+        spec_fixed, tensor = False, None
+    if spec_fixed:
+        assert tensor is not None
+        if len(ratios) > 1 or len(seeds) > 1:
+            raise invalid_argument("ratios", "a fixed-shape mask removes the same patches whatever the ratio or seed; "
+                                             "give one mask ratio and one seed with it")
+        checked = check_mask(tensor.to(torch.bool), 1, length)[0]
+        return [Masking(mask_ratio_of(checked), mask=checked, label=getattr(mask, "text", "") or "chosen mask")]
+    if mask is not None and mask.ratio is not None and len(ratios) > 1:
+        raise invalid_argument("ratios", f"mask {mask.text!r} carries its own ratio; give the ratios of a sweep "
+                                         "without it (e.g. block with mask_ratio 0.25,0.5)")
+    kind = mask.kind if mask is not None else "random"
+    out: list[Masking] = []
+    for seed in seeds:
+        for r in ([mask.ratio] if mask is not None and mask.ratio is not None else ratios):
+            label = f"seed {seed}" if len(seeds) > 1 else f"mask ratio {r:g}"
+            if kind == "random":
+                out.append(Masking(r, noise=mask_noise(seed, length)[0], label=label))
+            else:
+                assert mask is not None
+                built = build_mask(mask, c.img_size, c.patch_size, ratio=r, seed=seed)
+                out.append(Masking(mask_ratio_of(built), mask=built, label=label))
+    return out
+
+
 def reconstruct_files(
     model: MaskedAutoencoderViT,
     paths: Sequence[Path],
@@ -65,8 +139,12 @@ def reconstruct_files(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     overlap: bool = True,
+    mask: MaskSpec | torch.Tensor | None = None,
 ) -> Iterator[ImageResult | ImageFailure]:
     """Reconstruct every file in `paths` in batches; yields one result or failure per file, in order.
+
+    Every image gets the mask `torch.manual_seed(seed)` would give it at `mask_ratio` (the official demo),
+    or the chosen `mask` (a `masks.MaskSpec` such as `parse_mask("block:0.75")`, or an (L,) bool tensor).
 
     A failure is an input that gave no result: a file that could not be read, or an image whose loss or
     prediction is not finite (NaN or infinite: a damaged checkpoint loaded with `allow_nonfinite=True`, or
@@ -78,52 +156,89 @@ def reconstruct_files(
     forward pass runs (torch releases the GIL in its kernels). The results
     are the same either way; `overlap=False` computes each batch only when the caller asks for it.
     """
+    maskings = maskings_for(model, ratios=[mask_ratio], seeds=[seed], mask=mask)
+    return _run(model, paths, maskings, crop=crop, batch_size=batch_size, device=device, dtype=dtype, overlap=overlap)
+
+
+def sweep_files(
+    model: MaskedAutoencoderViT,
+    paths: Sequence[Path],
+    maskings: Sequence[Masking],
+    *,
+    crop: Crop = "resize",
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    overlap: bool = True,
+) -> Iterator[SweepResult | ImageFailure]:
+    """Reconstruct every file under each of `maskings` (`maskings_for`): one forward pass of the batch per
+    masking, nothing recomputed per figure; one `SweepResult` or failure per file, in order."""
+    return _run(model, paths, list(maskings), crop=crop, batch_size=batch_size, device=device, dtype=dtype,
+                overlap=overlap, sweep=True)
+
+
+def _run(model: MaskedAutoencoderViT, paths: Sequence[Path], maskings: list[Masking], *, crop: Crop, batch_size: int,
+         device: torch.device | str | None, dtype: torch.dtype, overlap: bool, sweep: bool = False) -> Iterator:
     check_crop(crop)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise invalid_argument("batch_size", f"batch size must be a positive integer, got batch_size={batch_size!r}")
     target = resolve_device(device) if device is not None else next(model.parameters()).device
-    items = _reconstruct_batches(model, paths, mask_ratio=mask_ratio, seed=seed, crop=crop, batch_size=batch_size,
-                                 device=target, dtype=dtype)
+    items = _reconstruct_batches(model, paths, maskings, crop=crop, batch_size=batch_size, device=target, dtype=dtype,
+                                 sweep=sweep)
     return _run_ahead(items, batch_size) if overlap else items
 
 
 def _reconstruct_batches(
     model: MaskedAutoencoderViT,
     paths: Sequence[Path],
+    maskings: list[Masking],
     *,
-    mask_ratio: float,
-    seed: int,
     crop: Crop,
     batch_size: int,
     device: torch.device,
     dtype: torch.dtype,
-) -> Iterator[ImageResult | ImageFailure]:
+    sweep: bool,
+) -> Iterator[ImageResult | SweepResult | ImageFailure]:
     size = model.config.img_size
-    noise_row = mask_noise(seed, model.config.num_patches)
     # Failures wait in the queue beside the images so that everything comes out in input order.
     pending: list[tuple[int, Path, torch.Tensor | ImageFailure]] = []
 
-    def flush() -> Iterator[ImageResult | ImageFailure]:
+    def forward(imgs: torch.Tensor, m: Masking) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pred float32, mask, per-image loss on the CPU, non-finite predicted values per image) of a batch."""
+        b = imgs.shape[0]
+        # The CUDA device is per thread, and this may run in _run_ahead's worker: name it.
+        on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+        with on_device, torch.inference_mode(), autocast_context(device, dtype):
+            if m.mask is not None:
+                out = model.reconstruct(imgs, mask=m.mask.to(device))
+            else:
+                assert m.noise is not None
+                out = model.reconstruct(imgs, m.ratio, m.noise.expand(b, -1).to(device))  # every image the seed's mask
+            pred = out.pred.float()
+            bad = (~torch.isfinite(pred)).flatten(1).sum(dim=1).cpu()  # (B,) non-finite values per image
+        return pred, out.mask, out.per_image_loss.float().cpu(), bad
+
+    def flush() -> Iterator[ImageResult | SweepResult | ImageFailure]:
         loaded = [(i, p, t) for i, p, t in pending if isinstance(t, torch.Tensor)]
-        outputs: dict[int, ImageResult] = {}
+        outputs: dict[int, ImageResult | SweepResult | ImageFailure] = {}
         if loaded:
             imgs = torch.stack([t for _, _, t in loaded]).to(device)  # (B, C, H, W)
-            noise = noise_row.expand(len(loaded), -1).to(device)  # (B, L): every image the seed's mask
-            # The CUDA device is per thread, and this may run in _run_ahead's worker: name it.
-            on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-            with on_device, torch.inference_mode(), autocast_context(device, dtype):
-                out = model.reconstruct(imgs, mask_ratio, noise)
-                pred = out.pred.float()
-                bad_pred = (~torch.isfinite(pred)).flatten(1).sum(dim=1).cpu()  # (B,) non-finite values per image
-            losses = out.per_image_loss.float().cpu()
+            runs = [forward(imgs, m) for m in maskings]  # one forward per masking for the whole batch
             for j, (index, path, _) in enumerate(loaded):
-                loss = float(losses[j])
-                if bad_pred[j] or not math.isfinite(loss):
-                    outputs[index] = ImageFailure(path, _nonfinite_reason(path, loss, int(bad_pred[j]), pred[j].numel(),
+                losses = [float(loss[j]) for _, _, loss, _ in runs]
+                bad = next(((int(b[j]), loss) for (_, _, _, b), loss in zip(runs, losses)
+                            if b[j] or not math.isfinite(loss)), None)
+                if bad is not None:
+                    outputs[index] = ImageFailure(path, _nonfinite_reason(path, bad[1], bad[0], runs[0][0][j].numel(),
                                                                           dtype))
-                    continue
-                outputs[index] = ImageResult(path, index, imgs[j].float().cpu(), pred[j].cpu(),
-                                             out.mask[j].float().cpu(), loss)
+                elif sweep:
+                    outputs[index] = SweepResult(path, index, imgs[j].float().cpu(), list(maskings),
+                                                 [pred[j].cpu() for pred, _, _, _ in runs],
+                                                 [mask[j].float().cpu() for _, mask, _, _ in runs], losses)
+                else:
+                    pred, mask, _, _ = runs[0]
+                    outputs[index] = ImageResult(path, index, imgs[j].float().cpu(), pred[j].cpu(),
+                                                 mask[j].float().cpu(), losses[0])
         for index, _, item in pending:
             yield outputs[index] if isinstance(item, torch.Tensor) else item
         pending.clear()
