@@ -148,7 +148,7 @@ def reconstruct_command(
     mask_kind = None if spec.kind == "random" and spec.ratio is None else spec
 
     def setup(ctx, quiet: bool):
-        from mae.large.pipeline import maskings_for
+        from mae.large.pipeline import detect_target_on_files, maskings_for
         from mae.large.target import resolve_target
 
         model = load_model(checkpoint, size=hw, device=str(ctx.device), trust=trust, quiet=quiet,
@@ -156,7 +156,8 @@ def reconstruct_command(
         require_decoder(model, allow_random_decoder)
         maskings = maskings_for(model, ratios=ratios, seeds=[seed], mask=mask_kind)
         kind = model.load_report.kind if model.load_report else "random-init"
-        choice = resolve_target(target, checkpoint, kind) or detect_target_on(model, paths, maskings[0], crop, torch_dtype)
+        choice = resolve_target(target, checkpoint, kind) or detect_target_on_files(model, paths, maskings[0],
+                                                                                     crop=crop, dtype=torch_dtype)
         model.norm_pix_loss = choice.norm_pix  # the loss is measured against what the decoder predicts
         if not quiet:
             err.print(f"  [dim]- decoder target: {escape(choice.target)} ({escape(choice.how)})[/]")
@@ -215,20 +216,6 @@ def _panel_names(value: str) -> tuple[str, ...]:
         return check_panel_names([v.strip() for v in value.split(",") if v.strip()])
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--panels") from None
-
-
-def detect_target_on(model, paths: list[Path], masking, crop: str, dtype):  # -> TargetChoice
-    """The decoder's target measured on the first images (up to 4) that can be read, when nothing says it."""
-    import torch
-
-    from mae.large.pipeline import sweep_files
-    from mae.large.target import TargetChoice, detect_target
-
-    done = [r for r in sweep_files(model, paths[:4], [masking], crop=crop, dtype=dtype, overlap=False)  # type: ignore[arg-type]
-            if hasattr(r, "preds")]
-    if not done:
-        return TargetChoice("pixels", "no image could be read to detect it: pixels assumed")
-    return detect_target(torch.stack([r.preds[0] for r in done]), torch.stack([r.masks[0] for r in done]))
 
 
 def _note(model, choice) -> str | None:

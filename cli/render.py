@@ -45,6 +45,7 @@ def summary_panel(s: CheckpointSummary) -> Panel:
         ("tensors", count),
         ("parameters", f"{s.num_parameters:,}"),
         ("dtypes", ", ".join(f"{k} x{v}" for k, v in s.dtypes.items()) or "-"),
+        ("decoder predicts", escape(s.target)),
         ("weights_only", "yes: plain tensors, safe to load" if s.weights_only else
          "[red]no[/]: the file asks for objects beyond tensors (read only because of --trust-checkpoint)"),
     ]

@@ -27,6 +27,7 @@ from .errors import EncoderOnlyCheckpointError, ImageError, MAEError, invalid_ar
 from .image import Crop, ImageFailure, check_crop, collect_images, load_image
 from .masks import MaskSpec, build_mask, check_mask, mask_ratio_of
 from .model import MaskedAutoencoderViT, check_mask_ratio
+from .target import TargetChoice, detect_target
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -254,6 +255,32 @@ def _reconstruct_batches(
         yield from flush()
 
 
+def detect_target_on_files(model: MaskedAutoencoderViT, paths: Sequence[Path], masking: Masking, *, crop: Crop = "resize",
+                           dtype: torch.dtype = torch.float32, count: int = 4) -> TargetChoice:
+    """What the decoder predicts (`target.detect_target`), measured on the first `count` images that can be
+    read, when neither the caller nor the catalogue says."""
+    done = [r for r in sweep_files(model, paths[:count], [masking], crop=crop, dtype=dtype, overlap=False)
+            if isinstance(r, SweepResult)]
+    if not done:
+        return TargetChoice("pixels", "no image could be read to detect it: pixels assumed")
+    imgs = torch.stack([r.image for r in done])
+    return detect_target(torch.stack([r.preds[0] for r in done]), torch.stack([r.masks[0] for r in done]),
+                         model.patchify(imgs.to(next(model.parameters()).device)).cpu())
+
+
+def detect_target_on_noise(model: MaskedAutoencoderViT, *, seed: int = 0, mask_ratio: float = 0.75,
+                           dtype: torch.dtype = torch.float32, count: int = 4) -> TargetChoice:
+    """`detect_target` on the first `count` images of the noise benchmark (`noise_loss`'s draws)."""
+    c = model.config
+    g = torch.Generator().manual_seed(seed)
+    imgs = torch.randn(count, c.in_chans, *c.img_size, generator=g)
+    noise = torch.rand(count, c.num_patches, generator=g)
+    device = next(model.parameters()).device
+    with torch.inference_mode(), autocast_context(device, dtype):
+        out = model.reconstruct(imgs.to(device), mask_ratio, noise.to(device))
+    return detect_target(out.pred, out.mask, model.patchify(imgs.to(device)))
+
+
 def nonfinite_fix(dtype: torch.dtype) -> str:
     """The fix to suggest for a result that is not finite, computed in `dtype`."""
     precision = (f"run with dtype=torch.float32 (the {str(dtype).removeprefix('torch.')} forward pass may overflow) or "
@@ -436,6 +463,6 @@ def require_decoder(model: MaskedAutoencoderViT, allow_random_decoder: bool) -> 
 
 __all__ = [
     "EXPECTED_NOISE_LOSS", "NOISE_LOSS_TOLERANCE", "ImageFailure", "ImageResult", "LossResult", "autocast_context",
-    "checkpoint_kind", "image_loss", "mask_noise", "noise_loss", "nonfinite_fix", "reconstruct_files", "require_decoder",
-    "resolve_device",
+    "checkpoint_kind", "detect_target_on_files", "detect_target_on_noise", "image_loss", "mask_noise", "noise_loss",
+    "nonfinite_fix", "reconstruct_files", "require_decoder", "resolve_device",
 ]

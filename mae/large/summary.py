@@ -51,6 +51,18 @@ class CheckpointSummary:
         return self.classification.kind
 
     @property
+    def target(self) -> str:
+        """What the file's decoder predicts, as far as it can be told without running the model."""
+        from .target import known_target
+
+        if not self.loadable or self.kind == "encoder-only":
+            return "none: no trained decoder in this file" if self.kind == "encoder-only" else "-"
+        choice = known_target(self.path, self.kind)
+        if choice is None:
+            return "unknown without running it: detected from the predictions when reconstructing (or pass the target)"
+        return f"{'normalised pixels (norm_pix_loss)' if choice.norm_pix else 'pixels'} ({choice.how})"
+
+    @property
     def nonfinite(self) -> list[TensorInfo]:
         """The tensors holding NaN or infinite values, in file order."""
         return [t for t in self.tensors if t.nonfinite]
@@ -111,6 +123,7 @@ class CheckpointSummary:
             "fixes": self.fixes,
             "dropped": self.dropped,
             "extras": self.extras,
+            "target": self.target,
             "tensors": [{**asdict(t), "shape": list(t.shape)} for t in self.tensors],
         }
 

@@ -54,23 +54,27 @@ def resolve_target(requested: str, path: Path | None, kind: str | None) -> Targe
     return known_target(path, kind)
 
 
-# A normalised prediction has per-patch means near 0 and per-patch standard deviations near 1; a pixel
-# prediction of ImageNet-normalised images has means spread over about +-1 and smaller spreads inside a
-# patch (neighbouring pixels are alike). The thresholds sit between the two.
-_MAX_MEAN = 0.15
-_MIN_STD = 0.5
+# A decoder was trained to bring its predictions close to one of the two targets: it is much closer to that one.
+# Where neither is clearly closer (a random decoder, or noise as input), pixels are assumed and the reason says so.
+_CLEARLY = 0.8
 
 
-def detect_target(pred: torch.Tensor, mask: torch.Tensor) -> TargetChoice:
-    """Tell a norm-pix decoder from a pixel decoder by the statistics of its predictions on the removed
-    patches: pred (N, L, p*p*C), mask (N, L) with 1 = removed."""
+def detect_target(pred: torch.Tensor, mask: torch.Tensor, pixels: torch.Tensor) -> TargetChoice:
+    """Tell a norm-pix decoder from a pixel decoder by which target its predictions on the removed patches
+    are closer to: pred (N, L, p*p*C), mask (N, L) with 1 = removed, pixels (N, L, p*p*C) the patchified
+    input images (`model.patchify`)."""
     removed = mask.bool()
     if not bool(removed.any()):
         removed = torch.ones_like(removed)
-    patches = pred.float()[removed]  # (M, p*p*C)
-    mean_abs = patches.mean(dim=-1).abs().mean().item()
-    std = patches.std(dim=-1).mean().item()
-    stats = f"|patch mean| {mean_abs:.3f}, patch std {std:.3f} on {patches.shape[0]} removed patches"
-    if mean_abs < _MAX_MEAN and std > _MIN_STD:
-        return TargetChoice("norm-pix", f"detected: predictions look normalised per patch ({stats})")
-    return TargetChoice("pixels", f"detected: predictions look like pixels ({stats})")
+    p = pred.float()[removed]  # (M, p*p*C)
+    x = pixels.float()[removed]
+    normalised = (x - x.mean(dim=-1, keepdim=True)) / (x.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5
+    to_pixels = ((p - x) ** 2).mean().item()
+    to_norm = ((p - normalised) ** 2).mean().item()
+    stats = f"squared error {to_pixels:.3f} to pixels, {to_norm:.3f} to normalised pixels on {p.shape[0]} removed patches"
+    if to_norm < _CLEARLY * to_pixels:
+        return TargetChoice("norm-pix", f"detected: the predictions match normalised pixels ({stats})")
+    if to_pixels < _CLEARLY * to_norm:
+        return TargetChoice("pixels", f"detected: the predictions match pixels ({stats})")
+    return TargetChoice("pixels", f"neither target fits clearly ({stats}; an untrained decoder, or noise as input): "
+                                  "pixels assumed; pass the target to choose")
