@@ -54,9 +54,11 @@ def resolve_target(requested: str, path: Path | None, kind: str | None) -> Targe
     return known_target(path, kind)
 
 
-# A decoder was trained to bring its predictions close to one of the two targets: it is much closer to that one.
-# Where neither is clearly closer (a random decoder, or noise as input), pixels are assumed and the reason says so.
+# A decoder was trained to bring its predictions close to one of the two targets: it is much closer to that one
+# (_CLEARLY), and close in absolute terms, its error well below the spread of that target (_EXPLAINS: a trained
+# ViT-L's loss is about 0.4 of it). Otherwise (a random decoder, noise as input) pixels are assumed, and said so.
 _CLEARLY = 0.8
+_EXPLAINS = 0.75
 
 
 def detect_target(pred: torch.Tensor, mask: torch.Tensor, pixels: torch.Tensor) -> TargetChoice:
@@ -72,9 +74,9 @@ def detect_target(pred: torch.Tensor, mask: torch.Tensor, pixels: torch.Tensor) 
     to_pixels = ((p - x) ** 2).mean().item()
     to_norm = ((p - normalised) ** 2).mean().item()
     stats = f"squared error {to_pixels:.3f} to pixels, {to_norm:.3f} to normalised pixels on {p.shape[0]} removed patches"
-    if to_norm < _CLEARLY * to_pixels:
+    if to_norm < _CLEARLY * to_pixels and to_norm < _EXPLAINS * normalised.var().item():
         return TargetChoice("norm-pix", f"detected: the predictions match normalised pixels ({stats})")
-    if to_pixels < _CLEARLY * to_norm:
+    if to_pixels < _CLEARLY * to_norm and to_pixels < _EXPLAINS * x.var().item():
         return TargetChoice("pixels", f"detected: the predictions match pixels ({stats})")
     return TargetChoice("pixels", f"neither target fits clearly ({stats}; an untrained decoder, or noise as input): "
                                   "pixels assumed; pass the target to choose")

@@ -185,3 +185,46 @@ def test_reconstruct_files_on_cuda_without_cuda_is_a_device_error(tmp_path: Path
     with pytest.raises(DeviceError, match="no CUDA device is available") as info:
         reconstruct_files(small_model(), _images(tmp_path, 1), device="cuda")
     assert info.value.argument == "device"
+
+
+# ---- sweeps and chosen masks ------------------------------------------------------------------------------
+def test_a_sweep_equals_separate_runs_and_its_masks_are_nested(tmp_path: Path) -> None:
+    from mae.large.pipeline import maskings_for, sweep_files
+
+    model = small_model()
+    paths = _images(tmp_path, 3)
+    ratios = [0.25, 0.5, 0.75]
+    swept = list(sweep_files(model, paths, maskings_for(model, ratios=ratios, seeds=[7]), batch_size=2))
+    for k, ratio in enumerate(ratios):
+        alone = list(reconstruct_files(model, paths, mask_ratio=ratio, seed=7, batch_size=2))
+        for s, a in zip(swept, alone):
+            assert torch.equal(s.preds[k], a.pred) and torch.equal(s.masks[k], a.mask) and s.losses[k] == a.loss
+    for s in swept:
+        for lower, higher in zip(s.masks, s.masks[1:]):
+            assert bool((higher >= lower).all())
+
+
+def test_maskings_refuse_what_cannot_be_swept() -> None:
+    from mae.large.masks import parse_mask
+    from mae.large.pipeline import maskings_for
+
+    model = small_model()
+    with pytest.raises(ValueError, match="fixed-shape"):
+        maskings_for(model, ratios=[0.25, 0.5], mask=parse_mask("right"))
+    with pytest.raises(ValueError, match="own ratio"):
+        maskings_for(model, ratios=[0.25, 0.5], mask=parse_mask("block:0.5"))
+    with pytest.raises(ValueError, match="not both"):
+        maskings_for(model, ratios=[0.25, 0.5], seeds=[1, 2])
+    seeds = maskings_for(model, ratios=[0.5], seeds=[0, 1, 2])
+    assert [m.label for m in seeds] == ["seed 0", "seed 1", "seed 2"]
+    blocks = maskings_for(model, ratios=[0.25, 0.5], mask=parse_mask("block"))
+    assert [int(m.mask.sum()) for m in blocks] == [4, 8]
+
+
+def test_reconstruct_files_with_a_chosen_mask(tmp_path: Path) -> None:
+    from mae.large.masks import half_mask, parse_mask
+
+    model = small_model()
+    path = _images(tmp_path, 1)[0]
+    result = next(iter(reconstruct_files(model, [path], mask=parse_mask("left"))))
+    assert torch.equal(result.mask, half_mask((4, 4), "left").float())
