@@ -259,7 +259,8 @@ def _animation(model, item, over: str, seed: int, ratio: float, mask_kind):
     """A function writing `item`'s animation to a path: one forward per frame, frames drawn with PIL."""
 
     def write(path: Path, norm_pix: bool) -> Path:
-        from mae.large.figures import ANIMATION_RATIOS, make_panels, save_animation
+        from mae.large.animation import ANIMATION_RATIOS, save_animation
+        from mae.large.figures import make_panels
         from mae.large.pipeline import maskings_for, sweep_files
 
         if over == "seeds":

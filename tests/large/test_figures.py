@@ -227,7 +227,8 @@ def test_figures_never_import_pyplot(tmp_path: Path) -> None:
     code = (
         "import sys, torch\n"
         "from mae.large.figures import ReconstructionPanels, reconstruction_figure, save_figure\n"
-        "from mae.large.figures import panels_figure, save_animation, sweep_figure\n"
+        "from mae.large.animation import save_animation\n"
+        "from mae.large.figures import panels_figure, sweep_figure\n"
         "z = torch.zeros(4, 4, 3)\n"
         "p = ReconstructionPanels(z, z, z, z, torch.zeros(4, 4))\n"
         "e = torch.ones(4, 4)\n"
@@ -501,7 +502,7 @@ def test_mask_ratio_label() -> None:
 
 # ---- animation ------------------------------------------------------------------------------------
 def test_animation_ratios() -> None:
-    from mae.large.figures import ANIMATION_RATIOS
+    from mae.large.animation import ANIMATION_RATIOS
     from mae.large.model import check_mask_ratio
 
     assert len(ANIMATION_RATIOS) == 18
@@ -515,7 +516,7 @@ def test_animation_ratios() -> None:
 
 
 def test_animation_frame_layout() -> None:
-    from mae.large.figures import animation_frame
+    from mae.large.animation import animation_frame
 
     panels = some_panels()
     frame = animation_frame(panels, "mask ratio 0.35")
@@ -535,7 +536,8 @@ def test_animation_frame_layout() -> None:
 
 
 def animation_frames(count: int = 4) -> list:
-    from mae.large.figures import ANIMATION_RATIOS, animation_frame, mask_ratio_label
+    from mae.large.animation import ANIMATION_RATIOS, animation_frame
+    from mae.large.figures import mask_ratio_label
 
     panels = some_panels()
     return [animation_frame(panels, mask_ratio_label(r), scale=2) for r in ANIMATION_RATIOS[:count]]
@@ -545,7 +547,7 @@ def animation_frames(count: int = 4) -> list:
 def test_save_animation_frames_and_loop(tmp_path: Path, suffix: str) -> None:
     from PIL import features
 
-    from mae.large.figures import save_animation
+    from mae.large.animation import save_animation
 
     if suffix == ".webp" and not features.check("webp"):
         pytest.skip("this Pillow has no WebP support")
@@ -568,7 +570,7 @@ def test_save_animation_frames_and_loop(tmp_path: Path, suffix: str) -> None:
 
 
 def test_save_animation_from_panels_and_labels(tmp_path: Path) -> None:
-    from mae.large.figures import animation_frame, save_animation
+    from mae.large.animation import animation_frame, save_animation
 
     panels = some_panels()
     path = save_animation([panels] * 3, tmp_path / "a.gif", labels=["seed 1", "seed 2", "seed 3"])
@@ -582,7 +584,7 @@ def test_save_animation_from_panels_and_labels(tmp_path: Path) -> None:
 
 
 def test_save_animation_rejects_bad_input(tmp_path: Path) -> None:
-    from mae.large.figures import save_animation
+    from mae.large.animation import save_animation
 
     frames = animation_frames(2)
     with pytest.raises(ValueError, match=r"\.gif or \.webp"):
@@ -598,7 +600,7 @@ def test_save_animation_rejects_bad_input(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("suffix", [".gif", ".webp"])
 def test_failing_animation_leaves_no_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str) -> None:
-    from mae.large.figures import save_animation
+    from mae.large.animation import save_animation
 
     frames = animation_frames(2)
     target = tmp_path / f"a{suffix}"
