@@ -155,6 +155,7 @@ def handle_errors(fn: F) -> F:
 
         STATE["json"], STATE["json_printed"] = bool(kwargs.get("json_")), False
         STATE["written_from"] = len(completed())  # this run's files are the ones completed after this
+        STATE["results"] = []  # per-input results as they come (record_result), for a failure's JSON
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
@@ -217,6 +218,18 @@ def written_summary() -> str:
     return f"{len(done)} file(s) were written completely (the last: {last}), the rest were not"
 
 
+def record_result(item: Any) -> None:
+    """Keep a JSON-able row for one input's result, so that a run that stops early can still say, with
+    `--json`, what each input gave so far."""
+    if isinstance(item, dict):
+        row = {k: v for k, v in item.items() if isinstance(v, (str, int, float, list, type(None)))}
+    else:
+        row = {"image": escape_plain(str(getattr(item, "path", "")))}
+        if getattr(item, "reason", None):
+            row["error"] = item.reason
+    STATE.setdefault("results", []).append(row)
+
+
 def failures_summary(failed: int, written: int) -> str:
     """`2 of 5 inputs failed[/]; the other 3 were written`, or that nothing was written (rich markup)."""
     if not written:
@@ -232,7 +245,8 @@ def fail(message: str, code: int = 1) -> None:
     """Print `error: message` on one line to stderr (and, with --json, a JSON object on stdout) and exit."""
     one_line = " ".join(str(message).split())
     if STATE.get("json") and not STATE.get("json_printed"):  # one JSON document per run
-        print_json({"error": one_line, "exit_code": code, "written": [escape_plain(str(p)) for p in written_files()]})
+        print_json({"error": one_line, "exit_code": code, "written": [escape_plain(str(p)) for p in written_files()],
+                    "results": STATE.get("results", [])})
     err.print(f"[bold red]error:[/] {escape(one_line)}")
     raise typer.Exit(code)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from cli.common import progress
+from cli.common import progress, record_result
 
 if TYPE_CHECKING:  # pragma: no cover
     from mae.large.distributed import DistContext
@@ -79,6 +79,7 @@ def run_sharded(
         with progress(len(local), label, quiet=quiet_here) as advance:
             for result in work(state, local, ctx):
                 rank_sink.add(result)
+                record_result(result)
                 advance()
         merged = rank_sink.close()
     return ShardedRun(state, merged, ctx)

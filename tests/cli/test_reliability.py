@@ -126,6 +126,7 @@ def test_a_full_disk_gives_one_line_naming_the_path(files, tmp_path) -> None:
     assert left_over(out) == [] and not any(out.glob("*.png"))
     result = json.loads(stdout)
     assert result["exit_code"] == 1 and result["written"] == [] and str(out) in result["error"]
+    assert result["results"] == []  # the first figure failed: no input had a result yet
 
 
 def test_a_full_disk_while_writing_features(files, tmp_path) -> None:
@@ -211,3 +212,29 @@ def test_json_error_is_one_json_object(runner, small_arch, tmp_path) -> None:
     assert result.exit_code == 1
     data = json.loads(result.stdout)
     assert data["exit_code"] == 1 and "absent.pth" in data["error"] and data["written"] == []
+
+
+def test_json_failure_lists_the_results_so_far(runner, small_arch, small_ckpts, images, tmp_path, monkeypatch) -> None:
+    """A run stopped by an error after two figures says, in its one JSON document, what those gave."""
+    from matplotlib.figure import Figure
+
+    from cli.app import app
+
+    savefig, calls = Figure.savefig, []
+
+    def third_fails(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return savefig(self, *a, **k)
+
+    monkeypatch.setattr(Figure, "savefig", third_fails)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["reconstruct", str(images[0].parent), "-c", str(small_ckpts[0]), "--out", str(out),
+                                 "--json"])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert "the disk is full" in data["error"] and str(out / "img2.png") in data["error"]
+    assert [Path(r["image"]).name for r in data["results"]] == ["img0.png", "img1.png"]
+    assert [Path(p).name for p in data["written"]] == ["img0.png", "img1.png"]
+    assert left_over(out) == [] and sorted(p.name for p in out.iterdir()) == ["img0.png", "img1.png"]
