@@ -20,7 +20,7 @@ import json
 import logging
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -338,7 +338,7 @@ class ExpectedState:
     shapes: Mapping[str, tuple[int, ...]]
     parts: Mapping[str, Part]
     fixed: frozenset[str] = frozenset()
-    alternatives: tuple[tuple[str, Mapping[str, tuple[int, ...]]], ...] = ()
+    alternatives: Sequence[tuple[str, Mapping[str, tuple[int, ...]]]] = ()
 
     def keys_of(self, part: Part) -> list[str]:
         return [k for k, p in self.parts.items() if p == part]

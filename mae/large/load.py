@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -108,18 +108,39 @@ def expected_state_of(
     alternatives: tuple[tuple[str, Any], ...] = (),
 ) -> ExpectedState:
     """Key -> shape of `model_cls(config)` in state-dict order, built on the meta device (no memory, no
-    init) and cached; `alternatives` are (label, config) pairs whose encoder shapes are listed too."""
+    init) and cached; `alternatives` are (label, config) pairs whose encoder shapes are listed too, built only
+    when a classification asks for them (a file that does not fit): a load that fits pays for one build."""
 
     def shapes(cfg: Any) -> dict[str, tuple[int, ...]]:
         with torch.device("meta"):
             model = model_cls(cfg)
         return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
+    def encoder_shapes() -> Iterator[tuple[str, dict[str, tuple[int, ...]]]]:
+        for label, cfg in alternatives:
+            yield label, {k: s for k, s in shapes(cfg).items() if part_of(k) == "encoder"}
+
     own = shapes(config)
-    others = tuple((label, {k: s for k, s in shapes(cfg).items() if part_of(k) == "encoder"})
-                   for label, cfg in alternatives)
     name = getattr(config, "name", "") or config.architecture_name
-    return ExpectedState(name, own, {k: part_of(k) for k in own}, fixed, others)
+    return ExpectedState(name, own, {k: part_of(k) for k in own}, fixed, _Lazy(encoder_shapes))
+
+
+class _Lazy(Sequence):
+    """A sequence computed on first use, then kept."""
+
+    def __init__(self, make: Callable[[], Iterable[Any]]) -> None:
+        self._make, self._items = make, None
+
+    def _all(self) -> list[Any]:
+        if self._items is None:
+            self._items = list(self._make())
+        return self._items
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._all()[i]
+
+    def __len__(self) -> int:
+        return len(self._all())
 
 
 # ---- the chain ----------------------------------------------------------------------------------------
