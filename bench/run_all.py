@@ -13,6 +13,8 @@ RUNS = [
     ["throughput.py", "--rounds", "7"],
     ["startup.py", "--runs", "7"],
     ["batch.py", "--runs", "3", "--bf16", "--ablation"],
+    ["nonfinite_scan.py", "--runs", "5"],
+    ["sweep.py", "--rounds", "5"],
 ]
 
 
