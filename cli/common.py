@@ -10,6 +10,7 @@ import errno
 import functools
 import json
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -169,8 +170,7 @@ def handle_errors(fn: F) -> F:
         except MAEError as exc:
             if debug_enabled():
                 raise
-            flag = FLAGS.get(exc.argument or "")
-            fail(f"{exc} (command line: {flag})" if flag else str(exc))
+            fail(with_flag(str(exc), exc.argument))
         except OSError as exc:  # disk full, read-only folder, permission denied: the user's to fix
             if debug_enabled():
                 raise
@@ -181,6 +181,19 @@ def handle_errors(fn: F) -> F:
             fail(str(exc))
 
     return wrapper  # type: ignore[return-value]
+
+
+def with_flag(message: str, argument: str | None) -> str:
+    """A library message in the CLI's words: `argument=VALUE` becomes the flag (`trust=True` ->
+    `--trust-checkpoint`, `device='cpu'` -> `--device cpu`); where the message does not spell the argument
+    out, the flag is added at the end."""
+    flag = FLAGS.get(argument or "")
+    if not flag:
+        return message
+    pattern = re.compile(rf"\b{re.escape(argument or '')}=(True\b|'([^']*)'|(\S+?)(?=[\s,;)]|$))")
+    if not pattern.search(message):
+        return f"{message} (command line: {flag})"
+    return pattern.sub(lambda m: flag if m.group(1) == "True" else f"{flag} {m.group(2) or m.group(3)}", message)
 
 
 _OS_FIXES: dict[int, str] = {
