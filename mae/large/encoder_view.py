@@ -146,7 +146,8 @@ def _one(maps: AttentionMaps, i: int) -> AttentionMaps:
     def cut(t: torch.Tensor) -> torch.Tensor:
         return t[i: i + 1].float().cpu().clone()
 
-    return AttentionMaps(maps.layers, {k: cut(v) for k, v in maps.cls.items()}, cut(maps.patches), maps.grid,
+    return AttentionMaps(maps.layers, {k: cut(v) for k, v in maps.cls.items()}, maps.patches[i: i + 1].cpu().clone(),
+                         maps.grid,
                          None if maps.full is None else {k: cut(v) for k, v in maps.full.items()},
                          None if maps.rollout is None else cut(maps.rollout))
 

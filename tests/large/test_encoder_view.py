@@ -49,7 +49,8 @@ def test_attention_files_in_input_order_with_failures(files: list[Path]) -> None
     for r in ok:  # each image's maps equal a direct call on that image alone
         with torch.no_grad():
             direct = attention_maps(model, load_image(r.path, size=(32, 32))[None], layers=[0, -1], rollout=True)
-        assert r.maps.layers == (0, 1)
+        assert r.maps.layers == (0, 1) and r.maps.patches.dtype == torch.int64
+        assert torch.allclose(r.maps.mean_grid(1), direct.mean_grid(1), atol=1e-6)
         assert torch.allclose(r.maps.cls[1], direct.cls[1], atol=1e-6)
         assert torch.allclose(r.maps.rollout, direct.rollout, atol=1e-6)
 
