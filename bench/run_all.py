@@ -15,6 +15,7 @@ RUNS = [
     ["batch.py", "--runs", "3", "--bf16", "--ablation"],
     ["nonfinite_scan.py", "--runs", "5"],
     ["sweep.py", "--rounds", "5"],
+    ["attention.py", "--rounds", "5"],
 ]
 
 

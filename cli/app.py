@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from cli import common, download, features, inspect, interrupt, loss, reconstruct
+from cli import attention, common, download, features, inspect, interrupt, loss, pca, reconstruct
 
 
 class JsonAwareGroup(TyperGroup):
@@ -80,6 +80,8 @@ app.command("reconstruct")(reconstruct.reconstruct_command)
 app.command("loss")(loss.loss_command)
 app.command("download")(download.download_command)
 app.command("features")(features.features_command)
+app.command("attention")(attention.attention_command)
+app.command("pca")(pca.pca_command)
 
 
 def main() -> None:

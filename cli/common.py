@@ -46,6 +46,11 @@ FLAGS: dict[str, str] = {
     "crop": "--crop",
     "pool": "--pool",
     "size": "--size",
+    "layers": "--layer",
+    "layer": "--layer",
+    "heads": "--heads",
+    "mask_ratio": "--mask-ratio",
+    "checkpoint": "--checkpoint",
 }
 
 # Tables and JSON go to stdout; messages, warnings and progress to stderr, so `--json | jq` works.
@@ -393,6 +398,76 @@ def load_model(
     if not quiet:
         report_load(model)
     return model
+
+
+def encoder_view_checkpoint(checkpoint: Path | None, *, quiet: bool) -> Path:
+    """`checkpoint`, or the first present of `catalog.ENCODER_VIEW` (said on stderr: the files come from
+    different training runs); none present is a `CheckpointNotFoundError` naming them all."""
+    if checkpoint is not None:
+        return checkpoint
+    candidates = [entry.default_path for entry in catalog.ENCODER_VIEW]
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        from mae.large.errors import CheckpointNotFoundError
+
+        error = CheckpointNotFoundError(
+            f"no checkpoint was named and none of {', '.join(map(str, candidates))} exists; download one "
+            f"(`mae-large download {catalog.ENCODER_VIEW[0].name}`) or name a file")
+        error.argument = "checkpoint"
+        raise error
+    if not quiet:
+        others = ", ".join(str(p) for p in candidates if p != found)
+        err.print(f"[dim]checkpoint: {escape(str(found))} (the first present of it, {escape(others)}; they come from "
+                  "different training runs; --checkpoint chooses)[/]")
+    return found
+
+
+def load_encoder_view(checkpoint: Path, *, size: tuple[int, int] | None, device: str, trust: bool,
+                      allow_nonfinite: bool, quiet: bool) -> MaskedAutoencoderViT:
+    """The masked autoencoder (`catalog.DEFAULT_ARCHITECTURE`) from `checkpoint` for a job that uses only its encoder:
+    a full or an encoder-only file, one summary line, no word about the decoder."""
+    model = load_model(checkpoint, size=size, device=device, trust=trust, allow_nonfinite=allow_nonfinite, quiet=True)
+    r = model.load_report
+    if not quiet and r is not None:
+        err.print(f"[green]encoder[/] from {escape(str(r.path))} ({r.kind}, {r.source_format}, {r.container}): "
+                  f"{r.num_loaded} tensors; only the encoder is used")
+        for fix in r.fixes:
+            err.print(f"  [dim]- {escape(fix)}[/]")
+        for message in r.warnings:
+            if not message.startswith(ENCODER_ONLY_NOTE):  # the random decoder is not used here
+                err.print(f"[bold yellow]warning:[/] {escape(message)}")
+    return model.eval()
+
+
+ENCODER_ONLY_NOTE = catalog.random_decoder_warning(0).split("(")[0].rstrip()
+
+
+def output_stems(paths: list[Path], out_dir: Path, suffix: str) -> dict[Path, str]:
+    """A file stem per input (`cat.jpg` -> `cat`, then `cat_2` ...) so that no two outputs `stem + suffix` clash
+    and none is an input image itself."""
+    inputs = {p.resolve() for p in paths}
+    taken: set[str] = set()
+    names: dict[Path, str] = {}
+    for path in paths:
+        n = 1
+        while (stem := path.stem if n == 1 else f"{path.stem}_{n}") + suffix in taken or \
+                (out_dir / f"{stem}{suffix}").resolve() in inputs:
+            n += 1
+        taken.add(stem + suffix)
+        names[path] = stem
+    return names
+
+
+def parse_layers(value: str, option: str = "--layer") -> list[int]:
+    """`-1` or `0,11,23` -> block indices (their range is checked by the library)."""
+    try:
+        layers = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"layer must be block indices such as -1 or 0,11,23, got {value!r}",
+                                 param_hint=option) from None
+    if not layers:
+        raise typer.BadParameter("give at least one block index, such as -1 (the last)", param_hint=option)
+    return layers
 
 
 def report_load(model: MaskedAutoencoderViT) -> None:

@@ -62,6 +62,10 @@ def features_command(
         "--pool", callback=choice("--pool", catalog.POOLS),
         help="mean: mean patch token + fc_norm (official global pool; fc_norm is a fresh, plain LayerNorm); "
         "cls: the cls token after the encoder's final norm.")] = "mean",
+    layer: Annotated[int | None, typer.Option(
+        "--layer", show_default=False,
+        help="Take the tokens of this block (0-based, negative from the end) instead of the last, pooled as --pool "
+        "through the same final norm (probing by depth); recorded in the file's metadata.")] = None,
     batch_size: BatchSizeOpt = 32,
     size: SizeOpt = None,
     crop: CropOpt = "resize",
@@ -96,7 +100,7 @@ def features_command(
         setup=lambda ctx, quiet: _load_encoder(checkpoint, hw, pool, ctx.device, trust=trust, quiet=quiet,
                                                allow_nonfinite=allow_nonfinite),
         work=lambda model, local, ctx: extract_features(model, local, batch_size=batch_size, crop=crop,  # type: ignore[arg-type]
-                                                        dtype=torch_dtype, device=ctx.device),
+                                                        dtype=torch_dtype, device=ctx.device, layer=layer),
     )
     if run.results is None:  # not rank 0: rank 0 writes and reports
         return
@@ -108,10 +112,11 @@ def features_command(
     dim = model.config.embed_dim
     written: Path | None = None
     if rows:
-        written = _save(out_path, rows, model, checkpoint, pool, crop, dtype)
+        written = _save(out_path, rows, model, checkpoint, pool, crop, dtype, layer)
     failed = [{"image": str(f.path), "error": f.reason} for f in failures]
     if json_:
         print_json({"output": str(written) if written else None, "count": len(rows), "dim": dim, "pool": pool,
+                    "layer": (model.config.depth - 1) if layer is None else layer % model.config.depth,
                     "size": list(model.config.img_size), "checkpoint": str(checkpoint), "failed": failed,
                     "world_size": world_size, "seconds": round(seconds, 3)})
     else:
@@ -155,7 +160,7 @@ def _load_encoder(checkpoint: Path, size: tuple[int, int] | None, pool: str, dev
 
 
 def _save(out_path: Path, rows: list, model: VisionTransformer, checkpoint: Path, pool: str, crop: str,
-          dtype: str) -> Path:
+          dtype: str, layer: int | None = None) -> Path:
     import torch
 
     from mae.large.features import model_name, save_features
@@ -163,5 +168,7 @@ def _save(out_path: Path, rows: list, model: VisionTransformer, checkpoint: Path
     features = torch.stack([r.vector for r in rows])
     size = model.config.img_size
     metadata = {"checkpoint": str(checkpoint), "pool": pool, "size": f"{size[0]}x{size[1]}",
-                "model": model_name(model.config), "crop": crop, "dtype": dtype, "dim": str(features.shape[1])}
+                "model": model_name(model.config), "crop": crop, "dtype": dtype, "dim": str(features.shape[1]),
+                # The block the tokens come from, 0-based (the last unless --layer chose another).
+                "layer": str((model.config.depth - 1) if layer is None else layer % model.config.depth)}
     return save_features(out_path, features, [str(r.path) for r in rows], metadata)

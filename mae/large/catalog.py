@@ -132,6 +132,9 @@ ALL = "all"  # `mae-large download all`
 
 FULL = CHECKPOINTS["visualize"]  # the file to reconstruct with
 ENCODER_ONLY = CHECKPOINTS["pretrain"]  # the file to fine-tune from
+# What the encoder view (attention, patch-feature maps) takes when no file is named: the first present. Only the
+# encoder is used; the three come from different training runs, so the tools say which one they took.
+ENCODER_VIEW: tuple[CheckpointEntry, ...] = (ENCODER_ONLY, FULL, CHECKPOINTS["pretrain-full"])
 
 
 def entry_for_file(filename: str) -> CheckpointEntry | None:

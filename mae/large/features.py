@@ -39,6 +39,7 @@ from .config import Size2D, to_2tuple
 from .device import resolve_device
 from .errors import ImageError, MAEError, invalid_argument
 from .image import Crop, ImageFailure, check_crop, load_image
+from .intermediates import take_indices
 from .pipeline import autocast_context, nonfinite_fix
 from .vit import VisionTransformer, ViTConfig
 
@@ -52,6 +53,7 @@ __all__ = [
     "global_pool_for",
     "load_features",
     "model_name",
+    "pooled_at_layer",
     "save_features",
 ]
 
@@ -97,10 +99,13 @@ def extract_features(
     crop: Crop = "resize",
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    layer: int | None = None,
 ) -> Iterator[FeatureResult | ImageFailure]:
     """One pooled feature vector per image, in batches; yields a result or a failure per path, in order.
 
-    The pooling is the model's (`model.global_pool`; build it with `classifier_for_pool`). Images are
+    The pooling is the model's (`model.global_pool`; build it with `classifier_for_pool`). `layer` takes the
+    tokens of that block instead of the last (counted from 0, negative from the end; for probing by depth),
+    pooled the same way through the same final norm (`pooled_at_layer`); the blocks after it are not run. Images are
     preprocessed as the official demo does (`load_image`, `crop="resize"`) at `size`, which defaults to
     the model's `img_size` and must equal it. `device` is where the batches go (default: the model's),
     checked by `resolve_device` (one this machine lacks is a `DeviceError`); the model is not moved.
@@ -114,6 +119,10 @@ def extract_features(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise invalid_argument("batch_size", f"batch size must be a positive integer, got batch_size={batch_size!r}")
     check_crop(crop)
+    if layer is not None:
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise invalid_argument("layer", f"layer must be a block index (an integer), got {layer!r}")
+        take_indices(model.config.depth, [layer], "layer")  # out of range: fail before any image is read
     model_size = model.config.img_size
     size = model_size if size is None else to_2tuple(size, "size")
     if size != model_size:
@@ -131,7 +140,7 @@ def extract_features(
         pending.clear()
         queued = 0
         tensors = [t for _, _, t in batch if isinstance(t, torch.Tensor)]
-        feats = _forward(model, tensors, target, dtype) if tensors else None
+        feats = _forward(model, tensors, target, dtype, layer) if tensors else None
         bad = (~torch.isfinite(feats)).sum(dim=1) if feats is not None else None  # non-finite values per row
         row = 0
         for index, path, item in batch:
@@ -164,15 +173,26 @@ def _nonfinite_reason(path: Path, bad: int, dim: int, dtype: torch.dtype) -> str
             f"kept; {nonfinite_fix(dtype)}")
 
 
+def pooled_at_layer(model: VisionTransformer, imgs: torch.Tensor, layer: int) -> torch.Tensor:
+    """(N, D): the tokens after block `layer`, pooled as `forward_features` pools the last block's: the mean
+    patch token through `fc_norm` (global pool), or the cls token through `norm`. At the last block it is
+    `forward_features`."""
+    patches, prefix = model.forward_intermediates(imgs, [layer], return_prefix_tokens=True, stop_early=True,
+                                                  output_fmt="NLC", intermediates_only=True)[0]
+    if model.global_pool:
+        return model.fc_norm(patches.mean(dim=1))  # (N, L, D) -> (N, D)
+    return model.norm(prefix[:, 0])  # (N, 1, D) -> (N, D); a LayerNorm acts on each token alone
+
+
 def _forward(model: VisionTransformer, tensors: list[torch.Tensor], device: torch.device,
-             dtype: torch.dtype) -> torch.Tensor:
+             dtype: torch.dtype, layer: int | None = None) -> torch.Tensor:
     """Pooled features of one batch, float32 on the CPU, computed in eval mode (the mode is restored)."""
     imgs = torch.stack(tensors).to(device)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), autocast_context(device, dtype):
-            feats = model.forward_features(imgs)
+            feats = model.forward_features(imgs) if layer is None else pooled_at_layer(model, imgs, layer)
     finally:
         model.train(was_training)
     return feats.float().cpu()

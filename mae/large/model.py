@@ -24,6 +24,7 @@ from .checkpoint import CheckpointData, Classification, ExpectedState, is_regene
 from .config import MAEConfig
 from .cost import warn_if_large
 from .errors import IncompatibleCheckpointError, short_list
+from .intermediates import EncoderTokens, collect_intermediates, grid_tokens
 from .layers import Block, Linear, PatchEmbed, check_images, init_fresh_, init_official_, init_patch_embed_, init_token_
 from .load import Fitted, LoadReport
 from .masks import check_mask, mask_ratio_of, noise_for_mask
@@ -263,6 +264,43 @@ class MaskedAutoencoderViT(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x), mask, ids_restore
+
+    def encoder_tokens(
+        self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> EncoderTokens:
+        """Images -> the tokens the first encoder block sees (cls first) and the grid index of each patch token.
+
+        The steps of `forward_encoder` before its blocks; masking as there, except that the default is no
+        masking (ratio 0, or the `mask`'s own ratio), and at ratio 0 with no `noise` the patches stay in grid
+        order (no random draw)."""
+        imgs = self._check_images(imgs)
+        ratio = 0.0 if mask_ratio is None and mask is None else mask_ratio
+        len_keep, noise = self._masking(imgs.shape[0], ratio, noise, mask)  # fail before any work
+        x = self.patch_embed(imgs)  # (N, L, D)
+        x = x + self.pos_embed[:, 1:, :]
+        cls_token = self.cls_token + self.pos_embed[:, :1, :]  # (1, 1, D)
+        grid = self.patch_embed.grid_size
+        if len_keep == x.shape[1] and noise is None:
+            return grid_tokens(torch.cat((cls_token.expand(x.shape[0], -1, -1), x), dim=1), grid)  # (N, 1 + L, D)
+        x, _, ids_restore = self._keep(x, len_keep, noise)  # (N, kept, D)
+        ids_keep = torch.argsort(ids_restore, dim=1)[:, :len_keep]  # the inverse permutation: kept patches first
+        return EncoderTokens(torch.cat((cls_token.expand(x.shape[0], -1, -1), x), dim=1), ids_keep, grid)
+
+    def forward_intermediates(
+        self, imgs: torch.Tensor, indices: int | list[int] | tuple[int, ...] | None = None,
+        return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+        output_fmt: str = "NCHW", intermediates_only: bool = False, *, mask_ratio: float | None = None,
+        noise: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+    ) -> list | tuple[torch.Tensor, list]:
+        """The encoder's tokens after the blocks `indices` selects, with timm's signature and semantics
+        (`mae.large.intermediates`): `(final, intermediates)`, final = the encoder output (N, 1 + T, D) through
+        `norm`, or the intermediates alone. Masking as `encoder_tokens` (default: none); with masking each
+        intermediate is a `KeptTokens` (tokens, patch indices) instead of a grid."""
+        return collect_intermediates(
+            self.blocks, self.encoder_tokens(imgs, mask_ratio, noise, mask), final_norm=self.norm, indices=indices,
+            return_prefix_tokens=return_prefix_tokens, norm=norm, stop_early=stop_early, output_fmt=output_fmt,
+            intermediates_only=intermediates_only)
 
     def forward_decoder(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Latent (N, 1 + kept, D) -> predicted patches (N, L, p*p*C)."""

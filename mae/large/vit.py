@@ -28,6 +28,7 @@ from .config import EncoderConfig, MAEConfig
 from .convert import CLASSIFIER_PREFIXES, DECODER_PREFIXES, StateDict
 from .cost import warn_if_large
 from .errors import IncompatibleCheckpointError
+from .intermediates import EncoderTokens, collect_intermediates, grid_tokens
 from .layers import Block, PatchEmbed, check_images, init_fresh_, init_official_, init_patch_embed_, init_token_
 from .load import Fitted, LoadReport
 from .model import MaskedAutoencoderViT
@@ -176,6 +177,33 @@ class VisionTransformer(nn.Module):
         if self.global_pool:
             return self.fc_norm(x[:, 1:, :].mean(dim=1))
         return self.norm(x)[:, 0]
+
+    def encoder_tokens(self, imgs: torch.Tensor) -> EncoderTokens:
+        """Images -> the tokens the first block sees (cls first, every patch in grid order), as `_run_blocks`."""
+        imgs = self._check_images(imgs)
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]  # (N, L, D)
+        cls_token = self.cls_token + self.pos_embed[:, :1, :]  # (1, 1, D)
+        x = torch.cat((cls_token.expand(x.shape[0], -1, -1), x), dim=1)  # (N, 1 + L, D)
+        return grid_tokens(x, self.patch_embed.grid_size)
+
+    def token_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-token final norm: `norm` with cls pooling; none (identity) with global pooling, whose
+        `fc_norm` normalises the pooled vector (timm's `norm` is then the identity too)."""
+        return x if self.global_pool else self.norm(x)
+
+    def forward_intermediates(
+        self, imgs: torch.Tensor, indices: int | list[int] | tuple[int, ...] | None = None,
+        return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+        output_fmt: str = "NCHW", intermediates_only: bool = False,
+    ) -> list | tuple[torch.Tensor, list]:
+        """The tokens after the blocks `indices` selects, with timm's signature and semantics
+        (`mae.large.intermediates`): `(final, intermediates)`, final = `forward_tokens(imgs)` (N, 1 + L, D),
+        or the intermediates alone. `norm=True` applies `token_norm` (nothing with global pooling)."""
+        checkpointing = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        return collect_intermediates(
+            self.blocks, self.encoder_tokens(imgs), final_norm=self.token_norm, indices=indices,
+            return_prefix_tokens=return_prefix_tokens, norm=norm, stop_early=stop_early, output_fmt=output_fmt,
+            intermediates_only=intermediates_only, checkpointing=checkpointing)
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         """Images (N, C, H, W) -> logits (N, num_classes), or features (N, D) when num_classes == 0."""

@@ -79,9 +79,26 @@ def test_writes_rows_in_input_order(tiny, encoder_file, tmp_path) -> None:
     assert features.shape == (4, 64)
     assert torch.allclose(features, expected_rows(encoder_file, order), atol=1e-6)
     assert meta["pool"] == "mean" and meta["size"] == "32x32" and meta["checkpoint"] == str(encoder_file)
-    assert meta["model"] == "vit_d64_depth2_heads4_patch8" and meta["dim"] == "64"
+    assert meta["model"] == "vit_d64_depth2_heads4_patch8" and meta["dim"] == "64" and meta["layer"] == "1"
     assert "wrote 4 feature vectors of dim 64" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.safetensors", "imgs"]  # no temp file
+
+
+def test_layer_takes_an_earlier_block_and_is_recorded(tiny, encoder_file, tmp_path) -> None:
+    paths = write_images(tmp_path / "imgs", 2)
+    out = tmp_path / "f.safetensors"
+    result = run(*paths, "-c", encoder_file, "-o", out, "--layer", "-2", "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["layer"] == 0
+    features, _, meta = load_features(out)
+    assert meta["layer"] == "0"
+    model = VisionTransformer.from_pretrained(encoder_file, tiny_classifier_config((32, 32), "mean")).eval()
+    expected = torch.stack([r.vector for r in extract_features(model, paths, layer=0)])
+    assert torch.allclose(features, expected, atol=1e-6)
+    assert not torch.allclose(features, expected_rows(encoder_file, paths), atol=1e-3)
+    bad = run(*paths, "-c", encoder_file, "-o", tmp_path / "g.safetensors", "--layer", "2", "--device", "cpu")
+    assert bad.exit_code == 1 and "block 2 does not exist" in bad.stderr and "--layer" in bad.stderr
+    assert not (tmp_path / "g.safetensors").exists()
 
 
 def test_folder_input_and_json(tiny, encoder_file, tmp_path) -> None:

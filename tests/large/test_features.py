@@ -130,6 +130,28 @@ def test_cls_pool_is_the_normed_cls_token_computed_by_hand(encoder_file, tmp_pat
     assert torch.allclose(cls, latent[:, 0], atol=1e-6)
 
 
+@pytest.mark.parametrize("pool", ["mean", "cls"])
+def test_layer_takes_the_tokens_of_that_block_pooled_the_same_way(encoder_file, tmp_path, pool: str) -> None:
+    model = tiny_model(encoder_file, pool)
+    paths = write_images(tmp_path, 3)
+    last = vectors(extract_features(model, paths))
+    assert torch.equal(vectors(extract_features(model, paths, layer=-1)), last)
+    assert torch.equal(vectors(extract_features(model, paths, layer=1)), last)
+    first = vectors(extract_features(model, paths, layer=0))
+    batch = torch.stack([load_image(p, size=SIZE) for p in paths])
+    with torch.no_grad():
+        x = model.encoder_tokens(batch).x
+        x = model.blocks[0](x)  # block 0's output, pooled by hand
+        expected = model.fc_norm(x[:, 1:].mean(1)) if pool == "mean" else model.norm(x)[:, 0]
+    assert torch.allclose(first, expected, atol=1e-6) and not torch.allclose(first, last, atol=1e-3)
+
+
+def test_layer_out_of_range_fails_before_any_image(encoder_file, tmp_path) -> None:
+    with pytest.raises(ValueError, match="block 2 does not exist") as info:
+        next(extract_features(tiny_model(encoder_file), [tmp_path / "missing.png"], layer=2))
+    assert info.value.argument == "layer"
+
+
 def test_bad_image_becomes_a_failure_in_its_place(encoder_file, tmp_path) -> None:
     model = tiny_model(encoder_file)
     good = write_images(tmp_path, 3)
