@@ -19,8 +19,8 @@ import torch
 
 from .attention import AttentionMaps, attention_maps
 from .device import resolve_device
-from .errors import ImageError, invalid_argument
-from .image import Crop, ImageFailure, check_crop, load_image
+from .errors import invalid_argument
+from .image import Crop, ImageFailure, image_batches
 from .intermediates import take_indices
 from .model import MaskedAutoencoderViT
 from .pca import CovarianceAccumulator, PCABasis, fit_pca, foreground, project, to_rgb
@@ -49,29 +49,6 @@ class PCAResult:
     basis: PCABasis  # joint: the same for every image
 
 
-Item = tuple[int, Path, "torch.Tensor | ImageFailure"]
-
-
-def _batches(paths: Sequence[str | os.PathLike[str]], size: tuple[int, int], crop: Crop,
-             batch_size: int) -> Iterator[list[Item]]:
-    """The inputs in order, loaded, in lists holding up to `batch_size` images (failures ride along)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise invalid_argument("batch_size", f"batch size must be a positive integer, got batch_size={batch_size!r}")
-    check_crop(crop)
-    pending: list[Item] = []
-    loaded = 0
-    for index, raw in enumerate(paths):
-        path = Path(raw)
-        try:
-            pending.append((index, path, load_image(path, size=size, crop=crop)))
-            loaded += 1
-        except ImageError as exc:
-            pending.append((index, path, ImageFailure(path, str(exc))))
-        if loaded == batch_size:
-            yield pending
-            pending, loaded = [], 0
-    if pending:
-        yield pending
 
 
 class _EvalRun:
@@ -118,7 +95,7 @@ def attention_files(
     take_indices(len(model.blocks), layers, "layers")  # fail before any image is read
     target = _target(model, device)
     run = _EvalRun(model, target, dtype)
-    for batch in _batches(paths, model.config.img_size, crop, batch_size):
+    for batch in image_batches(paths, model.config.img_size, crop, batch_size):
         tensors = [t for _, _, t in batch if isinstance(t, torch.Tensor)]
         maps = None
         if tensors:
@@ -181,14 +158,14 @@ def pca_files(
     basis = None
     if joint:
         acc = CovarianceAccumulator(model.config.embed_dim)
-        for batch in _batches(paths, model.config.img_size, crop, batch_size):
+        for batch in image_batches(paths, model.config.img_size, crop, batch_size):
             tensors = [t for _, _, t in batch if isinstance(t, torch.Tensor)]
             if tensors:
                 tokens = run(tokens_of, torch.stack(tensors))
                 finite = torch.isfinite(tokens).flatten(1).all(dim=1)  # (N,): only finite images count
                 acc.update(tokens[finite])
         basis = acc.fit(3) if acc.count >= 2 else None
-    for batch in _batches(paths, model.config.img_size, crop, batch_size):
+    for batch in image_batches(paths, model.config.img_size, crop, batch_size):
         tensors = [t for _, _, t in batch if isinstance(t, torch.Tensor)]
         tokens = run(tokens_of, torch.stack(tensors)) if tensors else None
         row = 0

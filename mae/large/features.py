@@ -37,8 +37,8 @@ from . import catalog
 from .atomic import atomic_path
 from .config import Size2D, to_2tuple
 from .device import resolve_device
-from .errors import ImageError, MAEError, invalid_argument
-from .image import Crop, ImageFailure, check_crop, load_image
+from .errors import MAEError, invalid_argument
+from .image import Crop, ImageFailure, check_crop, image_batches
 from .intermediates import take_indices
 from .pipeline import autocast_context, nonfinite_fix
 from .vit import VisionTransformer, ViTConfig
@@ -116,7 +116,7 @@ def extract_features(
     with `allow_nonfinite=True`, or an overflow in low precision) is yielded as an `ImageFailure` saying
     so, never as a result.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:  # before any image
         raise invalid_argument("batch_size", f"batch size must be a positive integer, got batch_size={batch_size!r}")
     check_crop(crop)
     if layer is not None:
@@ -130,15 +130,7 @@ def extract_features(
                                f"{model_size[0]}x{model_size[1]}; build the model at that size "
                                "(from_pretrained(..., img_size=...)) instead")
     target = resolve_device(device) if device is not None else next(model.parameters()).device
-    # Failures wait in the queue with the images, so everything comes out in input order.
-    pending: list[tuple[int, Path, torch.Tensor | ImageFailure]] = []
-    queued = 0  # images (not failures) in `pending`
-
-    def flush() -> Iterator[FeatureResult | ImageFailure]:
-        nonlocal queued
-        batch = list(pending)
-        pending.clear()
-        queued = 0
+    for batch in image_batches(paths, size, crop, batch_size):
         tensors = [t for _, _, t in batch if isinstance(t, torch.Tensor)]
         feats = _forward(model, tensors, target, dtype, layer) if tensors else None
         bad = (~torch.isfinite(feats)).sum(dim=1) if feats is not None else None  # non-finite values per row
@@ -153,18 +145,6 @@ def extract_features(
             else:
                 yield FeatureResult(path, index, feats[row].clone())  # clone: a row must not keep the batch alive
             row += 1
-
-    for index, raw in enumerate(paths):
-        path = Path(raw)
-        try:
-            pending.append((index, path, load_image(path, size=size, crop=crop)))
-            queued += 1
-        except ImageError as exc:
-            pending.append((index, path, ImageFailure(path, str(exc))))
-        if queued == batch_size:
-            yield from flush()
-    if pending:
-        yield from flush()
 
 
 def _nonfinite_reason(path: Path, bad: int, dim: int, dtype: torch.dtype) -> str:

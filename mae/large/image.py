@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,6 +32,7 @@ __all__ = [
     "ImageFailure",
     "check_crop",
     "collect_images",
+    "image_batches",
     "denormalize",
     "load_image",
     "normalize",
@@ -329,6 +330,34 @@ def preprocess(
     arr = np.asarray(img) / 255.0  # float64, (H, W, 3)
     arr = (arr - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
+
+
+BatchItem = tuple[int, Path, "torch.Tensor | ImageFailure"]  # (input position, path, image or why not)
+
+
+def image_batches(paths: Sequence[str | os.PathLike[str]], size: int | tuple[int, int], crop: Crop,
+                  batch_size: int) -> Iterator[list[BatchItem]]:
+    """The inputs in order, loaded (`load_image`), in lists holding up to `batch_size` images; a file that
+    cannot be read is an `ImageFailure` that rides along in its place, so results come out in input order."""
+    from .errors import invalid_argument
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise invalid_argument("batch_size", f"batch size must be a positive integer, got batch_size={batch_size!r}")
+    check_crop(crop)
+    pending: list[BatchItem] = []
+    loaded = 0
+    for index, raw in enumerate(paths):
+        path = Path(raw)
+        try:
+            pending.append((index, path, load_image(path, size=size, crop=crop)))
+            loaded += 1
+        except ImageError as exc:
+            pending.append((index, path, ImageFailure(path, str(exc))))
+        if loaded == batch_size:
+            yield pending
+            pending, loaded = [], 0
+    if pending:
+        yield pending
 
 
 def load_image(

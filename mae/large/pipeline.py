@@ -24,7 +24,7 @@ from . import cancel, catalog
 from .catalog import EXPECTED_NOISE_LOSS, NOISE_LOSS_TOLERANCE
 from .device import resolve_device
 from .errors import EncoderOnlyCheckpointError, ImageError, MAEError, invalid_argument
-from .image import Crop, ImageFailure, check_crop, collect_images, load_image
+from .image import Crop, ImageFailure, check_crop, collect_images, image_batches
 from .masks import MaskSpec, build_mask, check_mask, mask_ratio_of
 from .model import MaskedAutoencoderViT, check_mask_ratio
 from .target import TargetChoice, detect_target
@@ -200,9 +200,6 @@ def _reconstruct_batches(
     dtype: torch.dtype,
     sweep: bool,
 ) -> Iterator[ImageResult | SweepResult | ImageFailure]:
-    size = model.config.img_size
-    # Failures wait in the queue beside the images so that everything comes out in input order.
-    pending: list[tuple[int, Path, torch.Tensor | ImageFailure]] = []
 
     def forward(imgs: torch.Tensor, m: Masking) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(pred float32, mask, per-image loss on the CPU, non-finite predicted values per image) of a batch."""
@@ -219,7 +216,7 @@ def _reconstruct_batches(
             bad = (~torch.isfinite(pred)).flatten(1).sum(dim=1).cpu()  # (B,) non-finite values per image
         return pred, out.mask, out.per_image_loss.float().cpu(), bad
 
-    def flush() -> Iterator[ImageResult | SweepResult | ImageFailure]:
+    def flush(pending: list) -> Iterator[ImageResult | SweepResult | ImageFailure]:
         loaded = [(i, p, t) for i, p, t in pending if isinstance(t, torch.Tensor)]
         outputs: dict[int, ImageResult | SweepResult | ImageFailure] = {}
         if loaded:
@@ -242,17 +239,9 @@ def _reconstruct_batches(
                                                  mask[j].float().cpu(), losses[0])
         for index, _, item in pending:
             yield outputs[index] if isinstance(item, torch.Tensor) else item
-        pending.clear()
 
-    for index, path in enumerate(paths):
-        try:
-            pending.append((index, Path(path), load_image(path, size=size, crop=crop)))
-        except ImageError as exc:
-            pending.append((index, Path(path), ImageFailure(Path(path), str(exc))))
-        if sum(isinstance(t, torch.Tensor) for _, _, t in pending) == batch_size:
-            yield from flush()
-    if pending:
-        yield from flush()
+    for batch in image_batches(paths, model.config.img_size, crop, batch_size):
+        yield from flush(batch)
 
 
 def detect_target_on_files(model: MaskedAutoencoderViT, paths: Sequence[Path], masking: Masking, *, crop: Crop = "resize",
