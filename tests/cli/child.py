@@ -61,9 +61,9 @@ def main() -> None:
 
         safetensors.torch.save_file = slow_save
     elif point == "batch":
-        import mae.large.pipeline as pipeline
+        import mae.large.image as image
 
-        load_image = pipeline.load_image
+        load_image = image.load_image
         calls = [0]
 
         def slow_load(*a, **k):
@@ -72,7 +72,7 @@ def main() -> None:
                 _arrive()
             return load_image(*a, **k)
 
-        pipeline.load_image = slow_load
+        image.load_image = slow_load
 
     sys.argv = ["mae-large", *args]
     from cli.app import main as cli_main

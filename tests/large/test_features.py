@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mae.large import MaskedAutoencoderViT, VisionTransformer, ViTConfig
-from mae.large import features as features_module
 from mae.large.distributed import (
     DistContext,
     context_from_env,
@@ -172,13 +171,15 @@ def test_a_feature_row_that_is_not_finite_is_a_failure(encoder_file, tmp_path, m
     model = tiny_model(encoder_file, pool)
     paths = write_images(tmp_path, 3)
     alone = vectors(extract_features(model, [paths[0], paths[2]]))
-    original = features_module.load_image
+    from mae.large import image as image_module
+
+    original = image_module.load_image  # the batches of every job load through mae.large.image
 
     def load(path, **kwargs):
         image = original(path, **kwargs)
         return torch.full_like(image, 1e38) if Path(path) == paths[1] else image
 
-    monkeypatch.setattr(features_module, "load_image", load)
+    monkeypatch.setattr(image_module, "load_image", load)
     results = list(extract_features(model, paths, batch_size=3))
     assert [type(r) for r in results] == [FeatureResult, ImageFailure, FeatureResult]
     reason = results[1].reason

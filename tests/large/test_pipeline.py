@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from mae.large import device as device_module
-from mae.large import pipeline
 from mae.large.errors import DeviceError, MAEError
 from mae.large.image import ImageFailure
 from mae.large.pipeline import ImageResult, image_loss, mask_noise, noise_loss, reconstruct_files, resolve_device
@@ -115,13 +114,15 @@ def test_resolve_device_lives_in_its_leaf_module_and_takes_a_torch_device() -> N
 # ---- results that are not finite are failures, never results -----------------------------------------
 def _overflowing(monkeypatch, name: str) -> None:
     """The image file `name` loads as values of 1e38: finite, so the model accepts it, but they overflow in it."""
-    original = pipeline.load_image
+    from mae.large import image as image_module
+
+    original = image_module.load_image  # the batches of every job load through mae.large.image
 
     def load(path, **kwargs):
         image = original(path, **kwargs)
         return torch.full_like(image, 1e38) if Path(path).name == name else image
 
-    monkeypatch.setattr(pipeline, "load_image", load)
+    monkeypatch.setattr(image_module, "load_image", load)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
