@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -104,18 +105,24 @@ def attention_files(
                     "mask": None if mask is None else mask.reshape(1, -1).expand(n, -1)}
             maps = run(functools.partial(attention_maps, model, layers=layers, rollout=rollout, mask_ratio=mask_ratio,
                                          **rows), torch.stack(tensors))
-        row = 0
-        for index, path, item in batch:
+        for index, path, item, row in _rows(batch):
             if isinstance(item, ImageFailure):
                 yield item
                 continue
             assert maps is not None
             one = _one(maps, row)
-            row += 1
             finite = all(bool(torch.isfinite(t).all()) for t in one.cls.values())
             if one.rollout is not None:
                 finite = finite and bool(torch.isfinite(one.rollout).all())
             yield AttentionResult(path, index, item, one) if finite else _nonfinite(path, "attention weights", dtype)
+
+
+def _rows(batch: list) -> Iterator[tuple[int, Path, Any, int]]:
+    """(input position, path, image or failure, row of the image in the batch's stacked tensor)."""
+    row = 0
+    for index, path, item in batch:
+        yield index, path, item, row
+        row += not isinstance(item, ImageFailure)
 
 
 def _one(maps: AttentionMaps, i: int) -> AttentionMaps:
@@ -168,14 +175,12 @@ def pca_files(
     for batch in image_batches(paths, model.config.img_size, crop, batch_size):
         tensors = [t for _, _, t in batch if isinstance(t, torch.Tensor)]
         tokens = run(tokens_of, torch.stack(tensors)) if tensors else None
-        row = 0
-        for index, path, item in batch:
+        for index, path, item, row in _rows(batch):
             if isinstance(item, ImageFailure):
                 yield item
                 continue
             assert tokens is not None
             t = tokens[row]  # (L, D)
-            row += 1
             if not bool(torch.isfinite(t).all()):
                 yield _nonfinite(path, f"block {block} tokens", dtype)
                 continue
