@@ -50,14 +50,18 @@ class KnnResult:
 def _topk_first(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k largest of each row, ties broken towards the lower column, ordered by (value desc, column asc).
 
-    `torch.topk` picks among equal values arbitrarily; rows with more than k values >= the k-th are
+    `torch.topk` picks among equal values arbitrarily; a row whose (k+1)-th value equals its k-th is
     redone exactly, so the choice never depends on how the training set was cut into chunks.
     """
-    values, index = sims.topk(k, dim=1)
-    threshold = values[:, -1:]
-    ambiguous = ((sims >= threshold).sum(1) > k).nonzero().squeeze(1)
+    if k == sims.shape[1]:
+        values, index = sims, torch.arange(k, device=sims.device).expand_as(sims)
+        ambiguous = index.new_empty(0)
+    else:
+        values, index = sims.topk(k + 1, dim=1)
+        ambiguous = (values[:, k] == values[:, k - 1]).nonzero().squeeze(1)
+        values, index = values[:, :k], index[:, :k].contiguous()
     if ambiguous.numel():
-        sub, cut = sims[ambiguous], threshold[ambiguous]
+        sub, cut = sims[ambiguous], values[ambiguous, k - 1:]
         above, tied = sub > cut, sub == cut
         room = k - above.sum(1, keepdim=True)
         take = above | (tied & (tied.cumsum(1) <= room))

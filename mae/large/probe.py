@@ -131,6 +131,7 @@ def probe(
     embedding per image, evaluation transform) are the standard fast approximation of it. Defaults are
     the official ones for ViT-L (FINETUNE.md: 50 epochs suffice, 76.0% top-1 on ImageNet with augmentation).
 
+    With `warmup_epochs` >= `epochs` the learning rate only rises, as the official schedule would do.
     Deterministic given `seed` (a `torch.Generator` draws the head init and each epoch's shuffle). A
     tensor `train` is indexed; another source is materialised when it fits in `memory_bytes`, else each
     epoch gathers its shuffled batches in sequential passes over the source, `memory_bytes` at a time.
@@ -143,8 +144,8 @@ def probe(
     for name, value, least in (("epochs", epochs, 1), ("batch_size", batch_size, 2), ("chunk_rows", chunk_rows, 1)):
         if value < least:
             raise invalid_argument(name, f"{name}={value} must be at least {least}; pass a larger number")
-    if not 0 <= warmup_epochs <= epochs:
-        raise invalid_argument("warmup_epochs", f"warmup_epochs={warmup_epochs} must be between 0 and epochs={epochs}")
+    if not warmup_epochs >= 0:
+        raise invalid_argument("warmup_epochs", f"warmup_epochs={warmup_epochs} must be >= 0; the official value is 10")
     if not blr > 0:
         raise invalid_argument("blr", f"blr={blr} must be > 0; the official value is 0.1")
     if train.rows < 2:
