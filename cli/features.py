@@ -26,11 +26,11 @@ from cli.common import (
     TrustOpt,
     check_output_folder,
     check_size_budget,
-    choice,
     collect_inputs,
     err,
     failures_summary,
     handle_errors,
+    optional_choice,
     out,
     parse_dtype,
     parse_size,
@@ -58,17 +58,18 @@ def features_command(
     out_path: Annotated[Path, typer.Option(
         "--out", "-o", help="The safetensors file to write: 'features' (N, D) float32, the file names in its metadata.",
     )] = DEFAULT_FEATURES_OUT,
-    pool: Annotated[str, typer.Option(
-        "--pool", callback=choice("--pool", catalog.POOLS),
-        help="mean: mean patch token + fc_norm (official global pool; fc_norm is a fresh, plain LayerNorm); "
-        "cls: the cls token after the encoder's final norm.")] = "mean",
+    pool: Annotated[str | None, typer.Option(
+        "--pool", callback=optional_choice("--pool", catalog.POOLS), show_default=False,
+        help="cls (default; main_linprobe.py's feature): the cls token after the encoder's trained final norm. "
+        "mean: mean patch token + fc_norm (official global pool: a fresh, plain LayerNorm for a pre-training file). "
+        "Default for a fine-tuned classifier: its own pooling (mean) through its trained fc_norm.")] = None,
     layer: Annotated[int | None, typer.Option(
         "--layer", show_default=False,
         help="Take the tokens of this block (0-based, negative from the end) instead of the last, pooled as --pool "
         "through the same final norm (probing by depth); recorded in the file's metadata.")] = None,
     batch_size: BatchSizeOpt = 32,
     size: SizeOpt = None,
-    crop: CropOpt = "resize",
+    crop: CropOpt = "eval",
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     recursive: RecursiveOpt = False,
@@ -106,6 +107,7 @@ def features_command(
         return
     seconds = time.perf_counter() - started
     model, merged, world_size = run.state, run.results, run.ctx.world_size
+    pool = "mean" if model.global_pool else "cls"
 
     rows = [r for r in merged if isinstance(r, FeatureResult)]
     failures += [r for r in merged if isinstance(r, ImageFailure)]
@@ -135,26 +137,28 @@ def features_command(
         raise typer.Exit(1)
 
 
-def _load_encoder(checkpoint: Path, size: tuple[int, int] | None, pool: str, device: Any, *, trust: bool,
+def _load_encoder(checkpoint: Path, size: tuple[int, int] | None, pool: str | None, device: Any, *, trust: bool,
                   quiet: bool, allow_nonfinite: bool = False) -> VisionTransformer:
-    """The encoder of `catalog.DEFAULT_ARCHITECTURE` (ViT-L) with `pool` pooling and no head."""
+    """The encoder of `catalog.DEFAULT_ARCHITECTURE` (ViT-L) with no head, pooled as `pool` (None: the file's
+    own, `features.load_feature_encoder`)."""
     import warnings
 
-    from mae.large import VisionTransformer, ViTConfig
-    from mae.large.features import classifier_for_pool
+    from mae.large import ViTConfig
+    from mae.large.features import load_feature_encoder
 
-    config = classifier_for_pool(pool, ViTConfig.from_architecture(None), **({"img_size": size} if size else {}))
+    config = ViTConfig.from_architecture(None, **({"img_size": size} if size else {}))
     with warnings.catch_warnings():  # the report's warnings are printed below
         warnings.simplefilter("ignore", UserWarning)
-        model = VisionTransformer.from_pretrained(checkpoint, config, trust=trust, device=device,
-                                                  allow_nonfinite=allow_nonfinite)
-    model.eval()
+        model = load_feature_encoder(checkpoint, pool, config, trust=trust, device=device,
+                                     allow_nonfinite=allow_nonfinite)
     r = model.load_report
     if not quiet and r is not None:
         err.print(f"[green]encoder[/] from {escape(str(r.path))} ({r.kind}, {r.source_format}, {r.container}): "
                   f"{r.num_loaded} tensors, {r.num_parameters / 1e6:.1f} M parameters")
         report_details(r)
-        if pool == "mean":
+        if r.kind == "fine-tuned":
+            err.print("  [dim]- pool mean: the fine-tuned classifier's own pooling, through its trained fc_norm[/]")
+        elif model.global_pool:
             err.print("  [dim]- pool mean: mean patch token through a fresh fc_norm, i.e. a plain LayerNorm[/]")
     return model
 
@@ -168,7 +172,7 @@ def _save(out_path: Path, rows: list, model: VisionTransformer, checkpoint: Path
     features = torch.stack([r.vector for r in rows])
     size = model.config.img_size
     metadata = {"checkpoint": str(checkpoint), "pool": pool, "size": f"{size[0]}x{size[1]}",
-                "model": model_name(model.config), "crop": crop, "dtype": dtype, "dim": str(features.shape[1]),
+                "model": model_name(model.config), "crop": crop, "transform": crop, "dtype": dtype, "dim": str(features.shape[1]),
                 # The block the tokens come from, 0-based (the last unless --layer chose another).
                 "layer": str((model.config.depth - 1) if layer is None else layer % model.config.depth)}
     return save_features(out_path, features, [str(r.path) for r in rows], metadata)

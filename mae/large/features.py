@@ -2,12 +2,14 @@
 
 Pooling, as the official fine-tuning model (`models_vit.VisionTransformer`) defines it:
 
-* `mean` (official default, `global_pool=True`): the mean of the patch tokens after the last block,
+* `cls` (`global_pool=False`, the default of the official linear probe `main_linprobe.py`): the cls token
+  after the encoder's final `norm`, loaded from the checkpoint: exactly what the MAE encoder outputs at
+  position 0 with mask ratio 0. The default for a pre-training file (`load_feature_encoder`).
+* `mean` (`global_pool=True`, the fine-tuning default): the mean of the patch tokens after the last block,
   then `fc_norm`. A pre-training checkpoint has no `fc_norm` (the official code starts it fresh, and
   drops the encoder's final `norm`), so with such a file `fc_norm` is the identity-affine LayerNorm:
-  the feature is a *plain LayerNorm of the mean patch token* (zero mean, unit variance over D).
-* `cls` (`global_pool=False`): the cls token after the encoder's final `norm`, loaded from the
-  checkpoint: exactly what the MAE encoder outputs at position 0 with mask ratio 0.
+  the feature is a *plain LayerNorm of the mean patch token* (zero mean, unit variance over D). A
+  fine-tuned classifier's own pooling, through its trained `fc_norm`.
 
 `classifier_for_pool` gives the config for either; `extract_features` runs the images through the
 model in batches; `save_features` / `load_features` write and read the result.
@@ -51,6 +53,7 @@ __all__ = [
     "classifier_for_pool",
     "extract_features",
     "global_pool_for",
+    "load_feature_encoder",
     "load_features",
     "model_name",
     "pooled_at_layer",
@@ -85,6 +88,42 @@ def classifier_for_pool(pool: str, base: ViTConfig | None = None, **overrides: o
     return base.replace(**{"num_classes": 0, "drop_path_rate": 0.0, "global_pool": global_pool_for(pool), **overrides})
 
 
+def load_feature_encoder(
+    path: str | os.PathLike[str],
+    pool: str | None = None,
+    config: ViTConfig | None = None,
+    *,
+    trust: bool = False,
+    device: torch.device | str = "cpu",
+    allow_nonfinite: bool = False,
+) -> VisionTransformer:
+    """A feature extractor (no head, eval mode) over the encoder of a checkpoint, pooled as `pool`.
+
+    `pool=None` follows the file: a fine-tuned classifier (`checkpoint.classify` kind "fine-tuned", global
+    pool) gives its own pooling, the mean patch token through its *trained* `fc_norm`; any other file gives
+    `cls`, the cls token after the encoder's trained `norm` (the official linear probe's feature). A fine-tuned
+    file's trained `fc_norm` is always the one used (as `from_pretrained(head="file")` loads it; its head is
+    not); `pool="cls"` on it is an `InvalidArgumentError` (it has no final norm). `config` is the base
+    classifier config (default ViT-L/16; its head and pooling are replaced)."""
+    from .checkpoint import classify, read_checkpoint
+    from .model import MaskedAutoencoderViT
+
+    if pool is not None:
+        global_pool_for(pool)  # a bad name fails before the file is read
+    base = config if config is not None else ViTConfig()
+    data = read_checkpoint(path, trust=trust)
+    result = classify(data.state_dict, MaskedAutoencoderViT.expected_state(base.mae_view()), data.classifier)
+    del data  # release the memory-mapped tensors before the load maps the file again
+    fine_tuned = result.kind == "fine-tuned"
+    if fine_tuned and pool == "cls":
+        raise invalid_argument("pool", f"{path} is a classifier fine-tuned with global pooling: it has no final norm, "
+                               "so no cls-token feature; use pool='mean' (its own pooling, through its trained fc_norm)")
+    chosen = pool if pool is not None else ("mean" if fine_tuned else "cls")
+    return VisionTransformer.from_pretrained(path, classifier_for_pool(chosen, base), trust=trust, device=device,
+                                             head="file" if fine_tuned else "fresh",
+                                             allow_nonfinite=allow_nonfinite).eval()
+
+
 def model_name(config: ViTConfig) -> str:
     """`vit_large_patch16` for the official sizes, else a name spelling out the shape."""
     return config.architecture_name
@@ -96,7 +135,7 @@ def extract_features(
     *,
     batch_size: int = 32,
     size: int | Size2D | None = None,
-    crop: Crop = "resize",
+    crop: Crop = "eval",
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     layer: int | None = None,
@@ -106,8 +145,9 @@ def extract_features(
     The pooling is the model's (`model.global_pool`; build it with `classifier_for_pool`). `layer` takes the
     tokens of that block instead of the last (counted from 0, negative from the end; for probing by depth),
     pooled the same way through the same final norm (`pooled_at_layer`); the blocks after it are not run. Images are
-    preprocessed as the official demo does (`load_image`, `crop="resize"`) at `size`, which defaults to
-    the model's `img_size` and must equal it. `device` is where the batches go (default: the model's),
+    preprocessed by the official evaluation transform (`load_image`, `crop="eval"`: resize to size x 256/224, centre
+    crop; `"resize"` is the demo's squash) at `size`, which defaults to the model's `img_size` and must equal it.
+    `device` is where the batches go (default: the model's),
     checked by `resolve_device` (one this machine lacks is a `DeviceError`); the model is not moved.
     Each batch runs in eval mode under `torch.inference_mode` (a model left in train mode would drop
     paths at random), and the mode is restored afterwards. A row does not depend
