@@ -228,10 +228,10 @@ def test_bad_options_are_usage_errors(tiny, encoder_file, tmp_path, option, valu
     assert not (tmp_path / "f.safetensors").exists()
 
 
-def test_out_must_not_be_a_folder(tiny, encoder_file, tmp_path) -> None:
+def test_resume_needs_a_shard_folder(tiny, encoder_file, tmp_path) -> None:
     write_images(tmp_path / "imgs", 1)
-    result = run(tmp_path / "imgs", "-c", encoder_file, "-o", tmp_path, "--size", "32")
-    assert result.exit_code == 2 and "is a folder" in result.output
+    result = run(tmp_path / "imgs", "-c", encoder_file, "-o", tmp_path / "f.safetensors", "--resume")
+    assert result.exit_code == 2 and "--resume" in result.output and not (tmp_path / "f.safetensors").exists()
 
 
 def test_importing_the_cli_does_not_import_torch() -> None:
