@@ -51,6 +51,8 @@ FLAGS: dict[str, str] = {
     "heads": "--heads",
     "mask_ratio": "--mask-ratio",
     "checkpoint": "--checkpoint",
+    "workers": "--workers",
+    "shard_size": "--shard-size",
 }
 
 # Tables and JSON go to stdout; messages, warnings and progress to stderr, so `--json | jq` works.

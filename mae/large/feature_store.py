@@ -46,6 +46,7 @@ SHARDS_FORMAT = "mae-large-features/2"
 INDEX_NAME = "index.json"
 _SHARD = re.compile(r"^shard-r(\d{3})-(\d{5})\.safetensors$")
 _RESERVED = ("files", "labels", "classes")
+_SHARD_KEY = "mae-large-shard"  # a shard's one metadata entry: JSON (format, rank, index, settings, inputs, failures)
 
 
 def shard_name(rank: int, k: int) -> str:
@@ -155,16 +156,16 @@ class ShardWriter:
                 raise MAEError(f"{self.folder}: shard {shard_name(self.rank, expected_k)} is missing before {path.name}; "
                                "the folder was edited, so it cannot be resumed: write to another folder")
             with safetensors.safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            have = json.loads(meta.get("settings", "{}"))
+                meta = json.loads((f.metadata() or {}).get(_SHARD_KEY, "{}"))
+            have = meta.get("settings", {})
             if have != want:
                 key = next((k for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)), "settings")
                 raise MAEError(f"{self.folder} was written with {key}={have.get(key)!r} and this run has "
                                f"{key}={want.get(key)!r}; resume with the same settings and number of processes, "
                                "or write to another folder")
             self.skip = int(meta["inputs_end"])
-            self.finished = meta.get("final") == "1"
-            self.failures += json.loads(meta.get("failed", "[]"))
+            self.finished = bool(meta["final"])
+            self.failures += meta["failed"]
             self.k = k + 1
 
     def add(self, local_index: int, position: int, vector: torch.Tensor | None, label: int = -1,
@@ -190,9 +191,11 @@ class ShardWriter:
 
     def _flush(self, inputs_end: int, *, final: bool) -> None:
         rows = torch.stack(self._rows) if self._rows else torch.zeros(0, self.dim)  # (n, D)
-        meta = {"format": SHARDS_FORMAT, "rank": str(self.rank), "index": str(self.k), "settings": self.settings,
-                "inputs_start": str(self._start), "inputs_end": str(inputs_end), "final": "1" if final else "0",
-                "failed": json.dumps(self._pending)}
+        # One metadata entry: safetensors writes its metadata map in no fixed order, and a resumed run must write
+        # the same bytes.
+        record = {"format": SHARDS_FORMAT, "rank": self.rank, "index": self.k, "settings": json.loads(self.settings),
+                  "inputs_start": self._start, "inputs_end": inputs_end, "final": final, "failed": self._pending}
+        meta = {_SHARD_KEY: json.dumps(record, sort_keys=True)}
         tensors = {"features": rows.float().contiguous(), "positions": torch.tensor(self._positions, dtype=torch.int64),
                    "labels": torch.tensor(self._labels, dtype=torch.int64)}
         _write(self.folder / shard_name(self.rank, self.k), tensors, meta)
