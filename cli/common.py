@@ -51,6 +51,8 @@ FLAGS: dict[str, str] = {
     "heads": "--heads",
     "mask_ratio": "--mask-ratio",
     "checkpoint": "--checkpoint",
+    "workers": "--workers",
+    "shard_size": "--shard-size",
 }
 
 # Tables and JSON go to stdout; messages, warnings and progress to stderr, so `--json | jq` works.
@@ -90,9 +92,16 @@ def choice(option: str, choices: tuple[str, ...]) -> Any:
     return check
 
 
+def optional_choice(option: str, choices: tuple[str, ...]) -> Any:
+    """`choice` for an option whose default is None (not given: the command decides)."""
+    check = choice(option, choices)
+    return lambda value: None if value is None else check(value)
+
+
 CropOpt = Annotated[str, typer.Option(
     "--crop", callback=choice("--crop", catalog.CROPS),
-    help="resize (official demo: squash to the size) or center (keep aspect, crop).")]
+    help="eval (official evaluation transform: resize to size x 256/224 keeping the aspect, bicubic, then centre "
+    "crop), resize (official demo: squash to the size) or center (keep aspect, crop, no margin).")]
 DtypeOpt = Annotated[str, typer.Option(
     "--dtype", help="float32 (exact) or bfloat16 (autocast: 2-4x faster on CPUs with AVX-512 BF16/AMX, "
     "slightly different numbers; on CPU the bfloat16 weights are cast once and kept, +0.66 GB).",

@@ -8,6 +8,8 @@ from rich.markup import escape as _escape_markup
 from rich.panel import Panel
 from rich.table import Table
 
+from mae.large.catalog import POOLING_WORDS
+
 if TYPE_CHECKING:  # pragma: no cover
     from mae.large.summary import CheckpointSummary, TensorGroup
 
@@ -30,10 +32,13 @@ def human_bytes(n: int) -> str:
 
 def summary_panel(s: CheckpointSummary) -> Panel:
     c = s.classification
-    kind_style = {"full": "green", "encoder-only": "yellow"}.get(c.kind, "red")
+    kind_style = {"full": "green", "encoder-only": "yellow", "fine-tuned": "cyan"}.get(c.kind, "red")
     expected = {"full": c.num_expected, "encoder-only": c.num_encoder}.get(c.kind)
-    count = f"{c.num_tensors}" + (f" / {expected} expected" if expected else
-                                  f" (full: {c.num_expected}, encoder-only: {c.num_encoder})")
+    if c.kind == "fine-tuned":
+        count = f"{c.num_tensors} (the encoder without its final norm, fc_norm and head)"
+    else:
+        count = f"{c.num_tensors}" + (f" / {expected} expected" if expected else
+                                      f" (full: {c.num_expected}, encoder-only: {c.num_encoder})")
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
@@ -43,6 +48,8 @@ def summary_panel(s: CheckpointSummary) -> Panel:
         ("format", f"{s.source_format} ({s.container})"),
         ("kind", f"[{kind_style}]{c.kind}[/]"),
         ("tensors", count),
+        *([("classes", str(c.num_classes)), ("pooling", escape(POOLING_WORDS.get(c.pooling or "", str(c.pooling))))]
+          if c.kind == "fine-tuned" else []),
         ("parameters", f"{s.num_parameters:,}"),
         ("dtypes", ", ".join(f"{k} x{v}" for k, v in s.dtypes.items()) or "-"),
         ("decoder predicts", escape(s.target)),
@@ -71,7 +78,7 @@ def tensor_table(groups: list[TensorGroup] | list[Any], folded: bool) -> Table:
     table.add_column("numel", justify="right")
     table.add_column("part")
     for g in groups:
-        style = {"encoder": "", "decoder": "cyan", "other": "red"}.get(g.part, "")
+        style = {"encoder": "", "decoder": "cyan", "classifier": "magenta", "other": "red"}.get(g.part, "")
         cells = [escape(g.name), str(list(g.shape)), g.dtype]
         if folded:
             cells.append(str(g.count))
@@ -97,5 +104,5 @@ def verdict_panel(s: CheckpointSummary) -> Panel:
         hidden = max(0, len(c.mismatched) - 10) + max(0, len(c.missing) - 10) + max(0, len(c.unexpected) - 10)
         if hidden:
             lines.append(f"  ... and {hidden} more (--json lists them all)")
-    style = "red" if s.damaged else {"full": "green", "encoder-only": "yellow"}.get(c.kind, "red")
+    style = "red" if s.damaged else {"full": "green", "encoder-only": "yellow", "fine-tuned": "cyan"}.get(c.kind, "red")
     return Panel("\n".join(lines), title=f"verdict against {s.model_name}", border_style=style, expand=False)

@@ -64,9 +64,11 @@ def run_sharded(
     setup: Callable[[DistContext, bool], S],
     work: Callable[[S, list[T], DistContext], Iterable[Any]],
     sink: Callable[[DistContext], Sink] = GatherSink,
+    record: bool = True,
 ) -> ShardedRun[S]:
     """`setup(ctx, quiet)` once per process (load the model; `quiet` is True off rank 0), then every result
-    of `work(state, this rank's items, ctx)` into the sink, with a progress bar on rank 0."""
+    of `work(state, this rank's items, ctx)` into the sink, with a progress bar on rank 0. `record=False` keeps
+    no per-result row for a failure's JSON report (`record_result`): memory stays flat over any number of inputs."""
     from mae.large.distributed import distributed_run, shard
 
     with distributed_run(device) as ctx:
@@ -79,7 +81,8 @@ def run_sharded(
         with progress(len(local), label, quiet=quiet_here) as advance:
             for result in work(state, local, ctx):
                 rank_sink.add(result)
-                record_result(result)
+                if record:
+                    record_result(result)
                 advance()
         merged = rank_sink.close()
     return ShardedRun(state, merged, ctx)

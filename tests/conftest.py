@@ -54,3 +54,11 @@ def torch_globals_unchanged():
     yield
     after = _torch_globals()
     assert after == before, {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+
+
+@pytest.fixture(scope="session")
+def digits_tree(tmp_path_factory):
+    """`tests.helpers.write_digits_tree` with 20 images per class (200 real digits, 10 class folders), written once."""
+    from tests.helpers import write_digits_tree
+
+    return write_digits_tree(tmp_path_factory.mktemp("digits"), per_class=20)

@@ -134,3 +134,24 @@ def use_small_architecture(monkeypatch) -> MAEConfig:
     monkeypatch.setitem(catalog.ARCHITECTURES, name, catalog.Architecture(name, "the tests' small MAE", sizes))
     monkeypatch.setattr(catalog, "DEFAULT_ARCHITECTURE", name)
     return config
+
+
+def write_digits_tree(root: Path, per_class: int | None = None, size: int = 32) -> Path:
+    """scikit-learn's `load_digits` (1,797 real 8x8 hand-written digits) as an ImageFolder tree: `root/0/` ...
+    `root/9/`, each image a `size` x `size` grey PNG (nearest-neighbour upscaling, 0..16 -> 0..255) named by its
+    index in the data set; `per_class` keeps the first that many of each class. Returns `root`."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    counts = [0] * 10
+    for index, (pixels, label) in enumerate(zip(digits.images, digits.target)):
+        if per_class is not None and counts[label] >= per_class:
+            continue
+        folder = root / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        grey = np.rint(pixels / 16.0 * 255.0).astype(np.uint8)
+        Image.fromarray(grey, "L").resize((size, size), Image.Resampling.NEAREST).save(folder / f"{index:04d}.png")
+        counts[label] += 1
+    return root

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-Kind = Literal["full", "encoder-only"]
+Kind = Literal["full", "encoder-only", "fine-tuned"]
 Target = Literal["pixels", "norm-pix"]
 TARGETS: tuple[str, ...] = ("auto", "pixels", "norm-pix")  # what --target accepts
 
@@ -112,6 +112,7 @@ class CheckpointEntry:
 
 RECONSTRUCTION = "reconstruction / visualisation"
 FINE_TUNING = "fine-tuning / features (encoder only, no decoder)"
+CLASSIFIER = "ImageNet-1k classification / features (fine-tuned: global pool, trained fc_norm and head)"
 
 CHECKPOINTS: dict[str, CheckpointEntry] = {
     c.name: c
@@ -126,6 +127,10 @@ CHECKPOINTS: dict[str, CheckpointEntry] = {
         # issues 8 and 12: drawn as RGB its predictions look grey and flat). Size and md5 are not published.
         CheckpointEntry("pretrain-full", "mae_pretrain_vit_large_full.pth", "pretrain", None, None, "full", 398,
                         RECONSTRUCTION + " (predicts per-patch normalised pixels)", target="norm-pix"),
+        # The fine-tuned ViT-L of the README's fine-tuning table (85.9% top-1): global pool, so no final `norm`; the
+        # 292 other encoder tensors, fc_norm.{weight,bias} and head.{weight,bias} (1000 classes). Size not published.
+        CheckpointEntry("finetuned", "mae_finetuned_vit_large.pth", "finetune", None, "51f550", "fine-tuned", 296,
+                        CLASSIFIER, target=None),
     )
 }
 ALL = "all"  # `mae-large download all`
@@ -175,7 +180,14 @@ NOISE_MASK_RATIO = 0.75
 # ================================================================================================
 # The choices the tools offer over the official preprocessing and pooling
 # ================================================================================================
-# resize: the official demo's squash to the model size; center: keep the aspect, cut the centre.
-CROPS: tuple[str, ...] = ("resize", "center")
-# mean: `models_vit` global_pool=True (mean patch token + fc_norm); cls: global_pool=False (normed cls token).
-POOLS: tuple[str, ...] = ("mean", "cls")
+# eval: the official evaluation transform (main_linprobe.py / main_finetune.py: resize the shorter side to
+# size x 256/224 bicubic, centre crop to size); resize: the official demo's squash to the model size; center: keep
+# the aspect, cut the centre (no 256/224 margin).
+CROPS: tuple[str, ...] = ("eval", "resize", "center")
+EVAL_RESIZE: tuple[int, int] = (256, 224)  # the evaluation transform resizes to size x 256 / 224 before its crop
+# cls: global_pool=False (the cls token after the encoder's trained norm: main_linprobe.py's default, the
+# probe-ready feature); mean: `models_vit` global_pool=True (mean patch token + fc_norm).
+POOLS: tuple[str, ...] = ("cls", "mean")
+# How `inspect` words a fine-tuned classifier's pooling (`checkpoint.Classification.pooling`).
+POOLING_WORDS: dict[str, str] = {"mean": "global pool: mean patch token + trained fc_norm",
+                                 "cls": "cls token + final norm"}

@@ -3,7 +3,7 @@
 Two steps of the loading chain live here (the chain itself is `load.py`):
 
 * `read_checkpoint`: file -> tensors in official key names (`convert` does the renaming), each fix logged;
-* `classify`: tensors -> full / encoder-only / incompatible, with reasons, measured against the
+* `classify`: tensors -> full / encoder-only / fine-tuned / incompatible, with reasons, measured against the
   `ExpectedState` a model states for a configuration (`MaskedAutoencoderViT.expected_state(config)`).
 
 This module imports no model class: what a model expects is handed in. Nothing here prints.
@@ -40,7 +40,10 @@ from .errors import (
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["full", "encoder-only", "partial", "incompatible"]
+Kind = Literal["full", "encoder-only", "fine-tuned", "partial", "incompatible"]
+# The final norm a global-pool fine-tuned classifier drops (official models_vit deletes it), and what replaces it.
+FINAL_NORM: tuple[str, str] = ("norm.weight", "norm.bias")
+FINE_TUNED_CLASSIFIER: tuple[str, ...] = ("head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias")
 Part = Literal["encoder", "decoder", "classifier"]
 
 # Containers that hold the state dict inside a training checkpoint, in the order they are tried.
@@ -305,6 +308,9 @@ class Classification:
     looks_like: str | None  # a known architecture the shapes match, when they are not this one
     hint: str | None
     not_float: list[str] = field(default_factory=list)  # weights stored as integers: not model weights
+    # A fine-tuned classifier: the number of classes of its head and its pooling ("mean": global pool + fc_norm).
+    num_classes: int | None = None
+    pooling: str | None = None
 
     @property
     def loadable(self) -> bool:
@@ -358,8 +364,13 @@ def is_regenerable(expected: ExpectedState, name: str, actual: tuple[int, ...]) 
     return name in expected.fixed and len(actual) == 3 and actual[-1] == want[-1] and actual[0] == 1
 
 
-def classify(sd: StateDict, expected: ExpectedState) -> Classification:
-    """full (every key), encoder-only (exactly the encoder keys), or incompatible, against `expected`."""
+def classify(sd: StateDict, expected: ExpectedState, classifier: Mapping[str, torch.Tensor] | None = None) -> Classification:
+    """full (every key), encoder-only (exactly the encoder keys), fine-tuned, or incompatible, against `expected`.
+
+    `classifier` is the file's set-aside classifier tensors (`CheckpointData.classifier`). A file whose encoder
+    lacks exactly the final `norm` and whose classifier holds `head.*` and `fc_norm.*` of the right width is a
+    global-pool fine-tuned classifier (official `models_vit`, `global_pool=True`): kind "fine-tuned", its tensor
+    count includes the classifier's, and `num_classes` / `pooling` say what it is."""
     if not isinstance(expected, ExpectedState):
         raise TypeError("classify needs the ExpectedState of a model, e.g. MaskedAutoencoderViT.expected_state(config)")
     missing, unexpected, mismatched = _compare(sd, expected.shapes)
@@ -369,6 +380,12 @@ def classify(sd: StateDict, expected: ExpectedState) -> Classification:
     decoder_missing = [k for k in missing if expected.parts[k] == "decoder"]
     encoder_missing = [k for k in missing if expected.parts[k] == "encoder"]
     kind: Kind
+    fine_tuned = _fine_tuned_head(classifier or {}, expected) if set(encoder_missing) == set(FINAL_NORM) else None
+    if fine_tuned is not None and not (unexpected or mismatched or not_float) and (
+            len(decoder_missing) == len(expected.keys_of("decoder"))):
+        return Classification("fine-tuned", len(sd) + len(classifier or {}), len(expected.shapes), len(encoder),
+                              missing, unexpected, mismatched, None, None, not_float, num_classes=fine_tuned,
+                              pooling="mean")
     if unexpected or mismatched or encoder_missing or not_float:
         kind = "incompatible"
     elif not missing:
@@ -388,6 +405,20 @@ def classify(sd: StateDict, expected: ExpectedState) -> Classification:
         hint = f"{len(not_float)} tensors are not floating point ({short_list(not_float)}, {sd[not_float[0]].dtype})"
     return Classification(kind, len(sd), len(expected.shapes), len(encoder), missing, unexpected, mismatched,
                           looks_like, hint, not_float)
+
+
+def _fine_tuned_head(classifier: Mapping[str, torch.Tensor], expected: ExpectedState) -> int | None:
+    """The number of classes of a global-pool fine-tuned classifier (`head.*` + `fc_norm.*` as wide as the
+    encoder, nothing else), or None when `classifier` is not one."""
+    if set(classifier) != set(FINE_TUNED_CLASSIFIER) or FINAL_NORM[0] not in expected.shapes:
+        return None
+    (dim,) = expected.shapes[FINAL_NORM[0]]
+    head_w, head_b = classifier["head.weight"], classifier["head.bias"]
+    shapes_fit = (head_w.dim() == 2 and head_w.shape[1] == dim and tuple(head_b.shape) == (head_w.shape[0],)
+                  and all(tuple(classifier[k].shape) == (dim,) for k in ("fc_norm.weight", "fc_norm.bias")))
+    if not shapes_fit or not all(t.is_floating_point() for t in classifier.values()):
+        return None
+    return int(head_w.shape[0])
 
 
 def _guess_architecture(sd: StateDict, expected: ExpectedState) -> str | None:

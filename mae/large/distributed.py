@@ -30,8 +30,8 @@ from .errors import MAEError
 
 T = TypeVar("T")
 
-__all__ = ["DistContext", "context_from_env", "destroy", "distributed_run", "gather_to_main", "init_distributed",
-           "shard", "unshard"]
+__all__ = ["DistContext", "all_gather", "context_from_env", "destroy", "distributed_run", "gather_to_main",
+           "init_distributed", "shard", "unshard"]
 
 
 @dataclass(frozen=True)
@@ -177,3 +177,15 @@ def gather_to_main(ctx: DistContext, local: Sequence[T]) -> list[T] | None:
         return None
     assert parts is not None
     return unshard(parts)
+
+
+def all_gather(ctx: DistContext, value: T) -> list[T]:
+    """Every rank's `value`, in rank order, on every rank (a collective: every rank must call it; it also
+    synchronises them). A single-process run returns `[value]`."""
+    if not ctx.is_distributed:
+        return [value]
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(parts, value)
+    return parts

@@ -46,7 +46,7 @@ ALLOWED_SCHEMES = ("http", "https")
 
 Progress = Callable[[int, int | None], None]
 Status = Literal["downloaded", "resumed", "present"]
-SpecKind = Literal["full", "encoder-only"]
+SpecKind = Literal["full", "encoder-only", "fine-tuned"]
 
 
 # ================================================================================================
@@ -164,7 +164,7 @@ def _check_structure(path: Path, spec: CheckpointSpec) -> tuple[bool, str]:
 
     try:
         data = read_checkpoint(path)
-        result = classify(data.state_dict, MaskedAutoencoderViT.expected_state(spec.config))
+        result = classify(data.state_dict, MaskedAutoencoderViT.expected_state(spec.config), data.classifier)
     except Exception as exc:  # any failure to read it means it is not the checkpoint we asked for
         return False, f"is not a readable checkpoint ({first_line(str(exc))})"
     finally:

@@ -2,43 +2,43 @@
 
 Pooling, as the official fine-tuning model (`models_vit.VisionTransformer`) defines it:
 
-* `mean` (official default, `global_pool=True`): the mean of the patch tokens after the last block,
+* `cls` (`global_pool=False`, the default of the official linear probe `main_linprobe.py`): the cls token
+  after the encoder's final `norm`, loaded from the checkpoint: exactly what the MAE encoder outputs at
+  position 0 with mask ratio 0. The default for a pre-training file (`load_feature_encoder`).
+* `mean` (`global_pool=True`, the fine-tuning default): the mean of the patch tokens after the last block,
   then `fc_norm`. A pre-training checkpoint has no `fc_norm` (the official code starts it fresh, and
   drops the encoder's final `norm`), so with such a file `fc_norm` is the identity-affine LayerNorm:
-  the feature is a *plain LayerNorm of the mean patch token* (zero mean, unit variance over D).
-* `cls` (`global_pool=False`): the cls token after the encoder's final `norm`, loaded from the
-  checkpoint: exactly what the MAE encoder outputs at position 0 with mask ratio 0.
+  the feature is a *plain LayerNorm of the mean patch token* (zero mean, unit variance over D). A
+  fine-tuned classifier's own pooling, through its trained `fc_norm`.
 
 `classifier_for_pool` gives the config for either; `extract_features` runs the images through the
-model in batches; `save_features` / `load_features` write and read the result.
+model in batches (decoded by `data.image_loader`, in worker processes if asked).
 
-The file: safetensors with one float32 tensor `features` (N, D), row i the image `files[i]`; the
-metadata holds `files` (a JSON list of the input paths, in row order), `format` and whatever the
-writer adds (the CLI: checkpoint, pool, size, model, crop, dtype). Any safetensors reader opens it:
-`safetensors.safe_open(path, "pt").metadata()["files"]`.
+The files (`feature_store`, re-exported here): `save_features` writes one safetensors file (float32 `features`
+(N, D), the row names, labels and classes in its metadata); a shard folder (`feature_store.ShardWriter`,
+`write_index`) holds a data set's rows; `open_features` reads either lazily (`FeatureSet`: names, labels,
+classes, meta, `chunks`, `materialize`) and `load_features` whole.
 
 Nothing here prints.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import safetensors.torch
 import torch
 
 from . import catalog
-from .atomic import atomic_path
 from .config import Size2D, to_2tuple
+from .data import image_loader, loader_batches
 from .device import resolve_device
-from .errors import MAEError, invalid_argument
-from .image import Crop, ImageFailure, check_crop, image_batches
+from .errors import invalid_argument
+from .feature_store import FEATURES_FORMAT, SHARDS_FORMAT, FeatureSet, load_features, open_features, save_features
+from .image import Crop, ImageFailure, check_crop
 from .intermediates import take_indices
 from .pipeline import autocast_context, nonfinite_fix
 from .vit import VisionTransformer, ViTConfig
@@ -46,22 +46,23 @@ from .vit import VisionTransformer, ViTConfig
 __all__ = [
     "FEATURES_FORMAT",
     "POOLS",
+    "SHARDS_FORMAT",
     "FeatureResult",
+    "FeatureSet",
     "Pool",
     "classifier_for_pool",
     "extract_features",
     "global_pool_for",
+    "load_feature_encoder",
     "load_features",
     "model_name",
+    "open_features",
     "pooled_at_layer",
     "save_features",
 ]
 
 Pool = Literal["mean", "cls"]
 POOLS: tuple[str, ...] = catalog.POOLS
-FEATURES_FORMAT = "mae-large-features/1"
-_FEATURES_KEY = "features"
-_FILES_KEY = "files"
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,42 @@ def classifier_for_pool(pool: str, base: ViTConfig | None = None, **overrides: o
     return base.replace(**{"num_classes": 0, "drop_path_rate": 0.0, "global_pool": global_pool_for(pool), **overrides})
 
 
+def load_feature_encoder(
+    path: str | os.PathLike[str],
+    pool: str | None = None,
+    config: ViTConfig | None = None,
+    *,
+    trust: bool = False,
+    device: torch.device | str = "cpu",
+    allow_nonfinite: bool = False,
+) -> VisionTransformer:
+    """A feature extractor (no head, eval mode) over the encoder of a checkpoint, pooled as `pool`.
+
+    `pool=None` follows the file: a fine-tuned classifier (`checkpoint.classify` kind "fine-tuned", global
+    pool) gives its own pooling, the mean patch token through its *trained* `fc_norm`; any other file gives
+    `cls`, the cls token after the encoder's trained `norm` (the official linear probe's feature). A fine-tuned
+    file's trained `fc_norm` is always the one used (as `from_pretrained(head="file")` loads it; its head is
+    not); `pool="cls"` on it is an `InvalidArgumentError` (it has no final norm). `config` is the base
+    classifier config (default ViT-L/16; its head and pooling are replaced)."""
+    from .checkpoint import classify, read_checkpoint
+    from .model import MaskedAutoencoderViT
+
+    if pool is not None:
+        global_pool_for(pool)  # a bad name fails before the file is read
+    base = config if config is not None else ViTConfig()
+    data = read_checkpoint(path, trust=trust)
+    result = classify(data.state_dict, MaskedAutoencoderViT.expected_state(base.mae_view()), data.classifier)
+    del data  # release the memory-mapped tensors before the load maps the file again
+    fine_tuned = result.kind == "fine-tuned"
+    if fine_tuned and pool == "cls":
+        raise invalid_argument("pool", f"{path} is a classifier fine-tuned with global pooling: it has no final norm, "
+                               "so no cls-token feature; use pool='mean' (its own pooling, through its trained fc_norm)")
+    chosen = pool if pool is not None else ("mean" if fine_tuned else "cls")
+    return VisionTransformer.from_pretrained(path, classifier_for_pool(chosen, base), trust=trust, device=device,
+                                             head="file" if fine_tuned else "fresh",
+                                             allow_nonfinite=allow_nonfinite).eval()
+
+
 def model_name(config: ViTConfig) -> str:
     """`vit_large_patch16` for the official sizes, else a name spelling out the shape."""
     return config.architecture_name
@@ -96,18 +133,21 @@ def extract_features(
     *,
     batch_size: int = 32,
     size: int | Size2D | None = None,
-    crop: Crop = "resize",
+    crop: Crop = "eval",
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     layer: int | None = None,
+    workers: int = 0,
+    indices: Sequence[int] | None = None,
 ) -> Iterator[FeatureResult | ImageFailure]:
     """One pooled feature vector per image, in batches; yields a result or a failure per path, in order.
 
     The pooling is the model's (`model.global_pool`; build it with `classifier_for_pool`). `layer` takes the
     tokens of that block instead of the last (counted from 0, negative from the end; for probing by depth),
     pooled the same way through the same final norm (`pooled_at_layer`); the blocks after it are not run. Images are
-    preprocessed as the official demo does (`load_image`, `crop="resize"`) at `size`, which defaults to
-    the model's `img_size` and must equal it. `device` is where the batches go (default: the model's),
+    preprocessed by the official evaluation transform (`load_image`, `crop="eval"`: resize to size x 256/224, centre
+    crop; `"resize"` is the demo's squash) at `size`, which defaults to the model's `img_size` and must equal it.
+    `device` is where the batches go (default: the model's),
     checked by `resolve_device` (one this machine lacks is a `DeviceError`); the model is not moved.
     Each batch runs in eval mode under `torch.inference_mode` (a model left in train mode would drop
     paths at random), and the mode is restored afterwards. A row does not depend
@@ -115,6 +155,11 @@ def extract_features(
     pass under autocast. A row that is not finite (NaN or infinite values: a damaged checkpoint loaded
     with `allow_nonfinite=True`, or an overflow in low precision) is yielded as an `ImageFailure` saying
     so, never as a result.
+
+    Images are decoded by `data.image_loader`: in this process (`workers=0`) or in `workers` processes ahead of
+    the forward pass (pinned memory on CUDA); the rows are the same either way. `indices` picks the positions of
+    `paths` to embed, in that order (default: all; one rank's share, or what a resumed run has left);
+    `FeatureResult.index` is the position in `paths`.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:  # before any image
         raise invalid_argument("batch_size", f"batch size must be a positive integer, got batch_size={batch_size!r}")
@@ -130,14 +175,15 @@ def extract_features(
                                f"{model_size[0]}x{model_size[1]}; build the model at that size "
                                "(from_pretrained(..., img_size=...)) instead")
     target = resolve_device(device) if device is not None else next(model.parameters()).device
-    for batch in image_batches(paths, size, crop, batch_size):
-        tensors = [t for _, _, t in batch if isinstance(t, torch.Tensor)]
-        feats = _forward(model, tensors, target, dtype, layer) if tensors else None
+    loader = image_loader(paths, size, crop, batch_size, indices=indices, workers=workers,
+                          pin_memory=target.type == "cuda")
+    for batch in loader_batches(loader):
+        feats = _forward(model, batch.images, target, dtype, layer) if batch.images is not None else None
         bad = (~torch.isfinite(feats)).sum(dim=1) if feats is not None else None  # non-finite values per row
         row = 0
-        for index, path, item in batch:
-            if isinstance(item, ImageFailure):
-                yield item
+        for index, path, failure in batch.items:
+            if failure is not None:
+                yield failure
                 continue
             assert feats is not None and bad is not None
             if bad[row]:
@@ -164,10 +210,11 @@ def pooled_at_layer(model: VisionTransformer, imgs: torch.Tensor, layer: int) ->
     return model.norm(prefix[:, 0])  # (N, 1, D) -> (N, D); a LayerNorm acts on each token alone
 
 
-def _forward(model: VisionTransformer, tensors: list[torch.Tensor], device: torch.device,
+def _forward(model: VisionTransformer, images: torch.Tensor, device: torch.device,
              dtype: torch.dtype, layer: int | None = None) -> torch.Tensor:
-    """Pooled features of one batch, float32 on the CPU, computed in eval mode (the mode is restored)."""
-    imgs = torch.stack(tensors).to(device)
+    """Pooled features (N, D) of one batch of images (N, 3, H, W), float32 on the CPU, computed in eval mode (the
+    mode is restored)."""
+    imgs = images.to(device, non_blocking=True)
     was_training = model.training
     model.eval()
     try:
@@ -176,66 +223,3 @@ def _forward(model: VisionTransformer, tensors: list[torch.Tensor], device: torc
     finally:
         model.train(was_training)
     return feats.float().cpu()
-
-
-def save_features(
-    path: str | os.PathLike[str],
-    features: torch.Tensor,
-    names: Sequence[str],
-    metadata: Mapping[str, str] | None = None,
-) -> Path:
-    """Write `features` (N, D) and the `names` of its rows to a safetensors file, atomically.
-
-    The tensor is stored as float32 under "features"; `names` go into the metadata as a JSON list
-    under "files", `metadata` (str -> str) beside it. The file appears complete or not at all: an
-    error or interrupt leaves neither it nor a temporary file behind. Returns the path written.
-    """
-    if not isinstance(features, torch.Tensor) or features.dim() != 2:
-        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-        raise ValueError(f"features must be a 2-D tensor (N, D), got {shape}")
-    names = [str(n) for n in names]
-    if len(names) != features.shape[0]:
-        raise ValueError(f"{len(names)} names for {features.shape[0]} feature rows; give one name per row")
-    meta = dict(metadata or {})
-    for key, value in meta.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise ValueError(f"metadata must map str to str, got {key!r}: {value!r}")
-    if _FILES_KEY in meta:
-        raise ValueError(f"metadata key {_FILES_KEY!r} is reserved for the row names")
-    meta = {"format": FEATURES_FORMAT, **meta, _FILES_KEY: json.dumps(names)}
-    tensor = features.detach().to(device="cpu", dtype=torch.float32).contiguous()
-    target = Path(path)
-    with atomic_path(target) as tmp:
-        try:
-            safetensors.torch.save_file({_FEATURES_KEY: tensor}, str(tmp), metadata=meta)
-        except Exception as exc:  # safetensors reports I/O failures (a full disk) as its own error type
-            code = re.search(r"os error (\d+)", str(exc))
-            if code is None:
-                raise
-            errno_ = int(code.group(1))
-            raise OSError(errno_, os.strerror(errno_), str(target)) from None
-    return target
-
-
-def load_features(path: str | os.PathLike[str]) -> tuple[torch.Tensor, list[str], dict[str, str]]:
-    """Read a `save_features` file: (features (N, D) float32, row names, the other metadata)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MAEError(f"features file {path} does not exist")
-    try:
-        with safetensors.safe_open(str(path), "pt") as f:
-            meta = dict(f.metadata() or {})
-            if _FEATURES_KEY not in f.keys():  # noqa: SIM118 - safe_open is not a Mapping
-                raise MAEError(f"{path} holds no {_FEATURES_KEY!r} tensor; it is not a features file")
-            features = f.get_tensor(_FEATURES_KEY)
-    except MAEError:
-        raise
-    except Exception as exc:  # safetensors raises its own error types for damaged headers
-        raise MAEError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
-    try:
-        names = json.loads(meta.pop(_FILES_KEY))
-    except (KeyError, json.JSONDecodeError):
-        raise MAEError(f"{path} has no readable {_FILES_KEY!r} list in its metadata; it is not a features file") from None
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) != features.shape[0]:
-        raise MAEError(f"{path}: the {_FILES_KEY!r} metadata does not name the {features.shape[0]} rows")
-    return features, names, meta

@@ -2,7 +2,9 @@
 
 The official demo (`demo/mae_visualize.ipynb`) does `img.resize((224, 224))` (bicubic),
 `np.array(img) / 255.`, minus the ImageNet mean, over the ImageNet std. `preprocess(crop="resize")`
-reproduces that to float rounding; `crop="center"` is an aspect-preserving alternative.
+reproduces that to float rounding; `crop="center"` is an aspect-preserving alternative, and `crop="eval"` is the
+official evaluation transform (`main_linprobe.py`, `main_finetune.py`: `Resize(256, BICUBIC)` then
+`CenterCrop(224)`, the ImageNet mean/std), written out as torchvision computes it.
 
 Every problem with a file becomes one `ImageError` naming the file, never a raw Pillow exception, so the
 CLI can report it in one line and carry on with the next image.
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .catalog import CROPS
+from .catalog import CROPS, EVAL_RESIZE
 from .errors import ImageError, invalid_argument
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "collect_images",
     "image_batches",
     "denormalize",
+    "eval_resize",
     "load_image",
     "normalize",
     "open_image",
@@ -51,7 +54,7 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
 # A stable order for messages ("looked for .jpg, .jpeg, ...").
 _SUFFIX_ORDER = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
-Crop = Literal["resize", "center"]
+Crop = Literal["eval", "resize", "center"]
 
 
 def check_crop(crop: str) -> None:
@@ -307,7 +310,10 @@ def preprocess(
       (`img.resize((W, H))`, `/ 255.`, `- mean`, `/ std`, in float64 as its numpy code does, then
       cast to float32);
     * "center": keep the aspect ratio: scale so the image covers H x W (for a square target, the
-      shorter side becomes the target) with bicubic resampling, then cut the centre.
+      shorter side becomes the target) with bicubic resampling, then cut the centre;
+    * "eval": the official evaluation transform: resize (bicubic, aspect kept) so that the image covers
+      H x W times 256/224 (at 224: the shorter side becomes 256), then cut the centre H x W, with
+      torchvision's `Resize` / `CenterCrop` rounding (`eval_resize`).
     """
     h, w = _check_size(size)
     check_crop(crop)
@@ -318,6 +324,12 @@ def preprocess(
 
     if crop == "resize":
         img = img.resize((w, h), Image.Resampling.BICUBIC)
+    elif crop == "eval":
+        new_w, new_h = eval_resize(img.size, (h, w))
+        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+        # torchvision's CenterCrop: offsets int(round((size - crop) / 2)).
+        left, top = int(round((new_w - w) / 2.0)), int(round((new_h - h) / 2.0))
+        img = img.crop((left, top, left + w, top + h))
     else:
         src_w, src_h = img.size
         scale = max(w / src_w, h / src_h)
@@ -330,6 +342,22 @@ def preprocess(
     arr = np.asarray(img) / 255.0  # float64, (H, W, 3)
     arr = (arr - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
+
+
+def eval_resize(src: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) the evaluation transform resizes a `src` (width, height) image to before cropping `size`
+    (H, W): torchvision's `Resize(int(S * 256 / 224))` for a square S, i.e. the side that must grow most gets
+    `int(target * 256 / 224)`, the other `int(that * its length / the driving length)` (never below its target)."""
+    src_w, src_h = src
+    h, w = size
+    num, den = EVAL_RESIZE
+    if h * src_w >= w * src_h:  # h / src_h >= w / src_w: the height drives (square target: the shorter side)
+        new_h = h * num // den
+        new_w = max(w, int(new_h * src_w / src_h))
+    else:
+        new_w = w * num // den
+        new_h = max(h, int(new_w * src_h / src_w))
+    return new_w, new_h
 
 
 BatchItem = tuple[int, Path, "torch.Tensor | ImageFailure"]  # (input position, path, image or why not)

@@ -166,7 +166,7 @@ def from_pretrained(
     """
     target = resolve_device(device)
     data = read(path, trust=trust)
-    result = classify(data.state_dict, reference)
+    result = classify(data.state_dict, reference, data.classifier)
     with torch.device("meta"):
         model = model_cls(config)
     fitted = fit(data, result, model)
@@ -183,7 +183,7 @@ def load_into(model: M, path: str | Path, *, reference: ExpectedState, fit: FitF
     NaN / infinite values raise before a single tensor is copied; what the file does not hold keeps the
     model's current values."""
     data = read(path, trust=trust)
-    result = classify(data.state_dict, reference)
+    result = classify(data.state_dict, reference, data.classifier)
     fitted = fit(data, result, model)
     scan(fitted, data.path, allow_nonfinite=allow_nonfinite)  # the copy step's check, before any copy
     with torch.no_grad():

@@ -443,6 +443,12 @@ class MaskedAutoencoderViT(nn.Module):
 def fit_mae_state(data: CheckpointData, result: Classification, config: MAEConfig, strict: bool) -> Fitted:
     """The masked autoencoder's filter: refuse what does not fit, regenerate a sin-cos table made for
     another grid (exact: it is a function of the grid), cast to float32."""
+    if result.kind == "fine-tuned" and strict:
+        raise IncompatibleCheckpointError(
+            f"{data.path} is a fine-tuned classifier ({result.num_classes} classes, global pool): it has no final norm, "
+            f"which {config.name or 'this model'} needs, and no decoder; load it with "
+            "VisionTransformer.from_pretrained(path, head='file') instead"
+        )
     if result.kind == "incompatible" and (strict or result.mismatched or result.unexpected or result.not_float):
         hint = f"; {result.hint}" if result.hint else ""
         raise IncompatibleCheckpointError(
@@ -461,7 +467,7 @@ def fit_mae_state(data: CheckpointData, result: Classification, config: MAEConfi
     kind = result.kind
     if kind == "encoder-only":
         warns.append(catalog.random_decoder_warning(len(sd)))
-    elif kind == "incompatible":  # only strict=False gets here: missing keys keep their init
+    elif kind in ("incompatible", "fine-tuned"):  # only strict=False gets here: missing keys keep their init
         kind = "partial"
         warns.append(f"strict=False: {len(result.missing)} tensors were not in the file and keep their initial "
                      f"values ({short_list(result.missing)})")

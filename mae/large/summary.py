@@ -26,7 +26,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: str
     numel: int
-    part: str  # encoder | decoder | other (not a key of the model)
+    part: str  # encoder | decoder | classifier (a fine-tuned file's head, fc_norm) | other (not a key of the model)
     nonfinite: int = 0  # NaN or infinite values in the tensor
 
 
@@ -55,6 +55,8 @@ class CheckpointSummary:
         """What the file's decoder predicts, as far as it can be told without running the model."""
         from .target import known_target
 
+        if self.kind == "fine-tuned":
+            return "none: a fine-tuned classifier has no decoder"
         if not self.loadable or self.kind == "encoder-only":
             return "none: no trained decoder in this file" if self.kind == "encoder-only" else "-"
         choice = known_target(self.path, self.kind)
@@ -93,6 +95,11 @@ class CheckpointSummary:
         if c.kind == "encoder-only":
             return (f"loadable for fine-tuning and features: the {c.num_encoder} encoder tensors; the decoder is NOT in "
                     f"this file, so reconstructions need {catalog.FULL.filename}")
+        if c.kind == "fine-tuned":
+            pooling = catalog.POOLING_WORDS.get(c.pooling or "", c.pooling)
+            return (f"a fine-tuned classifier ({c.num_classes} classes, {pooling}): "
+                    f"loadable with VisionTransformer.from_pretrained(head='file') and for features (its own pooling "
+                    f"and trained fc_norm); no final norm and no decoder, so not for reconstructions")
         hint = f"; {c.hint}" if c.hint else ""
         return f"not loadable into {self.model_name}: {c.problem()}{hint}"
 
@@ -104,6 +111,8 @@ class CheckpointSummary:
             "container": self.container,
             "source_format": self.source_format,
             "kind": c.kind,
+            "num_classes": c.num_classes,
+            "pooling": c.pooling,
             "loadable": self.loadable,
             "damaged": self.damaged,
             "nonfinite": [{"name": t.name, "count": t.nonfinite, "numel": t.numel} for t in self.nonfinite],
@@ -140,17 +149,22 @@ def summarize(path: str | Path, *, trust: bool = False, config: MAEConfig | None
         unsafe_reason = str(exc)
         data = read_checkpoint(path, trust=True)
     expected = MaskedAutoencoderViT.expected_state(config)
+    classification = classify(data.state_dict, expected, data.classifier)
+    fine_tuned = classification.kind == "fine-tuned"
+    # A fine-tuned classifier's head and fc_norm are part of what the file is, not tensors set aside.
+    listed = {**data.state_dict, **data.classifier} if fine_tuned else data.state_dict
     tensors = [
-        TensorInfo(name, tuple(t.shape), str(t.dtype).removeprefix("torch."), t.numel(), expected.parts.get(name, "other"),
+        TensorInfo(name, tuple(t.shape), str(t.dtype).removeprefix("torch."), t.numel(),
+                   "classifier" if fine_tuned and name in data.classifier else expected.parts.get(name, "other"),
                    count_nonfinite(t))
-        for name, t in data.state_dict.items()
+        for name, t in listed.items()
     ]
     dtypes = dict(Counter(t.dtype for t in tensors))
     return CheckpointSummary(
         path=data.path, size_bytes=data.path.stat().st_size, container=data.container,
         source_format=data.source_format, weights_only=unsafe_reason is None, unsafe_reason=unsafe_reason,
-        classification=classify(data.state_dict, expected), tensors=tensors, fixes=data.fixes,
-        dropped=data.dropped, extras=data.extras, dtypes=dtypes, model_name=f"mae_{config.architecture_name}",
+        classification=classification, tensors=tensors, fixes=data.fixes, dropped=[] if fine_tuned else data.dropped,
+        extras=data.extras, dtypes=dtypes, model_name=f"mae_{config.architecture_name}",
     )
 
 

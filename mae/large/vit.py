@@ -315,8 +315,8 @@ def fit_classifier_state(data: CheckpointData, result: Classification, model: Vi
             "not floating point; it is not a model checkpoint"
         )
     state = {k: v.float() for k, v in state.items()}
-    # The encoder checks passed: a file that is not "full" is the encoder of one (or a fine-tuned classifier's).
-    kind = result.kind if result.kind in ("full", "encoder-only") else "encoder-only"
+    # The encoder checks passed: a file that is not "full" or "fine-tuned" is the encoder of one.
+    kind = result.kind if result.kind in ("full", "encoder-only", "fine-tuned") else "encoder-only"
     return Fitted(state, kind, ignored=ignored, fixes=notes, warnings=warns)
 
 

@@ -5,7 +5,9 @@ small architecture, and optionally stop at a chosen point so a test can send a s
 
 POINT is `none`, or where to write the file `$MAE_TEST_READY` and then wait (60 s at most):
 `figure` (inside a figure write: its temporary file exists), `features` (inside the features file write),
-`batch` (the worker thread is computing a batch, between two figures), `stuck-cleanup` (inside a figure
+`batch` (the worker thread is computing a batch, between two figures), `shard` (inside the second shard
+write of `features --out DIR`), `rss` (no stop: resident memory sampled every 250 shard rows, written to
+$MAE_TEST_READY at exit), `stuck-cleanup` (inside a figure
 write whose clean-up then hangs, so only a second signal can end the run).
 """
 
@@ -60,6 +62,35 @@ def main() -> None:
             _arrive()
 
         safetensors.torch.save_file = slow_save
+    elif point == "shard":  # inside the second shard's write: the first shard is complete, the second a temporary
+        import safetensors.torch
+
+        save_file = safetensors.torch.save_file
+        saves = [0]
+
+        def slow_shard(*a, **k):
+            save_file(*a, **k)
+            saves[0] += 1
+            if saves[0] == 2:
+                _arrive()
+
+        safetensors.torch.save_file = slow_shard
+    elif point == "rss":  # sample this process's resident memory every 250 rows; written to $MAE_TEST_READY at exit
+        import atexit
+        import json
+
+        from mae.large import feature_store
+
+        add, samples = feature_store.ShardWriter.add, []
+
+        def sampled_add(self, *a, **k):
+            add(self, *a, **k)
+            if a[0] % 250 == 0:
+                with open("/proc/self/statm") as f:
+                    samples.append(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+
+        feature_store.ShardWriter.add = sampled_add
+        atexit.register(lambda: Path(os.environ["MAE_TEST_READY"]).write_text(json.dumps(samples)))
     elif point == "batch":
         import mae.large.image as image
 

@@ -62,7 +62,7 @@ def run(*args: str):
     return runner.invoke(app, ["features", *map(str, args)])
 
 
-def expected_rows(encoder_file: Path, paths: list[Path], pool: str = "mean") -> torch.Tensor:
+def expected_rows(encoder_file: Path, paths: list[Path], pool: str = "cls") -> torch.Tensor:
     model = VisionTransformer.from_pretrained(encoder_file, tiny_classifier_config((32, 32), pool)).eval()
     return torch.stack([r.vector for r in extract_features(model, paths)])
 
@@ -78,7 +78,9 @@ def test_writes_rows_in_input_order(tiny, encoder_file, tmp_path) -> None:
     assert names == [str(p) for p in order]
     assert features.shape == (4, 64)
     assert torch.allclose(features, expected_rows(encoder_file, order), atol=1e-6)
-    assert meta["pool"] == "mean" and meta["size"] == "32x32" and meta["checkpoint"] == str(encoder_file)
+    # The defaults: the official linear probe's feature (cls token after the trained norm) and eval transform.
+    assert meta["pool"] == "cls" and meta["crop"] == "eval" and meta["transform"] == "eval"
+    assert meta["size"] == "32x32" and meta["checkpoint"] == str(encoder_file)
     assert meta["model"] == "vit_d64_depth2_heads4_patch8" and meta["dim"] == "64" and meta["layer"] == "1"
     assert "wrote 4 feature vectors of dim 64" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.safetensors", "imgs"]  # no temp file
@@ -92,7 +94,7 @@ def test_layer_takes_an_earlier_block_and_is_recorded(tiny, encoder_file, tmp_pa
     assert json.loads(result.stdout)["layer"] == 0
     features, _, meta = load_features(out)
     assert meta["layer"] == "0"
-    model = VisionTransformer.from_pretrained(encoder_file, tiny_classifier_config((32, 32), "mean")).eval()
+    model = VisionTransformer.from_pretrained(encoder_file, tiny_classifier_config((32, 32), "cls")).eval()
     expected = torch.stack([r.vector for r in extract_features(model, paths, layer=0)])
     assert torch.allclose(features, expected, atol=1e-6)
     assert not torch.allclose(features, expected_rows(encoder_file, paths), atol=1e-3)
@@ -105,16 +107,29 @@ def test_folder_input_and_json(tiny, encoder_file, tmp_path) -> None:
     paths = write_images(tmp_path / "imgs", 3)
     out = tmp_path / "f.safetensors"
     # --device cpu: the expected rows are computed on the CPU, and `auto` would pick a GPU where there is one.
-    result = run(tmp_path / "imgs", "-c", encoder_file, "-o", out, "--size", "32", "--pool", "cls", "--json",
+    result = run(tmp_path / "imgs", "-c", encoder_file, "-o", out, "--size", "32", "--pool", "mean", "--json",
                  "--device", "cpu")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["output"] == str(out) and data["count"] == 3 and data["dim"] == 64 and data["pool"] == "cls"
+    assert data["output"] == str(out) and data["count"] == 3 and data["dim"] == 64 and data["pool"] == "mean"
     assert data["failed"] == [] and data["world_size"] == 1
     features, names, meta = load_features(out)
-    assert names == [str(p) for p in paths] and meta["pool"] == "cls"
-    assert torch.allclose(features, expected_rows(encoder_file, paths, "cls"), atol=1e-6)
-    assert not torch.allclose(features, expected_rows(encoder_file, paths, "mean"), atol=1e-3)
+    assert names == [str(p) for p in paths] and meta["pool"] == "mean"
+    assert torch.allclose(features, expected_rows(encoder_file, paths, "mean"), atol=1e-6)
+    assert not torch.allclose(features, expected_rows(encoder_file, paths, "cls"), atol=1e-3)
+
+
+def test_crop_resize_is_still_offered(tiny, encoder_file, tmp_path) -> None:
+    paths = write_images(tmp_path / "imgs", 2)
+    out = tmp_path / "f.safetensors"
+    result = run(*paths, "-c", encoder_file, "-o", out, "--crop", "resize", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    features, _, meta = load_features(out)
+    assert meta["crop"] == meta["transform"] == "resize"
+    model = VisionTransformer.from_pretrained(encoder_file, tiny_classifier_config((32, 32), "cls")).eval()
+    assert torch.allclose(features, torch.stack([r.vector for r in extract_features(model, paths, crop="resize")]),
+                          atol=1e-6)
+    assert not torch.allclose(features, expected_rows(encoder_file, paths), atol=1e-3)  # eval is another transform
 
 
 def test_a_bad_image_fails_the_run_but_the_others_are_written(tiny, encoder_file, tmp_path) -> None:
@@ -150,17 +165,26 @@ def test_every_image_failing_writes_nothing(tiny, encoder_file, tmp_path) -> Non
     assert result.exit_code == 1 and "no image to extract features from" in result.stderr
 
 
-def test_a_fine_tuned_file_says_its_classifier_is_not_used(tiny, tmp_path) -> None:
-    """Mean pooling goes through fc_norm: a fine-tuned file's trained fc_norm is not used, and the run says so."""
+def test_a_fine_tuned_file_follows_its_own_pooling_and_trained_fc_norm(tiny, tmp_path) -> None:
+    """A global-pool fine-tuned classifier: by default mean pooling through its trained fc_norm (not a fresh one);
+    --pool cls is refused (it has no final norm)."""
     sd = encoder_only(small_state_dict())
     sd.pop("norm.weight"), sd.pop("norm.bias")  # a global-pool fine-tuned file has fc_norm instead
-    sd |= {"fc_norm.weight": torch.full((64,), 2.0), "fc_norm.bias": torch.zeros(64),
+    sd |= {"fc_norm.weight": torch.full((64,), 2.0), "fc_norm.bias": torch.full((64,), 0.5),
            "head.weight": torch.zeros(5, 64), "head.bias": torch.zeros(5)}
     path = save_official(tmp_path / "finetuned.pth", sd)
-    write_images(tmp_path / "imgs", 1)
-    result = run(tmp_path / "imgs", "-c", path, "-o", tmp_path / "f.safetensors", "--size", "32", "--device", "cpu")
+    paths = write_images(tmp_path / "imgs", 2)
+    out = tmp_path / "f.safetensors"
+    result = run(tmp_path / "imgs", "-c", path, "-o", out, "--size", "32", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    assert "holds a trained classifier (fc_norm.weight, fc_norm.bias)" in " ".join(result.stderr.split())
+    assert "fine-tuned" in result.stderr and "trained fc_norm" in " ".join(result.stderr.split())
+    assert "holds a trained classifier" not in result.stderr  # nothing trained is set aside
+    features, _, meta = load_features(out)
+    assert meta["pool"] == "mean"
+    plain = expected_rows(path, paths, "mean")  # the same encoder through a fresh (unit) fc_norm
+    assert torch.allclose(features, plain * 2.0 + 0.5, atol=1e-5)
+    refused = run(tmp_path / "imgs", "-c", path, "-o", tmp_path / "g.safetensors", "--pool", "cls", "--device", "cpu")
+    assert refused.exit_code == 1 and "--pool mean" in refused.stderr and "no final norm" in refused.stderr
 
 
 def _one_error_line(stderr: str) -> str:
@@ -204,10 +228,10 @@ def test_bad_options_are_usage_errors(tiny, encoder_file, tmp_path, option, valu
     assert not (tmp_path / "f.safetensors").exists()
 
 
-def test_out_must_not_be_a_folder(tiny, encoder_file, tmp_path) -> None:
+def test_resume_needs_a_shard_folder(tiny, encoder_file, tmp_path) -> None:
     write_images(tmp_path / "imgs", 1)
-    result = run(tmp_path / "imgs", "-c", encoder_file, "-o", tmp_path, "--size", "32")
-    assert result.exit_code == 2 and "is a folder" in result.output
+    result = run(tmp_path / "imgs", "-c", encoder_file, "-o", tmp_path / "f.safetensors", "--resume")
+    assert result.exit_code == 2 and "--resume" in result.output and not (tmp_path / "f.safetensors").exists()
 
 
 def test_importing_the_cli_does_not_import_torch() -> None:

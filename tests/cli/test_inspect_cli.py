@@ -147,3 +147,20 @@ def test_the_scan_reads_each_tensor_once(runner, tmp_path: Path, monkeypatch) ->
     monkeypatch.setattr(summary, "count_nonfinite", counting)
     result = runner.invoke(app, ["inspect", "--json", str(_damaged(tmp_path))])
     assert result.exit_code == 1 and len(seen) == 398 == json.loads(result.stdout)["num_tensors"]
+
+
+def test_a_fine_tuned_classifier(runner, tmp_path: Path) -> None:
+    """mae_finetuned_vit_large.pth's layout: its own kind, with the number of classes and the pooling."""
+    from mae.large import VisionTransformer, ViTConfig
+
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in VisionTransformer(ViTConfig()).state_dict().items()}
+    path = save_official(tmp_path / "mae_finetuned_vit_large.pth", {k: torch.zeros(1).expand(*s) for k, s in shapes.items()})
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    text = flat(result.output)
+    assert "fine-tuned" in text and "classes 1000" in text and "global pool" in text and "296" in text
+    assert "head.weight" in text and "classifier" in text
+    data = json.loads(runner.invoke(app, ["inspect", "--json", str(path)]).stdout)
+    assert (data["kind"], data["num_classes"], data["pooling"], data["num_tensors"]) == ("fine-tuned", 1000, "mean", 296)
+    assert data["loadable"] and data["dropped"] == [] and "head='file'" in data["verdict"]

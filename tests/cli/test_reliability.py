@@ -131,7 +131,9 @@ def test_a_full_disk_gives_one_line_naming_the_path(files, tmp_path) -> None:
 
 def test_a_full_disk_while_writing_features(files, tmp_path) -> None:
     out = tmp_path / "f.safetensors"
-    args = ["features", str(files["imgs"]), "-c", str(files["encoder"]), "--out", str(out), "--device", "cpu"]
+    # --workers 0: the file-size limit also applies to the shared-memory files that carry worker batches.
+    args = ["features", str(files["imgs"]), "-c", str(files["encoder"]), "--out", str(out), "--device", "cpu",
+            "--workers", "0"]
     proc = child("none", args, tmp_path / "ready", preexec_fn=lambda: (
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN), resource.setrlimit(resource.RLIMIT_FSIZE, (600, 600))))
     _, stderr = proc.communicate(timeout=120)

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import torch
+
 from mae.large import catalog
 from tests.helpers import REPO
 
@@ -41,7 +43,21 @@ def test_entries_are_consistent() -> None:
         assert entry.url == f"{catalog.BASE_URL}/{entry.folder}/{entry.filename}"
         expected = MaskedAutoencoderViT.expected_state(MAEConfig.from_architecture(entry.architecture))
         count = len(expected.shapes) if entry.kind == "full" else len(expected.keys_of("encoder"))
+        if entry.kind == "fine-tuned":  # the official global-pool classifier, built on the meta device
+            from mae.large import VisionTransformer, ViTConfig
+
+            with torch.device("meta"):
+                keys = VisionTransformer(ViTConfig.from_architecture(entry.architecture)).state_dict()
+            assert {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"} <= set(keys)
+            assert "norm.weight" not in keys
+            count = len(keys)  # 292 encoder tensors without norm + head and fc_norm
         assert entry.num_tensors == count, entry.name
+
+
+def test_the_fine_tuned_entry() -> None:
+    entry = catalog.CHECKPOINTS["finetuned"]
+    assert entry.url.endswith("/mae/finetune/mae_finetuned_vit_large.pth")
+    assert (entry.md5_prefix, entry.kind, entry.num_tensors, entry.target) == ("51f550", "fine-tuned", 296, None)
 
 
 def test_a_new_entry_reaches_download_and_hints(monkeypatch) -> None:

@@ -579,3 +579,44 @@ def test_count_nonfinite_skips_what_cannot_hold_nan() -> None:
 def test_nonfinite_tensors_lists_only_the_damaged_in_order() -> None:
     state = {"a": torch.zeros(4), "b": torch.tensor([NAN, 1.0, INF]), "c": torch.ones(2), "d": torch.tensor([-INF])}
     assert list(nonfinite_tensors(state).items()) == [("b", 2), ("d", 1)]
+
+
+# ---- a fine-tuned classifier is a kind of its own ---------------------------------------------------------
+def _fine_tuned_sd(num_classes: int = 7) -> dict[str, torch.Tensor]:
+    """A global-pool fine-tuned classifier of the small configuration (official models_vit: no norm, fc_norm + head)."""
+    torch.manual_seed(3)
+    vit = VisionTransformer(ViTConfig.from_mae(small_config(), num_classes=num_classes))
+    return {k: v.clone() for k, v in vit.state_dict().items()}
+
+
+def test_a_global_pool_fine_tuned_file_is_classified_fine_tuned(tmp_path: Path) -> None:
+    sd = _fine_tuned_sd()
+    assert "norm.weight" not in sd and "fc_norm.weight" in sd
+    data = read_checkpoint(save_official(tmp_path / "ft.pth", sd))
+    expected = MaskedAutoencoderViT.expected_state(small_config())
+    result = classify(data.state_dict, expected, data.classifier)
+    assert (result.kind, result.num_tensors, result.num_classes, result.pooling) == ("fine-tuned", len(sd), 7, "mean")
+    assert result.loadable and result.hint is None
+    # Without the classifier tensors (the old call) it is what it always was: an encoder lacking its norm.
+    assert classify(data.state_dict, expected).kind == "incompatible"
+    # The masked autoencoder cannot use it, and says what can.
+    with pytest.raises(IncompatibleCheckpointError, match=r"fine-tuned classifier \(7 classes.*head='file'"):
+        MaskedAutoencoderViT.from_pretrained(tmp_path / "ft.pth", small_config())
+    # The classifier loads it with its own head, and its report says what the file is.
+    vit = VisionTransformer.from_pretrained(tmp_path / "ft.pth", ViTConfig.from_mae(small_config(), num_classes=7),
+                                            head="file")
+    assert vit.load_report.kind == "fine-tuned" and torch.equal(vit.fc_norm.weight, sd["fc_norm.weight"])
+
+
+@pytest.mark.parametrize("edit", ["keep-norm", "narrow-fc-norm", "no-head"])
+def test_near_misses_are_not_fine_tuned(tmp_path: Path, edit: str) -> None:
+    sd = _fine_tuned_sd()
+    if edit == "keep-norm":  # timm-style: norm kept beside fc_norm: the encoder is complete
+        sd |= {"norm.weight": torch.ones(64), "norm.bias": torch.zeros(64)}
+    elif edit == "narrow-fc-norm":
+        sd["fc_norm.weight"] = torch.ones(32)
+    else:
+        del sd["head.weight"], sd["head.bias"]
+    data = read_checkpoint(save_official(tmp_path / "x.pth", sd))
+    kind = classify(data.state_dict, MaskedAutoencoderViT.expected_state(small_config()), data.classifier).kind
+    assert kind == ("encoder-only" if edit == "keep-norm" else "incompatible")

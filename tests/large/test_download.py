@@ -381,8 +381,10 @@ def test_redirect_policy(old: str, new: str, allowed: bool) -> None:
 # Names and URLs
 # ================================================================================================
 def test_registry_matches_the_published_files() -> None:
-    assert list(REGISTRY) == ["visualize", "visualize-gan", "pretrain", "pretrain-full"]
-    visualize, gan, pretrain, full = REGISTRY.values()
+    assert list(REGISTRY) == ["visualize", "visualize-gan", "pretrain", "pretrain-full", "finetuned"]
+    visualize, gan, pretrain, full, finetuned = REGISTRY.values()
+    assert (finetuned.size, finetuned.md5_prefix, finetuned.kind, finetuned.num_tensors) == (None, "51f550", "fine-tuned",
+                                                                                             296)
     assert (visualize.size, visualize.kind, visualize.num_tensors) == (1_318_315_181, "full", 398)
     assert (gan.size, gan.kind, gan.num_tensors) == (None, "full", 398)
     assert (pretrain.size, pretrain.md5_prefix, pretrain.kind, pretrain.num_tensors) == (None, "b8b06e", "encoder-only", 294)
@@ -396,11 +398,12 @@ def test_registry_matches_the_published_files() -> None:
 
 
 def test_resolve_names() -> None:
-    assert [s.name for s in resolve_names(["all"])] == ["visualize", "visualize-gan", "pretrain", "pretrain-full"]
+    assert [s.name for s in resolve_names(["all"])] == ["visualize", "visualize-gan", "pretrain", "pretrain-full",
+                                                        "finetuned"]
     assert [s.name for s in resolve_names(["pretrain", "all", "Pretrain"])] == ["pretrain", "visualize", "visualize-gan",
-                                                                               "pretrain-full"]
+                                                                               "pretrain-full", "finetuned"]
     with pytest.raises(DownloadError, match=r"unknown checkpoint 'visualise'; choose one of visualize, visualize-gan, "
-                                            r"pretrain, pretrain-full, all"):
+                                            r"pretrain, pretrain-full, finetuned, all"):
         resolve_names(["visualize", "visualise"])
 
 
@@ -424,3 +427,22 @@ def test_a_stale_copy_and_a_failed_refetch_say_both_reasons(server: FileServer, 
     message = str(info.value)
     assert f"{tmp_path / FILENAME} is there but has 30 tensors (encoder-only)" in message
     assert "fetching it again failed" in message and "404" in message
+
+
+def test_the_fine_tuned_file_is_verified_by_structure(tmp_path: Path) -> None:
+    """A file shaped as mae_finetuned_vit_large.pth (global-pool ViT-L classifier, 1000 classes) verifies; the same
+    file with its final norm, or without its head, does not."""
+    import torch
+
+    from mae.large import VisionTransformer, ViTConfig
+    from tests.helpers import save_official
+
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in VisionTransformer(ViTConfig()).state_dict().items()}
+    sd = {k: torch.zeros(1).expand(*s) for k, s in shapes.items()}  # one float each: a small file
+    spec = REGISTRY["finetuned"]
+    good = save_official(tmp_path / "mae_finetuned_vit_large.pth", sd)
+    assert verify_file(good, spec) == (True, "296 tensors (fine-tuned)")
+    headless = save_official(tmp_path / "headless.pth", {k: v for k, v in sd.items() if not k.startswith("head.")})
+    ok, reason = verify_file(headless, spec)
+    assert not ok and "expected 296 (fine-tuned)" in reason

@@ -75,7 +75,7 @@ def test_extract_features_equals_forward_features_on_the_same_batch(encoder_file
     results = list(extract_features(model, paths, batch_size=4))
     assert [type(r) for r in results] == [FeatureResult] * 4
     assert [r.path for r in results] == paths and [r.index for r in results] == [0, 1, 2, 3]
-    batch = torch.stack([load_image(p, size=SIZE) for p in paths])
+    batch = torch.stack([load_image(p, size=SIZE, crop="eval") for p in paths])
     with torch.no_grad():
         expected = model.forward_features(batch)
     # The same batch through the same kernels: bit for bit.
@@ -98,7 +98,7 @@ def test_mean_pool_is_a_plain_layernorm_of_the_mean_patch_token(encoder_file, tm
     assert torch.equal(model.fc_norm.weight, torch.ones(64)) and torch.equal(model.fc_norm.bias, torch.zeros(64))
     paths = write_images(tmp_path, 3)
     got = vectors(extract_features(model, paths))
-    batch = torch.stack([load_image(p, size=SIZE) for p in paths])
+    batch = torch.stack([load_image(p, size=SIZE, crop="eval") for p in paths])
     with torch.no_grad():
         tokens = model.forward_tokens(batch)  # raw block output with global_pool
     assert torch.allclose(got, F.layer_norm(tokens[:, 1:].mean(1), (64,), eps=1e-6), atol=1e-6)
@@ -113,7 +113,7 @@ def test_cls_pool_is_the_normed_cls_token_computed_by_hand(encoder_file, tmp_pat
 
     sd = small_state_dict()  # the encoder's `norm` comes from the checkpoint, not a fresh init
     assert torch.equal(cls_model.norm.weight, sd["norm.weight"]) and torch.equal(cls_model.norm.bias, sd["norm.bias"])
-    batch = torch.stack([load_image(p, size=SIZE) for p in paths])
+    batch = torch.stack([load_image(p, size=SIZE, crop="eval") for p in paths])
     with torch.no_grad():
         x = cls_model.patch_embed(batch) + sd["pos_embed"][:, 1:]
         cls_token = (sd["cls_token"] + sd["pos_embed"][:, :1]).expand(x.shape[0], -1, -1)
@@ -137,7 +137,7 @@ def test_layer_takes_the_tokens_of_that_block_pooled_the_same_way(encoder_file, 
     assert torch.equal(vectors(extract_features(model, paths, layer=-1)), last)
     assert torch.equal(vectors(extract_features(model, paths, layer=1)), last)
     first = vectors(extract_features(model, paths, layer=0))
-    batch = torch.stack([load_image(p, size=SIZE) for p in paths])
+    batch = torch.stack([load_image(p, size=SIZE, crop="eval") for p in paths])
     with torch.no_grad():
         x = model.encoder_tokens(batch).x
         x = model.blocks[0](x)  # block 0's output, pooled by hand

@@ -376,3 +376,35 @@ def test_collect_images_reports_sub_folders_and_walks_them_when_asked(tmp_path: 
     assert [p.relative_to(tmp_path).as_posix() for p in deep] == ["b.png", "sub/a.png", "sub/deeper/c.png"]
     again = collect_images([tmp_path / "b.png", tmp_path / "b.png"])
     assert [p.name for p in again[0]] == ["b.png"] and [p.name for p in again.duplicates] == ["b.png"]
+
+
+# ---- the official evaluation transform ------------------------------------------------------------------
+def _normalised(img: Image.Image) -> torch.Tensor:
+    arr = (np.asarray(img) / 255.0 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
+
+
+@pytest.mark.parametrize(("src", "size", "resized", "box"), [
+    # Resize(256) of a 300x200 (w x h) picture: the shorter side (h) -> 256, w -> int(256 * 300 / 200) = 384;
+    # CenterCrop(224): left int(round(160 / 2)) = 80, top 16.
+    ((300, 200), 224, (384, 256), (80, 16, 304, 240)),
+    ((200, 300), 224, (256, 384), (16, 80, 240, 304)),  # portrait: the width is the shorter side
+    # At 32: Resize(int(32 / 0.875)) = Resize(36); 300x200 -> 54x36, crop offsets round(11) = 11, round(2) = 2.
+    ((300, 200), 32, (54, 36), (11, 2, 43, 34)),
+    ((229, 229), 224, (256, 256), (16, 16, 240, 240)),  # square
+])
+def test_eval_crop_is_resize_256_then_centre_224(src, size, resized, box) -> None:
+    img = noise_rgb(*src, seed=4)
+    expected = _normalised(img.resize(resized, Image.Resampling.BICUBIC).crop(box))
+    got = preprocess(img, size, crop="eval")
+    assert got.shape == (3, size, size)
+    assert torch.equal(got, expected)
+    assert not torch.allclose(got, preprocess(img, size, crop="center"), atol=1e-3)  # not the margin-less crop
+
+
+def test_eval_crop_of_a_non_square_size_covers_it_with_the_same_margin() -> None:
+    from mae.large.image import eval_resize
+
+    assert eval_resize((300, 200), (224, 320)) == (384, 256)  # 224 / 200 > 320 / 300: the height drives
+    assert eval_resize((300, 250), (224, 320)) == (365, 304)  # the width drives: 320 * 256 // 224 = 365
+    assert preprocess(noise_rgb(300, 250), (224, 320), crop="eval").shape == (3, 224, 320)
