@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from cli import attention, common, download, features, inspect, interrupt, loss, pca, reconstruct
+from cli import attention, common, download, features, inspect, interrupt, knn, loss, pca, probe, reconstruct
 
 
 class JsonAwareGroup(TyperGroup):
@@ -82,6 +82,8 @@ app.command("download")(download.download_command)
 app.command("features")(features.features_command)
 app.command("attention")(attention.attention_command)
 app.command("pca")(pca.pca_command)
+app.command("knn")(knn.knn_command)
+app.command("probe")(probe.probe_command)
 
 
 def main() -> None:
