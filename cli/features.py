@@ -87,8 +87,8 @@ def features_command(
     trust: TrustOpt = False,
     workers: Annotated[int | None, typer.Option(
         "--workers", min=0, show_default=False,
-        help="Processes decoding images ahead of the model (0: in the main process). Default: one core left for "
-        "the main process, at most 8.")] = None,
+        help="Processes decoding images ahead of the model (0: in the main process). Default: on a GPU one core "
+        "left for the main process, at most 8; on the CPU 0 (the forward pass needs every core).")] = None,
     shard_size: Annotated[int, typer.Option(
         "--shard-size", min=1, help="With --out DIR: rows per shard file (each written as soon as it is full).",
     )] = 10_000,
@@ -116,7 +116,7 @@ def features_command(
     paths, failures = source.paths, list(source.failures)
     if not sharded and out_path.resolve() in {p.resolve() for p in paths}:
         raise typer.BadParameter(f"{out_path} is one of the input images; choose another output file", param_hint="--out")
-    n_workers = default_workers() if workers is None else workers
+    n_workers = default_workers(device_type=resolve_device(device).type) if workers is None else workers
     held: dict[str, Any] = {}
     started = time.perf_counter()
 

@@ -37,8 +37,12 @@ LIST_SUFFIXES: frozenset[str] = frozenset({".txt", ".lst", ".list"})
 MAX_DEFAULT_WORKERS = 8
 
 
-def default_workers(cpus: int | None = None) -> int:
-    """Worker processes by default: a core left for the main process, at most `MAX_DEFAULT_WORKERS`."""
+def default_workers(cpus: int | None = None, device_type: str = "cuda") -> int:
+    """Worker processes by default: for an accelerator, a core left for the main process, at most
+    `MAX_DEFAULT_WORKERS`; for the CPU none, since the forward pass uses every core and decoding beside it
+    only takes cores from it (bench/features_pipeline.py on 2 cores: 1 worker halves the throughput)."""
+    if device_type == "cpu":
+        return 0
     cpus = cpus if cpus is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                           else os.cpu_count() or 1)
     return max(0, min(cpus - 1, MAX_DEFAULT_WORKERS))

@@ -65,6 +65,7 @@ def test_indices_choose_the_positions_in_order(digits_tree: Path) -> None:
 
 def test_default_workers_leave_a_core() -> None:
     assert default_workers(1) == 0 and default_workers(2) == 1 and default_workers(64) == 8
+    assert default_workers(64, device_type="cpu") == 0  # the CPU forward pass needs every core
 
 
 def test_worker_threads_are_set_for_the_run_and_restored(digits_tree: Path) -> None:
