@@ -15,6 +15,8 @@ RUNS = [
     ["batch.py", "--runs", "3", "--bf16", "--ablation"],
     ["nonfinite_scan.py", "--runs", "5"],
     ["sweep.py", "--rounds", "5"],
+    ["features_pipeline.py", "--images", "48"],
+    ["evaluate.py", "--rounds", "3"],
     ["attention.py", "--rounds", "5"],
 ]
 
