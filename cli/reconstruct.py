@@ -103,6 +103,10 @@ def reconstruct_command(
         "--allow-random-decoder", help="Draw even with an encoder-only checkpoint (the decoder is then random).")] = False,
     dtype: DtypeOpt = "float32",
     recursive: RecursiveOpt = False,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=0, show_default=False,
+        help="Processes decoding images ahead of the model (0: in this process). Default: on a GPU one core left "
+        "for the main process, at most 8; on the CPU 0 (the forward pass needs every core).")] = None,
     max_patches: MaxPatchesOpt = DEFAULT_MAX_PATCHES,
     allow_nonfinite: AllowNonfiniteOpt = False,
     json_: JsonOpt = False,
@@ -146,6 +150,9 @@ def reconstruct_command(
     # Named from every input, so each rank names its figures as one process would.
     stems = _output_names(paths, out_dir, save_panels, f".{animate_format}" if animate else None)
     mask_kind = None if spec.kind == "random" and spec.ratio is None else spec
+    from mae.large.data import default_workers
+
+    n_workers = default_workers(device_type=resolve_device(device).type) if workers is None else workers
 
     def setup(ctx, quiet: bool):
         from mae.large.pipeline import detect_target_on_files, maskings_for
@@ -168,7 +175,8 @@ def reconstruct_command(
 
         model, maskings, choice = state
         note = _note(model, choice)
-        for item in sweep_files(model, local, maskings, crop=crop, batch_size=batch_size, dtype=torch_dtype):  # type: ignore[arg-type]
+        for item in sweep_files(model, local, maskings, crop=crop, batch_size=batch_size, dtype=torch_dtype,  # type: ignore[arg-type]
+                                workers=n_workers):
             if isinstance(item, ImageFailure):
                 if not json_ and not ctx.is_distributed:  # distributed: rank 0 lists them all below
                     err.print(f"[red]skipped[/] {escape(item.reason)}")

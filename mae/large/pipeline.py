@@ -141,6 +141,7 @@ def reconstruct_files(
     dtype: torch.dtype = torch.float32,
     overlap: bool = True,
     mask: MaskSpec | torch.Tensor | None = None,
+    workers: int = 0,
 ) -> Iterator[ImageResult | ImageFailure]:
     """Reconstruct every file in `paths` in batches; yields one result or failure per file, in order.
 
@@ -158,7 +159,8 @@ def reconstruct_files(
     are the same either way; `overlap=False` computes each batch only when the caller asks for it.
     """
     maskings = maskings_for(model, ratios=[mask_ratio], seeds=[seed], mask=mask)
-    return _run(model, paths, maskings, crop=crop, batch_size=batch_size, device=device, dtype=dtype, overlap=overlap)
+    return _run(model, paths, maskings, crop=crop, batch_size=batch_size, device=device, dtype=dtype, overlap=overlap,
+                workers=workers)
 
 
 def sweep_files(
@@ -171,21 +173,26 @@ def sweep_files(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     overlap: bool = True,
+    workers: int = 0,
 ) -> Iterator[SweepResult | ImageFailure]:
     """Reconstruct every file under each of `maskings` (`maskings_for`): one forward pass of the batch per
-    masking, nothing recomputed per figure; one `SweepResult` or failure per file, in order."""
+    masking, nothing recomputed per figure; one `SweepResult` or failure per file, in order. `workers` > 0
+    decodes the images in that many processes (`data.image_loader`) ahead of the model."""
     return _run(model, paths, list(maskings), crop=crop, batch_size=batch_size, device=device, dtype=dtype,
-                overlap=overlap, sweep=True)
+                overlap=overlap, sweep=True, workers=workers)
 
 
 def _run(model: MaskedAutoencoderViT, paths: Sequence[Path], maskings: list[Masking], *, crop: Crop, batch_size: int,
-         device: torch.device | str | None, dtype: torch.dtype, overlap: bool, sweep: bool = False) -> Iterator:
+         device: torch.device | str | None, dtype: torch.dtype, overlap: bool, sweep: bool = False,
+         workers: int = 0) -> Iterator:
     check_crop(crop)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise invalid_argument("batch_size", f"batch size must be a positive integer, got batch_size={batch_size!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise invalid_argument("workers", f"workers must be an integer >= 0 (0: load in this process), got {workers!r}")
     target = resolve_device(device) if device is not None else next(model.parameters()).device
     items = _reconstruct_batches(model, paths, maskings, crop=crop, batch_size=batch_size, device=target, dtype=dtype,
-                                 sweep=sweep)
+                                 sweep=sweep, workers=workers)
     return _run_ahead(items, batch_size) if overlap else items
 
 
@@ -199,6 +206,7 @@ def _reconstruct_batches(
     device: torch.device,
     dtype: torch.dtype,
     sweep: bool,
+    workers: int = 0,
 ) -> Iterator[ImageResult | SweepResult | ImageFailure]:
 
     def forward(imgs: torch.Tensor, m: Masking) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -240,6 +248,15 @@ def _reconstruct_batches(
         for index, _, item in pending:
             yield outputs[index] if isinstance(item, torch.Tensor) else item
 
+    if workers:  # decoded by worker processes of the data module (`data.image_loader`), in input order
+        from .data import image_loader, loader_batches
+
+        loader = image_loader(paths, model.config.img_size, crop, batch_size, workers=workers,
+                              pin_memory=device.type == "cuda")
+        for loaded in loader_batches(loader):
+            images = iter(loaded.images if loaded.images is not None else [])
+            yield from flush([(i, p, failure if failure is not None else next(images)) for i, p, failure in loaded.items])
+        return
     for batch in image_batches(paths, model.config.img_size, crop, batch_size):
         yield from flush(batch)
 

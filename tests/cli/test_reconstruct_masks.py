@@ -139,3 +139,13 @@ def test_target_is_reported_and_norm_pix_is_an_alias(runner, small_arch, small_c
     named = run(runner, images[0], "-c", small_ckpts[0], "--out", tmp_path / "c", "--target", "norm-pix", "--json")
     a, b = json.loads(alias.stdout), json.loads(named.stdout)
     assert a["target"] == b["target"] == "norm-pix" and a["images"][0]["loss"] == b["images"][0]["loss"]
+
+
+def test_worker_processes_change_no_result(runner, small_arch, small_ckpts, images, tmp_path) -> None:
+    (images[0].parent / "broken.png").write_bytes(b"not a png")
+    runs = [json.loads(run(runner, images[0].parent, "-c", small_ckpts[0], "--out", tmp_path / f"w{w}", "--workers",
+                           w, "--batch-size", "2", "--json").stdout) for w in (0, 2)]
+    assert [r["image"] for r in runs[0]["images"]] == [r["image"] for r in runs[1]["images"]]
+    assert [r.get("loss") for r in runs[0]["images"]] == [r.get("loss") for r in runs[1]["images"]]
+    assert runs[0]["failed"] == runs[1]["failed"] == 1
+    assert [Path(r["image"]).name for r in runs[1]["images"] if "error" in r] == ["broken.png"]
