@@ -82,11 +82,8 @@ def _merge(best_v: torch.Tensor, best_i: torch.Tensor, new_v: torch.Tensor, new_
 
 
 def knn(
-    train: torch.Tensor | FeatureSource,
-    train_labels: torch.Tensor,
-    val: torch.Tensor | FeatureSource,
-    val_labels: torch.Tensor,
-    *,
+    train: torch.Tensor | FeatureSource, train_labels: torch.Tensor, val: torch.Tensor | FeatureSource,
+    val_labels: torch.Tensor, *,
     k: int = 20,
     temperature: float = 0.07,
     weighting: str = "softmax",
