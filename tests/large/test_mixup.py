@@ -88,7 +88,7 @@ def test_cutmix_box_area_matches_lambda() -> None:
         assert d.cutmix and box is not None and 0 <= box.top <= box.bottom <= h and 0 <= box.left <= box.right <= w
         assert d.lam == pytest.approx(1.0 - box.area / (h * w))  # the correction: the area actually pasted
         cut_h, cut_w = int(h * math.sqrt(1 - d.drawn_lam)), int(w * math.sqrt(1 - d.drawn_lam))
-        if 0 < box.top and box.bottom < h and 0 < box.left and box.right < w:  # not clipped by a border
+        if box.top > 0 and box.bottom < h and box.left > 0 and box.right < w:  # not clipped by a border
             inside += 1
             assert (box.bottom - box.top, box.right - box.left) == (cut_h // 2 * 2, cut_w // 2 * 2)
             assert abs(box.area / (h * w) - (1 - d.drawn_lam)) <= 2 / h + 2 / w
