@@ -44,7 +44,7 @@ from .mixup import (
     mixup_target,
     recipe_criterion,
 )
-from .rand_augment import RandAugment, rand_augment_transform
+from .rand_augment import RandAugment, keyed_rng, rand_augment_transform
 
 __all__ = [
     "AugmentConfig",
@@ -57,6 +57,7 @@ __all__ = [
     "TrainTransform",
     "cutmix_box",
     "eval_resize_size",
+    "keyed_rng",
     "mixup_target",
     "rand_augment_transform",
     "random_resized_crop_box",
@@ -65,6 +66,7 @@ __all__ = [
 ]
 
 Box = tuple[int, int, int, int]  # (top, left, height, width), torchvision's (i, j, h, w)
+
 
 
 def to_tensor(img: Image.Image, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD

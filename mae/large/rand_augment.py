@@ -17,7 +17,8 @@ arguments for magnitudes in [0, 10]):
   resample with `interpolation` (bicubic in the recipe; without it, bilinear or bicubic at random, as timm).
 
 The draws come in timm's order (the op choices, then per op: apply?, magnitude, sign, resampling), so a
-plan (`RandAugment.sample`) is a pure function of the generator's state.
+plan (`RandAugment.sample`) is a pure function of the generator's state; `keyed_rng` makes that generator a
+pure function of keys such as (seed, epoch, sample index). Torch-free.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "AugmentOp",
     "RandAugment",
     "apply_op",
+    "keyed_rng",
     "rand_augment_transform",
 ]
 
@@ -58,6 +60,18 @@ INCREASING_OPS: tuple[str, ...] = (
     "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY",
     "TranslateXRel", "TranslateYRel",
 )
+
+
+def keyed_rng(*keys: int | str) -> random.Random:
+    """A generator that is a pure function of `keys` (e.g. `keyed_rng(seed, epoch, sample_index)` for an image,
+    `keyed_rng(seed, epoch, "mix", step)` for a batch): the same draws in any process, worker or machine.
+
+    The keys are joined into one string, and `random.Random` seeds from a string through SHA-512 (not the
+    salted `hash()`), so the stream does not depend on PYTHONHASHSEED; nearby keys give unrelated streams.
+    """
+    if not keys or not all(isinstance(k, (int, str)) and not isinstance(k, bool) for k in keys):
+        raise invalid_argument("keys", f"keyed_rng takes one or more ints or strings, got {keys!r}")
+    return random.Random("augment:" + ":".join(f"{type(k).__name__[0]}{k}" for k in keys))
 
 
 # ---- the ops: (image, argument) -> image ----------------------------------------------------------

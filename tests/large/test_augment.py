@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,11 +22,13 @@ from mae.large.augment import (
     SoftTargetCrossEntropy,
     TrainTransform,
     eval_resize_size,
+    keyed_rng,
     random_resized_crop_box,
     to_tensor,
 )
 from mae.large.errors import InvalidArgumentError
 from mae.large.image import IMAGENET_MEAN, IMAGENET_STD, preprocess
+from tests.helpers import REPO
 
 
 def _image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -41,7 +46,7 @@ def test_crop_boxes_follow_scale_and_ratio() -> None:
         logs.append(math.log(w / h))
     # At most 0.3 of the area every first try fits, so the draws are the plain laws (rounding aside).
     n = len(areas)
-    assert 0.08 - 0.01 <= min(areas) and max(areas) <= 0.3 + 0.01
+    assert min(areas) >= 0.08 - 0.01 and max(areas) <= 0.3 + 0.01
     assert abs(sum(areas) / n - 0.19) < 5 * math.sqrt(0.22 ** 2 / 12 / n) + 0.002
     span = 2 * math.log(4 / 3)
     assert max(abs(v) for v in logs) <= span / 2 + 0.02
@@ -49,7 +54,7 @@ def test_crop_boxes_follow_scale_and_ratio() -> None:
     assert abs(sum(v * v for v in logs) / n - span ** 2 / 12) < 0.004
     # The recipe's full range: boxes can be the whole image, never outside it.
     full = [random_resized_crop_box(width, height, (0.08, 1.0), (3 / 4, 4 / 3), rng) for _ in range(2000)]
-    assert all(0 <= t and t + h <= height and 0 <= le and le + w <= width for t, le, h, w in full)
+    assert all(t >= 0 and t + h <= height and le >= 0 and le + w <= width for t, le, h, w in full)
     assert max(h * w for _, _, h, w in full) > 0.9 * width * height
 
 
@@ -84,8 +89,8 @@ def test_erasing_frequency_and_boxes() -> None:
     areas = [h * w / (height * width) for _, _, h, w in erased]
     assert 0.02 - 0.002 <= min(areas) < 0.03 and 0.3 < max(areas) <= 1 / 3 + 0.01
     aspects = [h / w for _, _, h, w in erased]
-    assert 0.3 * 0.9 <= min(aspects) and max(aspects) <= 1 / 0.3 * 1.1
-    assert all(0 <= t and t + h <= height and 0 <= le and le + w <= width and h < height and w < width
+    assert min(aspects) >= 0.3 * 0.9 and max(aspects) <= 1 / 0.3 * 1.1
+    assert all(t >= 0 and t + h <= height and le >= 0 and le + w <= width and h < height and w < width
                for t, le, h, w in erased)
 
 
@@ -191,3 +196,17 @@ def test_config_defaults_and_builders() -> None:
     assert type(off.criterion()).__name__ == "LabelSmoothingCrossEntropy"
     with pytest.raises(AttributeError):
         cfg.mixup = 0.5  # frozen
+
+
+def test_keyed_rng_is_a_function_of_its_keys() -> None:
+    draws = keyed_rng(0, 3, 17).random(), keyed_rng(0, 3, 17).random()
+    assert draws[0] == draws[1]
+    others = {keyed_rng(0, 3, 18).random(), keyed_rng(0, 4, 17).random(), keyed_rng(1, 3, 17).random(),
+              keyed_rng(0, 3, "17").random(), keyed_rng(0, 31, 7).random()}
+    assert draws[0] not in others and len(others) == 5
+    code = "from mae.large.rand_augment import keyed_rng; print(repr(keyed_rng(0, 3, 17).random()))"
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert float(done.stdout) == draws[0]  # another process, another hash salt: the same stream
+    with pytest.raises(InvalidArgumentError):
+        keyed_rng()
