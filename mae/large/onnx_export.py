@@ -78,6 +78,8 @@ class OnnxReport:
     dynamic_batch: bool
     img_size: Size2D
     mask_ratio: float | None  # `mae` only: fixed at export
+    target: str | None  # `mae` only: what the loss compares the prediction with, "pixels" or "norm-pix"
+    target_how: str | None  # why that target
     checked: bool
     check_batches: tuple[int, ...]  # the batch sizes the file was run at
     max_abs_error: float | None  # largest |onnxruntime - PyTorch| over every output and batch
@@ -179,6 +181,7 @@ def export_onnx(
     size: int | Size2D | None = None,
     dynamic_batch: bool = False,
     mask_ratio: float = DEFAULT_MASK_RATIO,
+    target: str = "auto",
     opset: int | None = None,
     check: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
@@ -197,10 +200,13 @@ def export_onnx(
     mode for the export and its mode restored.
 
     The batch is 1 unless `dynamic_batch` (then any batch size, named `batch` in the file). `mask_ratio` (`mae`):
-    the fraction of patches removed, fixed in the file. `opset` None: the exporter's default. `check` (default
-    True) runs the file with onnxruntime on random inputs drawn from `seed` and compares every output with
-    PyTorch's: a largest absolute difference over `tolerance`, or a mask that differs, raises `MAEError` and
-    nothing is written."""
+    the fraction of patches removed, fixed in the file. `target` (`mae`): what the loss measures the prediction
+    against, "pixels" or "norm-pix" (`norm_pix_loss`); "auto" takes the catalogue's entry for the name of the file
+    the model was loaded from (`target.resolve_target`), else keeps the model's own (the report says which and
+    why). `opset` None: the
+    exporter's default. `check` (default True) runs the file with onnxruntime on random inputs drawn from `seed`
+    and compares every output with PyTorch's: a largest absolute difference over `tolerance`, or a mask that
+    differs, raises `MAEError` and nothing is written."""
     _check_what(what)
     if not isinstance(dynamic_batch, bool):
         raise invalid_argument("dynamic_batch", f"dynamic_batch must be True or False, got {dynamic_batch!r}")
@@ -208,20 +214,34 @@ def export_onnx(
         raise invalid_argument("tolerance", f"tolerance must be a number >= 0, got {tolerance!r}")
     require_onnx()  # before a model is loaded
     started = time.perf_counter()
-    target = Path(path)
-    if target.is_dir():
-        raise invalid_argument("path", f"{target} is a folder; give the .onnx file to write")
+    out = Path(path)
+    if out.is_dir():
+        raise invalid_argument("path", f"{out} is a folder; give the .onnx file to write")
+    from .target import resolve_target
+
+    choice = resolve_target(target, None, None) if target != "auto" else None  # a bad name fails before loading
     model = _model_for(model_or_checkpoint, what, size, trust=trust, allow_nonfinite=allow_nonfinite,
                        allow_random_decoder=allow_random_decoder)
     graph = graph_for(model, what, mask_ratio)
     inner: nn.Module = graph.model  # type: ignore[assignment]
-    was_training = inner.training
+    was_training, norm_pix = inner.training, getattr(inner, "norm_pix_loss", None)
+    how = None
+    if isinstance(inner, MaskedAutoencoderViT):
+        loaded = inner.load_report
+        if choice is None and loaded is not None:  # auto: the catalogue's word on the file the model came from
+            choice = resolve_target("auto", Path(loaded.path), loaded.kind)
+        if choice is not None:
+            inner.norm_pix_loss, how = choice.norm_pix, choice.how
+        else:
+            how = f"not a catalogue file, so the model's own norm_pix_loss={inner.norm_pix_loss}"
     inner.eval()
     try:
-        return _export(graph, inner, target, what, dynamic_batch=dynamic_batch, mask_ratio=mask_ratio, opset=opset,
-                       check=check, tolerance=float(tolerance), seed=seed, started=started)
+        return _export(graph, inner, out, what, dynamic_batch=dynamic_batch, mask_ratio=mask_ratio, opset=opset,
+                       check=check, tolerance=float(tolerance), seed=seed, started=started, target_how=how)
     finally:
         inner.train(was_training)
+        if norm_pix is not None:
+            inner.norm_pix_loss = norm_pix
 
 
 def _check_what(what: str) -> None:
@@ -282,7 +302,8 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def _export(graph: nn.Module, model: nn.Module, target: Path, what: str, *, dynamic_batch: bool, mask_ratio: float,
-            opset: int | None, check: bool, tolerance: float, seed: int, started: float) -> OnnxReport:
+            opset: int | None, check: bool, tolerance: float, seed: int, started: float,
+            target_how: str | None) -> OnnxReport:
     input_names, output_names = _NAMES[what]
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
@@ -329,8 +350,11 @@ def _export(graph: nn.Module, model: nn.Module, target: Path, what: str, *, dyna
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     c = model.config  # type: ignore[attr-defined]
+    mae = what == "mae"
+    norm_pix = bool(getattr(model, "norm_pix_loss", False))
     return OnnxReport(target, data_target, what, opset_used, inputs, outputs, dynamic_batch, c.img_size,
-                      mask_ratio if what == "mae" else None, check, batches, error, masks_same, tolerance,
+                      mask_ratio if mae else None, ("norm-pix" if norm_pix else "pixels") if mae else None,
+                      target_how if mae else None, check, batches, error, masks_same, tolerance,
                       time.perf_counter() - started)
 
 
