@@ -25,8 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -37,7 +35,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .atomic import atomic_path
+from .atomic import atomic_path, staging_folder
 from .config import MAEConfig, Size2D, to_2tuple
 from .errors import MAEError, invalid_argument
 from .model import DEFAULT_MASK_RATIO, MaskedAutoencoderViT, check_mask_ratio
@@ -319,10 +317,8 @@ def _export(graph: nn.Module, model: nn.Module, target: Path, what: str, *, dyna
                                     dynamic_shapes=dynamic_shapes)
     assert program is not None  # dynamo=True always returns the program
     opset_used = int(program.model.opset_imports.get("", opset or 0))
-    target.parent.mkdir(parents=True, exist_ok=True)
     # Staged in a hidden folder beside the target under the final names: the model file names its data file.
-    staging = Path(tempfile.mkdtemp(prefix=".mae-", suffix=".part", dir=target.parent))
-    try:
+    with staging_folder(target.parent) as staging:
         staged = staging / target.name
         with _quiet_exporter():
             program.save(staged)  # torch moves the weights to `NAME.data` beyond 1.5 GiB
@@ -336,9 +332,12 @@ def _export(graph: nn.Module, model: nn.Module, target: Path, what: str, *, dyna
         error, masks_same = _compare(session, graph, model, what, batches, device, generator) if check else (None, None)
         del session  # the file is closed before it moves
         if check and not (error is not None and error <= tolerance and masks_same is not False):
-            worst = "NaN" if error is None or error != error else f"{error:.3g}"
-            problem = "its masks differ from PyTorch's" if masks_same is False else \
-                f"its outputs differ from PyTorch's by up to {worst} (tolerance {tolerance:g})"
+            if masks_same is False:
+                problem = "its masks differ from PyTorch's"
+            elif error is None:
+                problem = "its outputs (or PyTorch's) are not finite"
+            else:
+                problem = f"its outputs differ from PyTorch's by up to {error:.3g} (tolerance {tolerance:g})"
             raise MAEError(f"the exported {what} graph does not reproduce the model: {problem} on random inputs; "
                            f"nothing was written to {target} (check=False writes it unchecked)")
         data_target = target.with_name(f"{target.name}.data") if data is not None else None
@@ -347,8 +346,6 @@ def _export(graph: nn.Module, model: nn.Module, target: Path, what: str, *, dyna
             if data is not None and data_target is not None:
                 os.replace(data, stack.enter_context(atomic_path(data_target)))
             os.replace(staged, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     c = model.config  # type: ignore[attr-defined]
     mae = what == "mae"
     norm_pix = bool(getattr(model, "norm_pix_loss", False))

@@ -119,9 +119,28 @@ def test_a_file_that_does_not_reproduce_the_model_is_not_written(tmp_path) -> No
     with torch.no_grad():
         model.norm.weight[0] = float("nan")
     out = tmp_path / "bad.onnx"
-    with pytest.raises(MAEError, match="does not reproduce the model.*nothing was written"):
+    with pytest.raises(MAEError, match="does not reproduce the model: its outputs .* not finite.*nothing was written"):
         export_onnx(model, out, "features")
     assert files_in(tmp_path) == set()
+
+
+def test_weights_in_a_data_file_move_into_place_with_the_model(tmp_path, monkeypatch) -> None:
+    """Past torch's size threshold (1.5 GiB: ViT-H) the weights go to `NAME.data`, which the model file names; both
+    are renamed into place and the file runs from there."""
+    from torch.onnx._internal.exporter import _onnx_program
+
+    monkeypatch.setattr(_onnx_program, "_LARGE_MODEL_THRESHOLD", 0)  # every model is "large"
+    model = small_model()
+    out = tmp_path / "mae.onnx"
+    report = export_onnx(model, out, "features")
+    assert report.passed and report.data_path == tmp_path / "mae.onnx.data"
+    assert files_in(tmp_path) == {"mae.onnx", "mae.onnx.data"}
+    assert out.stat().st_size < 100_000 < report.data_path.stat().st_size  # the weights are in the data file
+    image = torch.randn(1, 3, 32, 32)
+    (got,) = run(out, image=image)
+    with torch.inference_mode():
+        expected = graph_for(model, "features")(image)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_missing_extra_names_the_install_command(tmp_path, monkeypatch) -> None:
