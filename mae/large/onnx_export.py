@@ -201,10 +201,9 @@ def export_onnx(
     the fraction of patches removed, fixed in the file. `target` (`mae`): what the loss measures the prediction
     against, "pixels" or "norm-pix" (`norm_pix_loss`); "auto" takes the catalogue's entry for the name of the file
     the model was loaded from (`target.resolve_target`), else keeps the model's own (the report says which and
-    why). `opset` None: the
-    exporter's default. `check` (default True) runs the file with onnxruntime on random inputs drawn from `seed`
-    and compares every output with PyTorch's: a largest absolute difference over `tolerance`, or a mask that
-    differs, raises `MAEError` and nothing is written."""
+    why). `opset` None: the exporter's default. `check` (default True) runs the file with onnxruntime on random
+    inputs drawn from `seed` and compares every output with PyTorch's: a largest absolute difference over
+    `tolerance`, a mask that differs, or an output that is not finite raises `MAEError` and nothing is written."""
     _check_what(what)
     if not isinstance(dynamic_batch, bool):
         raise invalid_argument("dynamic_batch", f"dynamic_batch must be True or False, got {dynamic_batch!r}")
