@@ -53,6 +53,9 @@ FLAGS: dict[str, str] = {
     "checkpoint": "--checkpoint",
     "workers": "--workers",
     "shard_size": "--shard-size",
+    "what": "--what",
+    "dynamic_batch": "--dynamic-batch",
+    "opset": "--opset",
 }
 
 # Tables and JSON go to stdout; messages, warnings and progress to stderr, so `--json | jq` works.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -41,9 +42,30 @@ def remove_live_temporaries() -> list[Path]:
     removed = []
     for path in list(_live):
         with contextlib.suppress(OSError):
-            path.unlink()
+            if path.is_dir():  # a staging folder (`staging_folder`)
+                shutil.rmtree(path)
+            else:
+                path.unlink()
             removed.append(path)
     return removed
+
+
+@contextlib.contextmanager
+def staging_folder(parent: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a hidden temporary folder in `parent`, registered as a live temporary and removed with what it holds
+    on exit: for a writer that makes several files which name each other (an ONNX model and its external data file)
+    under their final names; each is then moved into place with `atomic_path`."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=".mae-", suffix=".part", dir=parent))
+    with _lock:
+        _live.add(folder)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        with _lock:
+            _live.discard(folder)
 
 
 @contextlib.contextmanager

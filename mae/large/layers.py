@@ -260,7 +260,10 @@ def check_images(imgs: torch.Tensor, in_chans: int, img_size: tuple[int, int], s
     given = imgs
     if dtype is not None and imgs.dtype != dtype:
         imgs = imgs.to(dtype)
-    if not bool(torch.isfinite(imgs).all()):
+    # A value check of the eager input: torch.export (the ONNX export) traces the shapes alone, and an exported
+    # graph cannot raise, so it is left out of the graph (torch >= 2.6 says when it is exporting).
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    if not exporting and not bool(torch.isfinite(imgs).all()):
         bad = (~torch.isfinite(imgs)).flatten(1).any(dim=1).nonzero().flatten().tolist()
         overflow = [i for i in bad if bool(torch.isfinite(given[i]).all())]
         which = f"image {bad[0]}" if len(bad) == 1 else f"images {short_list([str(i) for i in bad], 5)}"

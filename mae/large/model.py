@@ -353,9 +353,11 @@ class MaskedAutoencoderViT(nn.Module):
 
     @staticmethod
     def _batch_loss(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if mask.sum() == 0:  # mask ratio 0: defined as the mean over all patches (official: NaN)
-            return loss.mean()
-        return (loss * mask).sum() / mask.sum()
+        # Mask ratio 0: defined as the mean over all patches (official: NaN). A select, not an `if` on a value:
+        # no host sync, and torch.export (the ONNX export) can trace it. A removed count is 0 or >= 1, so the
+        # clamp changes nothing where the masked mean is taken.
+        removed = mask.sum()
+        return torch.where(removed > 0, (loss * mask).sum() / removed.clamp_min(1), loss.mean())
 
     # ---- forward -------------------------------------------------------------------------------
     def forward(

@@ -21,6 +21,18 @@ def test_live_temporaries_are_registered_and_removable(tmp_path: Path) -> None:
     assert atomic.completed()[-1] == target
 
 
+def test_a_staging_folder_is_a_live_temporary_removed_with_its_files(tmp_path: Path) -> None:
+    with atomic.staging_folder(tmp_path) as folder:
+        (folder / "model.onnx").write_bytes(b"graph")
+        (folder / "model.onnx.data").write_bytes(b"weights")
+        assert folder.parent == tmp_path and folder.name.startswith(".mae-") and folder in atomic.live_temporaries()
+        assert atomic.remove_live_temporaries() == [folder] and not folder.exists()  # the hard exit's clean-up
+    with pytest.raises(KeyboardInterrupt), atomic.staging_folder(tmp_path) as folder:
+        (folder / "model.onnx").write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == [] and atomic.live_temporaries() == []
+
+
 def test_a_failed_write_names_the_target_and_is_not_completed(tmp_path: Path) -> None:
     target = tmp_path / "out.png"
     before = len(atomic.completed())
