@@ -53,6 +53,9 @@ FLAGS: dict[str, str] = {
     "checkpoint": "--checkpoint",
     "workers": "--workers",
     "shard_size": "--shard-size",
+    "overwrite": "--force",
+    "out": "--out",
+    "format": "--to",
 }
 
 # Tables and JSON go to stdout; messages, warnings and progress to stderr, so `--json | jq` works.
