@@ -77,6 +77,7 @@ def convert_checkpoint(source: str | Path, out: str | Path, format: convert.Form
     source = Path(source).expanduser()
     out = Path(out).expanduser()
     _check_paths(source, out)
+    formats.check_target(out, folder=format == "hf", overwrite=overwrite)  # before the work, not after it
     data = read_checkpoint(source, trust=trust)
     config = config or MAEConfig.from_architecture()
     expected = MaskedAutoencoderViT.expected_state(config)

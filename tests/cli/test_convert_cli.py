@@ -79,3 +79,10 @@ def test_an_unknown_format_is_a_usage_error(runner, small_ckpts, tmp_path: Path)
     full, _ = small_ckpts
     result = runner.invoke(app, ["convert", str(full), "--to", "onnx", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and not (tmp_path / "x").exists()
+
+
+def test_the_cli_offers_the_librarys_formats() -> None:
+    from cli import convert as command
+    from mae.large import convert
+
+    assert command.FORMATS == convert.FORMATS
