@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from cli import attention, common, download, export_onnx, features, inspect, interrupt, knn, loss, pca, probe, reconstruct
+from cli import attention, common, convert, download, export_onnx, features, inspect, interrupt, knn, loss, pca, probe, reconstruct
 
 
 class JsonAwareGroup(TyperGroup):
@@ -85,6 +85,7 @@ app.command("pca")(pca.pca_command)
 app.command("knn")(knn.knn_command)
 app.command("probe")(probe.probe_command)
 app.command("export-onnx")(export_onnx.export_onnx_command)
+app.command("convert")(convert.convert_command)
 
 
 def main() -> None:

@@ -56,6 +56,9 @@ FLAGS: dict[str, str] = {
     "what": "--what",
     "dynamic_batch": "--dynamic-batch",
     "opset": "--opset",
+    "overwrite": "--force",
+    "out": "--out",
+    "format": "--to",
 }
 
 # Tables and JSON go to stdout; messages, warnings and progress to stderr, so `--json | jq` works.

@@ -34,7 +34,7 @@ def completed() -> list[Path]:
 
 
 def remove_live_temporaries() -> list[Path]:
-    """Unlink every live temporary file (for a hard exit that skips the `finally` blocks); returns them.
+    """Unlink every live temporary file or folder (for a hard exit that skips the `finally` blocks); returns them.
 
     Safe to call from a signal handler: it takes no lock another frame of the same thread may hold
     (the set is copied without the lock; a file that finishes meanwhile is simply not found).
@@ -42,12 +42,16 @@ def remove_live_temporaries() -> list[Path]:
     removed = []
     for path in list(_live):
         with contextlib.suppress(OSError):
-            if path.is_dir():  # a staging folder (`staging_folder`)
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+            _remove(path)
             removed.append(path)
     return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 @contextlib.contextmanager
@@ -100,6 +104,46 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
             tmp.unlink()
         if isinstance(exc, OSError) and exc.errno is not None and not exc.filename:
             exc.filename = str(target)  # writers (matplotlib, Pillow) often raise without naming the file
+        raise
+    finally:
+        with _lock:
+            _live.discard(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside `target`; on success it is renamed onto `target`.
+
+    The folder version of `atomic_path`, for outputs that are folders (a HuggingFace model folder): on any
+    exception the temporary folder and everything in it are removed and `target` is left as it was. An
+    existing `target` is replaced only with `overwrite=True`: it is moved aside, the new folder renamed into
+    place, then the old one removed (a folder cannot be swapped in one rename, so a reader may for an instant
+    find no folder, but never a partial one). Registered as live while it is written, like the files.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".mae-", suffix=".part", dir=target.parent))
+    with _lock:
+        _live.add(tmp)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; give it what a plain mkdir would
+        if target.exists() and overwrite:
+            old = Path(tempfile.mkdtemp(prefix=".mae-", suffix=".old", dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, target)  # refuses (OSError) a target made meanwhile that is not an empty folder
+        with _lock:
+            _completed.append(target)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            _remove(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None and not exc.filename:
+            exc.filename = str(target)
         raise
     finally:
         with _lock:

@@ -11,13 +11,24 @@ Layouts handled:
 * HuggingFace `ViTMAEForPreTraining` / `ViTMAEModel`, both the 4.x names
   (`vit.encoder.layer.{i}.attention.attention.query`) and the 5.x names (`vit.layers.{i}.attention.q_proj`);
   separate q, k, v projections are concatenated back into one `qkv`.
+
+Writing (`save_as`) inverts the same tables: official names -> a `{"model": sd}` file in the official key
+order, a safetensors file, a HuggingFace model folder (4.x names, `config.json`) or a timm encoder file.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
+
+from . import formats
+from .config import EncoderConfig, MAEConfig
+from .errors import NonFiniteCheckpointError, invalid_argument
+from .formats import SaveReport
 
 StateDict = dict[str, torch.Tensor]
 
@@ -184,3 +195,157 @@ def to_huggingface(sd: StateDict, new_names: bool = True) -> StateDict:
         else:
             raise UnknownKeyError(f"no HuggingFace name for key {key!r}")
     return out
+
+
+# ================================================================================================
+# Writing
+# ================================================================================================
+Format = Literal["official", "safetensors", "hf", "timm"]
+FORMATS: tuple[str, ...] = ("official", "safetensors", "hf", "timm")
+
+# The official key order is `MaskedAutoencoderViT(config).state_dict()`'s (a classifier's `head`, `fc_norm` where
+# `vit.VisionTransformer` registers them, after models_vit): a module's own tensors first, then its submodules in
+# registration order. Kept as ranks, so that any part (encoder-only, classifier) sorts alike.
+_OFFICIAL_ORDER: tuple[str, ...] = (
+    "cls_token", "pos_embed", "mask_token", "decoder_pos_embed", "patch_embed.proj", "blocks", "norm", "head",
+    "fc_norm", "decoder_embed", "decoder_blocks", "decoder_norm", "decoder_pred",
+)
+_TENSOR_KEYS = frozenset({"cls_token", "pos_embed", "mask_token", "decoder_pos_embed"})  # no .weight / .bias
+_BLOCK_ORDER: tuple[str, ...] = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+_LEAF_ORDER: tuple[str, ...] = ("weight", "bias")
+_BLOCK_KEY = re.compile(r"^(blocks|decoder_blocks)\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def official_order(keys: Iterable[str]) -> list[str]:
+    """`keys` (official names) in the official state-dict order; `UnknownKeyError` for a name that is not one."""
+
+    def rank(key: str) -> tuple[int, int, int, int]:
+        match = _BLOCK_KEY.match(key)
+        if match is not None and match.group(3) in _BLOCK_ORDER:
+            part, index, stem, leaf = match.groups()
+            return _OFFICIAL_ORDER.index(part), int(index), _BLOCK_ORDER.index(stem), _LEAF_ORDER.index(leaf)
+        if key in _TENSOR_KEYS:
+            return _OFFICIAL_ORDER.index(key), 0, 0, 0
+        module, _, leaf = key.rpartition(".")
+        if module in _OFFICIAL_ORDER and module not in _TENSOR_KEYS | {"blocks", "decoder_blocks"} and leaf in _LEAF_ORDER:
+            return _OFFICIAL_ORDER.index(module), 0, 0, _LEAF_ORDER.index(leaf)
+        raise UnknownKeyError(f"{key!r} is not an official MAE / ViT key name; read other layouts with read_checkpoint first")
+
+    return sorted(keys, key=rank)
+
+
+def to_timm(sd: StateDict) -> tuple[StateDict, list[str]]:
+    """Official names -> timm `VisionTransformer` names: (the encoder and classifier tensors, the dropped decoder keys).
+
+    timm's ViT keeps the official names (MAE was built on it): `vit_large_patch16_224.mae` holds exactly the encoder
+    (cls_token, pos_embed, patch_embed, blocks, the final norm; `num_classes=0`, `global_pool='token'`, so `norm` is
+    kept and there is no `fc_norm`), a fine-tuned classifier adds `fc_norm` and `head` (`global_pool='avg'`). The
+    decoder has no place in it, and a `mask_token` would send timm's `checkpoint_filter_fn` down its DINOv2
+    conversion: the decoder is dropped. Checked against huggingface/pytorch-image-models
+    `timm/models/vision_transformer.py` (timm 1.0.29.dev0, commit aa4b5850c1543fa488abf260f18390eda46cf85d):
+    `VisionTransformer.__init__`, `checkpoint_filter_fn`, the `vit_large_patch16_224.mae` entry of `default_cfgs`.
+    """
+    kept = {k: v for k, v in sd.items() if not k.startswith(DECODER_PREFIXES)}
+    return kept, [k for k in sd if k not in kept]
+
+
+def save_as(state: Mapping[str, torch.Tensor] | torch.nn.Module, path: str | Path, format: Format, *,
+            config: EncoderConfig | None = None, norm_pix_loss: bool | None = None, mask_ratio: float = 0.75,
+            overwrite: bool = False, allow_nonfinite: bool = False) -> SaveReport:
+    """Write a model, or a state dict in official names (a classifier's `head.*` / `fc_norm.*` included), as `format`.
+
+    * `official`: `torch.save({"model": sd})` in the official key order;
+    * `safetensors`: the official names in a `.safetensors` file;
+    * `hf`: a folder that `transformers.ViTMAEForPreTraining.from_pretrained(path)` loads with no missing or
+      unexpected key (`ViTMAEModel` for an encoder-only input): `config.json` (the sizes of `config`, its
+      `layer_norm_eps`, `norm_pix_loss`, `mask_ratio`) and `model.safetensors` under the 4.x names, which 4.x and
+      5.x both load. A classifier has no ViTMAE counterpart: refused;
+    * `timm`: a safetensors file of the encoder as timm's `vit_large_patch16_224.mae` holds it (`to_timm`).
+
+    `config` (default: a model's own, else `MAEConfig()`) gives the sizes of `config.json`, checked against the
+    tensors; `norm_pix_loss` defaults to the config's; 0.75 is the official pre-training mask ratio. The write is
+    atomic, an existing output is replaced only with `overwrite=True`, and tensors holding NaN or infinite values
+    are refused, named, unless `allow_nonfinite=True`. Tensors are written as they are (dtype and bits): reading
+    the output back (`checkpoint.read_checkpoint`) gives them equal bit for bit. Returns a `SaveReport`.
+    """
+    if format not in FORMATS:
+        raise invalid_argument("format", f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if isinstance(state, torch.nn.Module):
+        config = config or getattr(state, "config", None)
+        state = state.state_dict()
+    config = config or MAEConfig()
+    path = Path(path).expanduser()
+    formats.check_target(path, folder=format == "hf", overwrite=overwrite)
+    sd = {k: state[k] for k in official_order(state)}
+    decoder = [k for k in sd if k.startswith(DECODER_PREFIXES)]
+    classifier = any(k.startswith(CLASSIFIER_PREFIXES) for k in sd)
+    kind = "fine-tuned" if classifier else "full" if decoder else "encoder-only"
+    if kind == "fine-tuned" and decoder:
+        raise UnknownKeyError("the state dict holds both a decoder and a classifier head; write one model at a time")
+    dropped: list[str] = []
+    if format == "timm":
+        sd, dropped = to_timm(sd)
+    counts = formats.nonfinite_counts(sd)
+    if counts and not allow_nonfinite:
+        raise NonFiniteCheckpointError(
+            f"the weights hold NaN or infinite values ({formats.describe_counts(counts, sd)}), so nothing was written "
+            f"to {path}; pass allow_nonfinite=True to write them anyway")
+    sd = {k: formats.compact(v) for k, v in sd.items()}
+    hf_config: dict[str, Any] = {}
+    if format == "official":
+        formats.write_torch(sd, path)
+        notes = ["torch.save({'model': state_dict}) in the official key order"]
+    elif format == "safetensors":
+        formats.write_safetensors(sd, path)
+        notes = ["official key names in a safetensors file"]
+    elif format == "timm":
+        formats.write_safetensors(sd, path)
+        notes = [_timm_note(kind, sd, config)]
+    else:
+        hf_config, notes = _write_hf(sd, path, kind, config, norm_pix_loss, mask_ratio, overwrite)
+    return SaveReport(path, format, kind, len(sd), dropped, notes, formats.size_on_disk(path), counts, hf_config)
+
+
+def _write_hf(sd: StateDict, path: Path, kind: str, config: EncoderConfig, norm_pix_loss: bool | None,
+              mask_ratio: float, overwrite: bool) -> tuple[dict[str, Any], list[str]]:
+    """The HuggingFace folder of a pre-training model (`ViTMAEForPreTraining`) or an encoder (`ViTMAEModel`)."""
+    if kind == "fine-tuned":
+        raise invalid_argument("format", "a fine-tuned classifier has no HuggingFace ViTMAE counterpart (ViTMAE has no "
+                                         "classification head, and a global-pool classifier lacks the final norm); "
+                                         "write it as official, safetensors or timm")
+    formats.check_sizes(sd, config)
+    encoder_only = kind == "encoder-only"
+    names = to_huggingface(sd, new_names=False)
+    if encoder_only:  # ViTMAEModel is the base model itself: its own keys carry no `vit.` prefix
+        names = {k.removeprefix("vit."): v for k, v in names.items()}
+    norm_pix = bool(getattr(config, "norm_pix_loss", False) if norm_pix_loss is None else norm_pix_loss)
+    data = formats.hf_config(config, encoder_only=encoder_only, norm_pix_loss=norm_pix, mask_ratio=mask_ratio)
+    formats.write_hf_folder(names, data, path, overwrite=overwrite)
+    if encoder_only:
+        notes = ["encoder-only source: a ViTMAEModel folder (there is no decoder to write); load it with "
+                 "transformers.ViTMAEModel.from_pretrained(path)"]
+    else:
+        notes = [f"a ViTMAEForPreTraining folder (norm_pix_loss={norm_pix}, mask_ratio={mask_ratio}); load it with "
+                 "transformers.ViTMAEForPreTraining.from_pretrained(path)"]
+    notes.append("tensors under the transformers 4.x names, which transformers 4.x and 5.x both load")
+    return data, notes
+
+
+# timm's model names with MAE weights (`default_cfgs` of the timm source cited at `to_timm`).
+_TIMM_MAE_MODELS: dict[str, str] = {"vit_base_patch16": "vit_base_patch16_224", "vit_large_patch16": "vit_large_patch16_224",
+                                    "vit_huge_patch14": "vit_huge_patch14_224"}
+
+
+def _timm_note(kind: str, sd: StateDict, config: EncoderConfig) -> str:
+    """How timm builds the model the file fits."""
+    name = _TIMM_MAE_MODELS.get(config.architecture_name) if config.img_size == (224, 224) else None
+    if name is None:
+        return ("timm VisionTransformer names (official keys); build a timm ViT of these sizes "
+                f"(embed_dim={config.embed_dim}, depth={config.depth}, patch_size={config.patch_size}) to load it")
+    if kind == "fine-tuned":
+        classes = sd["head.weight"].shape[0] if "head.weight" in sd else 0
+        pool = "avg" if "fc_norm.weight" in sd else "token"
+        return (f"timm classifier: timm.create_model('{name}', num_classes={classes}, global_pool='{pool}', "
+                "pretrained=True, pretrained_cfg_overlay=dict(file=path))")
+    return (f"timm encoder: timm.create_model('{name}.mae', pretrained=True, pretrained_cfg_overlay=dict(file=path)) "
+            "(num_classes=0: the cls token after the final norm)")

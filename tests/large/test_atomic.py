@@ -33,6 +33,30 @@ def test_a_staging_folder_is_a_live_temporary_removed_with_its_files(tmp_path: P
     assert list(tmp_path.iterdir()) == [] and atomic.live_temporaries() == []
 
 
+def test_a_live_temporary_folder_is_registered_and_removable(tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    with atomic.atomic_dir(target) as tmp:
+        (tmp / "config.json").write_text("{}")
+        assert tmp in atomic.live_temporaries() and not target.exists()
+        assert atomic.remove_live_temporaries() == [tmp] and not tmp.exists()
+        tmp.mkdir()
+        (tmp / "config.json").write_text("{}")  # the writer carries on (the hard exit would not)
+    assert (target / "config.json").read_text() == "{}" and atomic.live_temporaries() == []
+    assert atomic.completed()[-1] == target
+
+
+def test_a_folder_replaces_another_only_when_asked(tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.bin").write_bytes(b"old")
+    with pytest.raises(OSError), atomic.atomic_dir(target) as tmp:
+        (tmp / "new.bin").write_bytes(b"new")
+    assert [p.name for p in target.iterdir()] == ["old.bin"] and [p.name for p in tmp_path.iterdir()] == ["model"]
+    with atomic.atomic_dir(target, overwrite=True) as tmp:
+        (tmp / "new.bin").write_bytes(b"new")
+    assert [p.name for p in target.iterdir()] == ["new.bin"] and [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
 def test_a_failed_write_names_the_target_and_is_not_completed(tmp_path: Path) -> None:
     target = tmp_path / "out.png"
     before = len(atomic.completed())
