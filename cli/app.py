@@ -9,7 +9,21 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from cli import attention, common, convert, download, export_onnx, features, inspect, interrupt, knn, loss, pca, probe, reconstruct
+from cli import (
+    attention,
+    common,
+    convert,
+    download,
+    export_onnx,
+    features,
+    inspect,
+    interrupt,
+    knn,
+    loss,
+    pca,
+    probe,
+    reconstruct,
+)
 
 
 class JsonAwareGroup(TyperGroup):
