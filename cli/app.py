@@ -9,7 +9,21 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from cli import attention, common, download, features, inspect, interrupt, knn, loss, pca, probe, reconstruct
+from cli import (
+    attention,
+    common,
+    download,
+    evaluate,
+    features,
+    finetune,
+    inspect,
+    interrupt,
+    knn,
+    loss,
+    pca,
+    probe,
+    reconstruct,
+)
 
 
 class JsonAwareGroup(TyperGroup):
@@ -84,6 +98,8 @@ app.command("attention")(attention.attention_command)
 app.command("pca")(pca.pca_command)
 app.command("knn")(knn.knn_command)
 app.command("probe")(probe.probe_command)
+app.command("finetune")(finetune.finetune_command)
+app.command("evaluate")(evaluate.evaluate_command)
 
 
 def main() -> None:

@@ -53,6 +53,18 @@ FLAGS: dict[str, str] = {
     "checkpoint": "--checkpoint",
     "workers": "--workers",
     "shard_size": "--shard-size",
+    "resume": "--resume",
+    "amp": "--amp",
+    "num_classes": "--num-classes",
+    "accum_iter": "--accum-iter",
+    "effective_batch": "--effective-batch",
+    "epochs": "--epochs",
+    "lr": "--lr",
+    "blr": "--blr",
+    "clip_grad": "--clip-grad",
+    "drop_path": "--drop-path",
+    "save_every": "--save-every",
+    "input_size": "--size",
 }
 
 # Tables and JSON go to stdout; messages, warnings and progress to stderr, so `--json | jq` works.

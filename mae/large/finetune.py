@@ -40,6 +40,7 @@ from .device import resolve_device
 from .distributed import DistContext, destroy, init_distributed
 from .errors import MAEError, invalid_argument
 from .finetune_data import (
+    CropFlip,
     TrainImages,
     TrainTransform,
     check_same_classes,
@@ -207,9 +208,16 @@ def _check_resume(saved: Mapping[str, Any], args: Mapping[str, Any]) -> None:
 
 
 def build_train_transform(config: FinetuneConfig) -> TrainTransform:
-    """The official training transform: RandomResizedCrop bicubic + flip, RandAugment, random erasing."""
-    from .augment import TrainTransform as Augment
-
+    """The official training transform: RandomResizedCrop bicubic + flip, RandAugment, random erasing
+    (`augment.TrainTransform`); without RandAugment and erasing, the crop and flip alone (`CropFlip`) where the
+    augmentation module is not installed."""
+    try:
+        from .augment import TrainTransform as Augment
+    except ImportError:
+        if config.auto_augment is None and config.re_prob == 0:
+            return CropFlip((config.input_size, config.input_size))
+        raise MAEError("RandAugment and random erasing need mae.large.augment, which this installation lacks; "
+                       "turn them off (auto_augment=None, re_prob=0) or install the full package") from None
     return Augment(size=config.input_size, auto_augment=config.auto_augment, re_prob=config.re_prob)
 
 
@@ -219,18 +227,23 @@ def build_criterion(config: FinetuneConfig) -> nn.Module:
     Without mixup, torch's `label_smoothing` is timm's `LabelSmoothingCrossEntropy`: (1 - s) x NLL + s x the
     mean over classes of -log p."""
     if config.mixup_active:
-        from .augment import recipe_criterion
-
-        return recipe_criterion(True, config.smoothing)
+        return _augment().recipe_criterion(True, config.smoothing)
     return nn.CrossEntropyLoss(label_smoothing=config.smoothing)
+
+
+def _augment() -> Any:
+    try:
+        from . import augment
+    except ImportError:
+        raise MAEError("mixup and cutmix need mae.large.augment, which this installation lacks; turn them off "
+                       "(mixup=0, cutmix=0) or install the full package") from None
+    return augment
 
 
 def _mixup(config: FinetuneConfig, classes: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
     if not config.mixup_active:
         return None
-    from .augment import Mixup
-
-    return Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
+    return _augment().Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
                  switch_prob=config.mixup_switch_prob, mode=config.mixup_mode, label_smoothing=config.smoothing,
                  num_classes=classes)
 

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -119,6 +120,44 @@ class _EvalCrop:  # a class, not a closure: worker processes started by spawn pi
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return preprocess(img, self.size, "eval")
+
+
+@dataclass(frozen=True)
+class CropFlip:
+    """RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3, bicubic) and a horizontal flip with probability 0.5, every
+    draw from the given rng: torchvision's `RandomResizedCrop.get_params` (v0.15) and `RandomHorizontalFlip`
+    as the official `util/datasets.build_transform` uses them, without RandAugment or random erasing."""
+
+    size: tuple[int, int]
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    def box(self, width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
+        """(top, left, h, w) of the crop: 10 tries at a random area and aspect, else the centre crop that fits."""
+        area = width * height
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(*log_ratio))
+            w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+        in_ratio = width / height
+        if in_ratio < min(self.ratio):
+            w, h = width, round(width / min(self.ratio))
+        elif in_ratio > max(self.ratio):
+            w, h = round(height * max(self.ratio)), height
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
+        top, left, h, w = self.box(img.width, img.height, rng)
+        img = img.convert("RGB").resize((self.size[1], self.size[0]), Image.Resampling.BICUBIC,
+                                        box=(left, top, left + w, top + h))
+        if rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return preprocess(img, self.size, "resize")  # already at size: only the scaling to [0, 1] and normalising
 
 
 def steps_per_epoch(samples: int, batch_size: int, world_size: int) -> int:
