@@ -80,6 +80,9 @@ def finetune_command(
         show_default=False)] = None,
     save_every: Annotated[int, typer.Option("--save-every", min=0, help="Also keep checkpoint-N.pth every N epochs.")
                           ] = 0,
+    save_checkpoints: Annotated[bool, typer.Option("--save-checkpoints/--no-checkpoints",
+                                                   help="Write checkpoints (off: config.json and log.jsonl only).")
+                                ] = True,
     eval_batch_size: Annotated[int | None, typer.Option("--eval-batch-size", min=1, show_default=False)] = None,
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,

@@ -73,7 +73,7 @@ Progress = Callable[[str, dict[str, Any]], None]  # (event, details), called on 
 
 # Settings that may change when a run is resumed without changing what it computes (or, for `epochs`, only
 # the schedule's end, which is the point of extending a run).
-RESUMABLE_CHANGES = frozenset({"epochs", "workers", "save_every", "device", "eval_batch_size"})
+RESUMABLE_CHANGES = frozenset({"epochs", "workers", "save_every", "save_checkpoints", "device", "eval_batch_size"})
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,7 @@ class FinetuneConfig:
     seed: int = 0
     workers: int | None = None  # None: data.default_workers for the device
     save_every: int = 0  # also keep checkpoint-{epoch}.pth every N epochs; 0: only last and best
+    save_checkpoints: bool = True  # False: config.json and log.jsonl only (sweeps, smoke runs)
     eval_batch_size: int | None = None  # None: batch_size
     device: str = "auto"
 
@@ -364,7 +365,8 @@ def _finetune(train: Path, val: Path, out_dir: Path, config: FinetuneConfig, pre
                   "val_top1": accuracy.top1, "val_top5": accuracy.top5, "seconds": seconds,
                   "images_per_s": steps * config.batch_size * world / seconds, "best_top1": best}
         if ctx.is_main:
-            _save_epoch(out_dir, model, optimizer, scaler, args, epoch, best, improved, config.save_every, device)
+            if config.save_checkpoints:
+                _save_epoch(out_dir, model, optimizer, scaler, args, epoch, best, improved, config.save_every, device)
             append_log(out_dir, record)
         history.append(record)
         notify("epoch", dict(record))

@@ -208,3 +208,21 @@ def test_two_gloo_processes_follow_the_single_process_loss_curve(small, digits_t
     a = torch.load(tmp_path / "world1" / "checkpoint-last.pth", weights_only=True)["model"]
     b = torch.load(tmp_path / "world2" / "checkpoint-last.pth", weights_only=True)["model"]
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3
+
+
+def test_vit_l_smoke_run_on_the_cpu(vit_l_files, digits_tree, tmp_path) -> None:
+    """The full-size path: ViT-L from an encoder-only file, 2 steps of batch 2 at 32 x 32 with the recipe's drop
+    path, smoothing and gradient checkpointing; the 3.6 GB-class checkpoint (weights + AdamW state) is written."""
+    _, encoder, _ = vit_l_files
+    tree = tmp_path / "tree"
+    for label in ("0", "1"):
+        (tree / label).mkdir(parents=True)
+        for f in sorted((digits_tree / label).iterdir())[:2]:
+            shutil.copy(f, tree / label / f.name)
+    config = FinetuneConfig(input_size=32, batch_size=2, accum_iter=1, epochs=1, mixup=0.0, cutmix=0.0,
+                            auto_augment=None, re_prob=0.0, grad_checkpointing=True, workers=0, device="cpu",
+                            save_checkpoints=False)
+    run = finetune(tree, tree, tmp_path / "run", config, pretrained=encoder)
+    assert len(run.history) == 1 and math.isfinite(run.history[0]["train_loss"])
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "log.jsonl"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["architecture"] == "vit_large_patch16"
