@@ -14,8 +14,10 @@ from cli import (
     common,
     convert,
     download,
+    evaluate,
     export_onnx,
     features,
+    finetune,
     inspect,
     interrupt,
     knn,
@@ -100,6 +102,8 @@ app.command("knn")(knn.knn_command)
 app.command("probe")(probe.probe_command)
 app.command("export-onnx")(export_onnx.export_onnx_command)
 app.command("convert")(convert.convert_command)
+app.command("finetune")(finetune.finetune_command)
+app.command("evaluate")(evaluate.evaluate_command)
 
 
 def main() -> None:

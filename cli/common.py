@@ -59,6 +59,18 @@ FLAGS: dict[str, str] = {
     "overwrite": "--force",
     "out": "--out",
     "format": "--to",
+    "resume": "--resume",
+    "amp": "--amp",
+    "num_classes": "--num-classes",
+    "accum_iter": "--accum-iter",
+    "effective_batch": "--effective-batch",
+    "epochs": "--epochs",
+    "lr": "--lr",
+    "blr": "--blr",
+    "clip_grad": "--clip-grad",
+    "drop_path": "--drop-path",
+    "save_every": "--save-every",
+    "input_size": "--size",
 }
 
 # Tables and JSON go to stdout; messages, warnings and progress to stderr, so `--json | jq` works.

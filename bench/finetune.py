@@ -1,0 +1,116 @@
+"""Fine-tuning throughput and memory: `mae.large.finetune`'s training loop against the same loop in plain PyTorch.
+
+    python bench/finetune.py --device cpu --size 64 --batch 4 --steps 4
+    python bench/finetune.py --device cuda --size 224 --batch 64 --steps 20     # one GPU, unattended
+
+Both loops train ViT-L/16 (`vit_large_patch16`, 1000 classes, drop path 0.2) with AdamW over the layer-decay groups
+and the per-iteration cosine schedule, on pre-built tensors (no data loading to overlap). The library loop adds
+its keyed seeding per step, the autocast / gradient-scaler path and the loss all-reduce check; the plain loop is
+`model(x)`, cross-entropy, backward, step. Autocast is bf16 on CUDA and off on the CPU in both. Each variant runs
+in a fresh subprocess; peak memory is `torch.cuda.max_memory_allocated` on CUDA, the process's RSS high-water
+mark on the CPU. Prints a markdown row per variant and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def child(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    from mae.large.accuracy import autocast
+    from mae.large.distributed import DistContext
+    from mae.large.finetune import FinetuneConfig, _train_epoch
+    from mae.large.finetune_data import LabelledBatch
+    from mae.large.lars import cosine_lr
+    from mae.large.vit import apply_lr_scale, param_groups_lrd, vit_large_patch16
+
+    device = torch.device(args.device)
+    amp = "bf16" if device.type == "cuda" else "off"
+    torch.manual_seed(0)
+    model = vit_large_patch16(num_classes=1000, drop_path_rate=0.2, img_size=args.size).to(device)
+    model.set_grad_checkpointing(args.grad_checkpointing)
+    optimizer = torch.optim.AdamW(param_groups_lrd(model, 0.05, layer_decay=0.75), lr=1e-3)
+    steps = args.steps + 2  # two warm-up steps, not timed
+    batches = [LabelledBatch(torch.randn(args.batch, 3, args.size, args.size),
+                             torch.randint(0, 1000, (args.batch,)), []) for _ in range(steps)]
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    if args.loop == "library":
+        class Loader(list):
+            num_workers = 0
+
+        config = FinetuneConfig(epochs=1, warmup_epochs=0.5, mixup=0.0, cutmix=0.0, batch_size=args.batch)
+        run = lambda part: _train_epoch(  # noqa: E731
+            model, model, Loader(part), optimizer, torch.amp.GradScaler(device.type, enabled=False), criterion, None,
+            config, DistContext(device=device), epoch=0, steps=len(part), accum=1, lr=1e-3, amp=amp,
+            notify=lambda *_: None)
+    else:
+        def run(part: list) -> None:
+            model.train()
+            for step, batch in enumerate(part):
+                apply_lr_scale(optimizer, cosine_lr(step / len(part), lr=1e-3, epochs=1, warmup_epochs=0.5))
+                x, y = batch.images.to(device), batch.labels.to(device)
+                with autocast(amp, device):
+                    loss = criterion(model(x), y)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                loss.item()
+
+    run(batches[:2])
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    began = time.perf_counter()
+    run(batches[2:])
+    sync()
+    seconds = time.perf_counter() - began
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    print(json.dumps({"images_per_s": args.steps * args.batch / seconds, "peak_gib": peak / 2**30}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--loop", choices=("library", "plain"), default=None)
+    parser.add_argument("--grad-checkpointing", action="store_true")
+    args = parser.parse_args()
+    if args.loop is not None:
+        child(args)
+        return
+    results = {}
+    for loop, ckpt in (("plain", False), ("library", False), ("library", True)):
+        command = [sys.executable, __file__, "--device", args.device, "--size", str(args.size), "--batch",
+                   str(args.batch), "--steps", str(args.steps), "--loop", loop] + (["--grad-checkpointing"] if ckpt else [])
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        results[(loop, ckpt)] = json.loads(done.stdout.strip().splitlines()[-1])
+    print("| device | size | batch | loop | grad ckpt | images/s | peak GiB |\n|---|---|---|---|---|---|---|")
+    for (loop, ckpt), r in results.items():
+        print(f"| {args.device} | {args.size} | {args.batch} | {loop} | {'on' if ckpt else 'off'} | "
+              f"{r['images_per_s']:.2f} | {r['peak_gib']:.2f} |")
+    plain, lib, ck = results[("plain", False)], results[("library", False)], results[("library", True)]
+    print(f"\nlibrary / plain throughput: {lib['images_per_s'] / plain['images_per_s']:.3f}; "
+          f"peak memory with / without gradient checkpointing: {ck['peak_gib'] / lib['peak_gib']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

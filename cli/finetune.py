@@ -1,0 +1,158 @@
+"""`mae-large finetune TRAIN VAL --checkpoint CKPT --out RUN_DIR`: the official fine-tuning recipe as one command.
+
+One process, or many under torchrun (`torchrun --nproc_per_node 8 -m cli finetune ...`; multi-node with the
+standard `--nnodes / --node_rank / --master_addr` flags): only rank 0 prints and writes. The option defaults are
+`mae.large.finetune.FinetuneConfig`'s (the official ViT-L recipe; a test keeps both the same). With `--resume`
+the run's own settings are used, changed only by the options given on the command line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.common import DeviceOpt, JsonOpt, choice, err, handle_errors, out, print_json, progress
+from cli.render import escape
+
+AMP = ("auto", "bf16", "fp16", "off")
+# CLI parameter -> FinetuneConfig field (those that differ in name).
+FIELDS = {"size": "input_size", "aa": "auto_augment", "reprob": "re_prob"}
+
+
+def _none_if(value: str, *empty: str) -> str | None:
+    return None if value in empty else value
+
+
+@handle_errors
+def finetune_command(
+    ctx: typer.Context,
+    train: Annotated[Path, typer.Argument(help="Training ImageFolder tree (root/CLASS/image).", show_default=False)],
+    val: Annotated[Path, typer.Argument(help="Validation ImageFolder tree with the same class folders.",
+                                        show_default=False)],
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", "-c", help="Pre-trained MAE checkpoint (encoder-only or full), e.g. data/mae_pretrain_vit_large"
+        ".pth. Not needed with --resume.", show_default=False)] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, config.json, log.jsonl.")] = Path(
+        "finetune_run"),
+    resume: Annotated[Path | None, typer.Option(
+        "--resume", help="Continue a run (its folder or a checkpoint) after its last finished epoch.",
+        show_default=False)] = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 50,
+    warmup_epochs: Annotated[float, typer.Option("--warmup-epochs", min=0.0)] = 5.0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per process and step.")] = 32,
+    accum_iter: Annotated[int | None, typer.Option(
+        "--accum-iter", min=1, help="Steps per optimiser update. Default: effective batch / (batch x processes).",
+        show_default=False)] = None,
+    effective_batch: Annotated[int, typer.Option(
+        "--effective-batch", min=1, help="batch x accum x processes, when --accum-iter is not given.")] = 1024,
+    lr: Annotated[float | None, typer.Option("--lr", min=0.0, help="Absolute lr. Default: blr x effective batch / 256.",
+                                             show_default=False)] = None,
+    blr: Annotated[float, typer.Option("--blr", min=0.0, help="Base lr.")] = 1e-3,
+    min_lr: Annotated[float, typer.Option("--min-lr", min=0.0)] = 1e-6,
+    layer_decay: Annotated[float, typer.Option("--layer-decay", min=0.0)] = 0.75,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0)] = 0.05,
+    drop_path: Annotated[float, typer.Option("--drop-path", min=0.0, max=0.99)] = 0.2,
+    clip_grad: Annotated[float | None, typer.Option("--clip-grad", min=0.0, help="Max gradient norm (default: none).",
+                                                    show_default=False)] = None,
+    smoothing: Annotated[float, typer.Option("--smoothing", min=0.0, max=1.0, help="Label smoothing.")] = 0.1,
+    mixup: Annotated[float, typer.Option("--mixup", min=0.0, help="Mixup alpha (0: off).")] = 0.8,
+    cutmix: Annotated[float, typer.Option("--cutmix", min=0.0, help="CutMix alpha (0: off).")] = 1.0,
+    mixup_prob: Annotated[float, typer.Option("--mixup-prob", min=0.0, max=1.0)] = 1.0,
+    mixup_switch_prob: Annotated[float, typer.Option("--mixup-switch-prob", min=0.0, max=1.0)] = 0.5,
+    mixup_mode: Annotated[str, typer.Option("--mixup-mode", callback=choice("--mixup-mode", ("batch", "pair", "elem")))
+                          ] = "batch",
+    aa: Annotated[str, typer.Option("--aa", help="RandAugment policy, or none.")] = "rand-m9-mstd0.5-inc1",
+    reprob: Annotated[float, typer.Option("--reprob", min=0.0, max=1.0, help="Random erasing probability.")] = 0.25,
+    amp: Annotated[str, typer.Option("--amp", callback=choice("--amp", AMP), help="auto: bf16 on a GPU (fp16 with a "
+                                     "gradient scaler where it lacks bf16), off on the CPU.")] = "auto",
+    grad_checkpointing: Annotated[bool, typer.Option("--grad-checkpointing", help="Recompute activations in backward "
+                                                     "(less memory, ~30% slower).")] = False,
+    size: Annotated[int, typer.Option("--size", min=16, help="Input size (224; smaller for smoke runs).")] = 224,
+    num_classes: Annotated[int | None, typer.Option(
+        "--num-classes", min=1, help="Default: the number of class folders (a different number is refused).",
+        show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=0, help="Data loading processes. Default: cores - 1 (at most 8) on a GPU, 0 on the CPU.",
+        show_default=False)] = None,
+    save_every: Annotated[int, typer.Option("--save-every", min=0, help="Also keep checkpoint-N.pth every N epochs.")
+                          ] = 0,
+    save_checkpoints: Annotated[bool, typer.Option("--save-checkpoints/--no-checkpoints",
+                                                   help="Write checkpoints (off: config.json and log.jsonl only).")
+                                ] = True,
+    eval_batch_size: Annotated[int | None, typer.Option("--eval-batch-size", min=1, show_default=False)] = None,
+    device: DeviceOpt = "auto",
+    json_: JsonOpt = False,
+) -> None:
+    """Fine-tune a pre-trained MAE encoder as a classifier with the official recipe (FINETUNE.md, ViT-L): AdamW,
+    layer-wise lr decay, per-iteration cosine schedule with warm-up, mixup / cutmix, RandAugment, random erasing,
+    label smoothing, drop path. Evaluates and saves a checkpoint every epoch; --resume continues bit for bit."""
+    from mae.large.distributed import context_from_env
+    from mae.large.finetune import FinetuneConfig, finetune, resumed_config
+
+    values = {name: value for name, value in ctx.params.items()
+              if name not in ("train", "val", "checkpoint", "out_dir", "resume", "json_")}
+    values["aa"] = _none_if(values["aa"], "none", "")
+    fields = {FIELDS.get(name, name): value for name, value in values.items()}
+    if resume is not None:
+        given = {FIELDS.get(name, name): value for name, value in values.items()
+                 if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+        config = resumed_config(resume, **given)
+    else:
+        if checkpoint is None:
+            raise typer.BadParameter("name the pre-trained checkpoint to fine-tune (or --resume a run)",
+                                     param_hint="--checkpoint")
+        config = FinetuneConfig(**fields)
+    main = context_from_env().is_main
+    quiet = json_ or not main
+    bar: dict[str, Any] = {}
+
+    def on_progress(event: str, info: dict[str, Any]) -> None:
+        if quiet:
+            return
+        if event == "start":
+            _print_settings(info)
+        elif event == "epoch_start":
+            bar["ctx"] = progress(info["steps"], f"epoch {info['epoch'] + 1}/{config.epochs}", quiet=False)
+            bar["advance"] = bar["ctx"].__enter__()
+        elif event == "step":
+            bar["advance"]()
+        elif event == "epoch":
+            bar.pop("ctx").__exit__(None, None, None)
+            err.print(f"epoch {info['epoch'] + 1}/{config.epochs}: train loss {info['train_loss']:.4f}, lr "
+                      f"{info['lr']:.2e}, val loss {info['val_loss']:.4f}, top-1 {info['val_top1']:.2f}%, top-5 "
+                      f"{info['val_top5']:.2f}% (best {info['best_top1']:.2f}%), {info['images_per_s']:.1f} images/s")
+
+    try:
+        result = finetune(train, val, out_dir, config, pretrained=checkpoint, resume=resume, on_progress=on_progress)
+    finally:
+        if "ctx" in bar:
+            bar.pop("ctx").__exit__(None, None, None)
+    if not main:
+        return
+    if json_:
+        print_json({"run_dir": str(out_dir), "best_top1": result.best_top1, "history": result.history,
+                    "args": result.args})
+        return
+    last = result.history[-1] if result.history else None
+    if last is None:
+        out.print(f"nothing to do: the run in {escape(str(out_dir))} already finished its {config.epochs} epochs")
+        return
+    out.print(f"fine-tuned {len(result.history)} epochs: top-1 {last['val_top1']:.2f}%, top-5 {last['val_top5']:.2f}%, "
+              f"best top-1 {result.best_top1:.2f}%; checkpoints and log.jsonl in {escape(str(out_dir))}")
+
+
+def _print_settings(info: dict[str, Any]) -> None:
+    """Every setting the run uses (the recipe's defaults included), as config.json holds them."""
+    settings = {**info["config"], **{k: info[k] for k in ("architecture", "num_classes", "world_size", "accum_iter",
+                                                           "effective_batch", "lr", "amp", "device", "workers")}}
+    err.print(f"fine-tuning {escape(str(info['pretrained']))} on {info['train_images']:,} images of "
+              f"{info['num_classes']} classes ({escape(info['train'])}), validating on {info['val_images']:,} "
+              f"({escape(info['val'])}); {info['steps']} steps per epoch"
+              + (f", resuming at epoch {info['start_epoch'] + 1}" if info["start_epoch"] else ""))
+    err.print("  " + ", ".join(f"{key}={value}" for key, value in settings.items()), highlight=False)
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        err.print(f"  [dim]{info['world_size']} processes (torchrun); rank 0 prints and writes[/]")
