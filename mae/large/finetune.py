@@ -33,14 +33,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import catalog
+from . import augment, catalog
 from .accuracy import AMP_CHOICES, autocast, evaluate_model, resolve_amp
 from .data import default_workers, loader_batches
 from .device import resolve_device
 from .distributed import DistContext, destroy, init_distributed
 from .errors import MAEError, invalid_argument
 from .finetune_data import (
-    CropFlip,
     TrainImages,
     TrainTransform,
     check_same_classes,
@@ -140,8 +139,8 @@ class FinetuneConfig:
             raise invalid_argument("clip_grad", f"clip_grad must be > 0 or None (no clipping), got {self.clip_grad!r}")
         if self.amp not in AMP_CHOICES:
             raise invalid_argument("amp", f"amp must be {', '.join(AMP_CHOICES)}, got {self.amp!r}")
-        if self.mixup_mode not in ("batch", "pair", "elem"):
-            raise invalid_argument("mixup_mode", f"mixup_mode must be batch, pair or elem, got {self.mixup_mode!r}")
+        if self.mixup_mode != "batch":  # the recipe's mode, the one `augment.Mixup` implements
+            raise invalid_argument("mixup_mode", f"mixup_mode must be 'batch' (the official recipe's), got {self.mixup_mode!r}")
         if self.save_every < 0:
             raise invalid_argument("save_every", f"save_every must be >= 0 (0: last and best only), got {self.save_every}")
 
@@ -209,44 +208,23 @@ def _check_resume(saved: Mapping[str, Any], args: Mapping[str, Any]) -> None:
 
 
 def build_train_transform(config: FinetuneConfig) -> TrainTransform:
-    """The official training transform: RandomResizedCrop bicubic + flip, RandAugment, random erasing
-    (`augment.TrainTransform`); without RandAugment and erasing, the crop and flip alone (`CropFlip`) where the
-    augmentation module is not installed."""
-    try:
-        from .augment import TrainTransform as Augment
-    except ImportError:
-        if config.auto_augment is None and config.re_prob == 0:
-            return CropFlip((config.input_size, config.input_size))
-        raise MAEError("RandAugment and random erasing need mae.large.augment, which this installation lacks; "
-                       "turn them off (auto_augment=None, re_prob=0) or install the full package") from None
-    return Augment(size=config.input_size, auto_augment=config.auto_augment, re_prob=config.re_prob)
+    """The official training transform (`augment.TrainTransform`): RandomResizedCrop bicubic + flip, RandAugment
+    (`auto_augment`, None for none), random erasing (`re_prob`, 0 for none)."""
+    return augment.TrainTransform(size=config.input_size, auto_augment=config.auto_augment, re_prob=config.re_prob)
 
 
 def build_criterion(config: FinetuneConfig) -> nn.Module:
-    """SoftTargetCrossEntropy with mixup / cutmix, label-smoothing cross-entropy without (`main_finetune.py`).
-
-    Without mixup, torch's `label_smoothing` is timm's `LabelSmoothingCrossEntropy`: (1 - s) x NLL + s x the
-    mean over classes of -log p."""
-    if config.mixup_active:
-        return _augment().recipe_criterion(True, config.smoothing)
-    return nn.CrossEntropyLoss(label_smoothing=config.smoothing)
+    """What `main_finetune.py` picks: SoftTargetCrossEntropy with mixup / cutmix, else label smoothing, else
+    plain cross-entropy (`augment.recipe_criterion`)."""
+    return augment.recipe_criterion(config.mixup_active, config.smoothing)
 
 
-def _augment() -> Any:
-    try:
-        from . import augment
-    except ImportError:
-        raise MAEError("mixup and cutmix need mae.large.augment, which this installation lacks; turn them off "
-                       "(mixup=0, cutmix=0) or install the full package") from None
-    return augment
-
-
-def _mixup(config: FinetuneConfig, classes: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
+def _mixup(config: FinetuneConfig, classes: int) -> augment.Mixup | None:
     if not config.mixup_active:
         return None
-    return _augment().Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
-                 switch_prob=config.mixup_switch_prob, mode=config.mixup_mode, label_smoothing=config.smoothing,
-                 num_classes=classes)
+    return augment.Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
+                         switch_prob=config.mixup_switch_prob, mode=config.mixup_mode,
+                         label_smoothing=config.smoothing, num_classes=classes)
 
 
 def finetune(

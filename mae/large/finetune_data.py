@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from . import augment
 from .data import Source, _worker_init, image_folder
 from .errors import ImageError, invalid_argument
 from .image import ImageFailure, open_image, preprocess
@@ -110,7 +110,11 @@ class EvalImages(Dataset):
 
 
 def official_eval_transform(size: tuple[int, int]) -> EvalTransform:
-    """The official evaluation transform at `size` (resize by 256/224 keeping the aspect, bicubic, centre crop)."""
+    """The official evaluation transform at `size` (`util/datasets.build_transform`: resize by 256/224 up to 224,
+    none above, bicubic, centre crop; `augment.EvalTransform`); a non-square size keeps the aspect the same way
+    (`image.preprocess(crop="eval")`)."""
+    if size[0] == size[1]:
+        return augment.EvalTransform(size[0])
     return _EvalCrop(size)
 
 
@@ -120,44 +124,6 @@ class _EvalCrop:  # a class, not a closure: worker processes started by spawn pi
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return preprocess(img, self.size, "eval")
-
-
-@dataclass(frozen=True)
-class CropFlip:
-    """RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3, bicubic) and a horizontal flip with probability 0.5, every
-    draw from the given rng: torchvision's `RandomResizedCrop.get_params` (v0.15) and `RandomHorizontalFlip`
-    as the official `util/datasets.build_transform` uses them, without RandAugment or random erasing."""
-
-    size: tuple[int, int]
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-
-    def box(self, width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
-        """(top, left, h, w) of the crop: 10 tries at a random area and aspect, else the centre crop that fits."""
-        area = width * height
-        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
-        for _ in range(10):
-            target = area * rng.uniform(*self.scale)
-            aspect = math.exp(rng.uniform(*log_ratio))
-            w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
-            if 0 < w <= width and 0 < h <= height:
-                return rng.randint(0, height - h), rng.randint(0, width - w), h, w
-        in_ratio = width / height
-        if in_ratio < min(self.ratio):
-            w, h = width, round(width / min(self.ratio))
-        elif in_ratio > max(self.ratio):
-            w, h = round(height * max(self.ratio)), height
-        else:
-            w, h = width, height
-        return (height - h) // 2, (width - w) // 2, h, w
-
-    def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
-        top, left, h, w = self.box(img.width, img.height, rng)
-        img = img.convert("RGB").resize((self.size[1], self.size[0]), Image.Resampling.BICUBIC,
-                                        box=(left, top, left + w, top + h))
-        if rng.random() < 0.5:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return preprocess(img, self.size, "resize")  # already at size: only the scaling to [0, 1] and normalising
 
 
 def steps_per_epoch(samples: int, batch_size: int, world_size: int) -> int:

@@ -89,7 +89,13 @@ def _solarize_add(img: Image.Image, add: int, threshold: int = 128) -> Image.Ima
 
 
 def _posterize(img: Image.Image, bits: int) -> Image.Image:
-    return img if bits >= 8 else ImageOps.posterize(img, bits)
+    # Keep the `bits` high bits of each channel. At magnitude 10 `PosterizeIncreasing` asks for 0 bits (a black
+    # image under the Pillow of timm 0.3.2); Pillow >= 11 refuses 0 in `ImageOps.posterize`, so the same
+    # lookup table is applied here for every count.
+    if bits >= 8:
+        return img
+    mask = ~(2 ** (8 - bits) - 1) & 0xFF
+    return img.point([i & mask for i in range(256)] * len(img.getbands()))
 
 
 _Pixel = Callable[[Image.Image, Any], Image.Image]

@@ -132,21 +132,21 @@ class Interrupt(Exception):
 
 
 def test_resume_after_an_interrupted_epoch_is_bit_for_bit(small, digits_tree, tmp_path) -> None:
-    config = FinetuneConfig(epochs=3, **{**LIGHT, "drop_path": 0.1, "smoothing": 0.1})
-    whole = finetune(digits_tree, digits_tree, tmp_path / "whole", config, pretrained=small,
-                     train_transform=ShiftFlip())
+    # The whole recipe's randomness: RandAugment, random erasing, mixup / cutmix, drop path, label smoothing.
+    config = FinetuneConfig(epochs=3, **{**LIGHT, "drop_path": 0.1, "smoothing": 0.1, "mixup": 0.8, "cutmix": 1.0,
+                                         "auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25})
+    whole = finetune(digits_tree, digits_tree, tmp_path / "whole", config, pretrained=small)
 
     def stop_in_epoch_1(event: str, info: dict) -> None:
         if event == "step" and info["epoch"] == 1 and info["step"] == 5:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        finetune(digits_tree, digits_tree, tmp_path / "cut", config, pretrained=small, train_transform=ShiftFlip(),
-                 on_progress=stop_in_epoch_1)
+        finetune(digits_tree, digits_tree, tmp_path / "cut", config, pretrained=small, on_progress=stop_in_epoch_1)
     assert torch.load(tmp_path / "cut" / "checkpoint-last.pth", weights_only=True)["epoch"] == 0
     # Resumed with a worker process decoding: the keyed draws make it the same run.
     resumed = finetune(digits_tree, digits_tree, tmp_path / "cut", resumed_config(tmp_path / "cut", workers=1),
-                       resume=tmp_path / "cut", train_transform=ShiftFlip())
+                       resume=tmp_path / "cut")
     assert [r["epoch"] for r in resumed.history] == [1, 2]
     a = torch.load(tmp_path / "whole" / "checkpoint-last.pth", weights_only=True)
     b = torch.load(tmp_path / "cut" / "checkpoint-last.pth", weights_only=True)
@@ -158,8 +158,7 @@ def test_resume_after_an_interrupted_epoch_is_bit_for_bit(small, digits_tree, tm
     assert [{k: r[k] for k in keep} for r in log] == [{k: r[k] for k in keep} for r in whole.history]
 
     with pytest.raises(InvalidArgumentError, match="other settings"):
-        finetune(digits_tree, digits_tree, tmp_path / "cut", config.replace(blr=0.01, epochs=4), resume=tmp_path / "cut",
-                 train_transform=ShiftFlip())
+        finetune(digits_tree, digits_tree, tmp_path / "cut", config.replace(blr=0.01, epochs=4), resume=tmp_path / "cut")
 
 
 def test_train_and_val_must_have_the_same_classes(small, digits_tree, tmp_path) -> None:
