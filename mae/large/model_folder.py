@@ -27,7 +27,7 @@ class ModelFolder:
     """Where a model folder's weights are, and its parsed `config.json` (None when it has none)."""
 
     path: Path  # the folder holding the files (for a hub cache: the snapshot)
-    files: tuple[Path, ...]  # weight files in reading order (shards in the order the index first names them)
+    files: tuple[Path, ...]  # weight files in reading order (shards by name: model-00001-of-00003 first)
     weight_map: dict[str, str] | None  # tensor name -> shard file name, for a sharded folder
     config: dict[str, Any] | None
     notes: list[str] = field(default_factory=list)  # what was resolved on the way, for the read report
@@ -52,7 +52,7 @@ def open_folder(path: Path) -> ModelFolder:
     weight_map = None
     if found.endswith(".index.json"):
         weight_map = _weight_map(path / found)
-        shards = list(dict.fromkeys(weight_map.values()))
+        shards = sorted(set(weight_map.values()))
         files = tuple(path / name for name in shards)
         absent = [f.name for f in files if not f.is_file()]
         if absent:
