@@ -190,7 +190,9 @@ def test_a_transformers_5_folder_shows_its_layout_and_conversions(runner, monkey
 
 
 def test_a_pickle_gets_the_safetensors_command(runner, tmp_path: Path) -> None:
-    path = _vit_l(tmp_path, "mae_visualize_vit_large.pth")
+    from tests.helpers import small_state_dict
+
+    path = save_official(tmp_path / "mae_visualize_vit_large.pth", small_state_dict())  # (not ViT-L: exit 1)
     data = json.loads(runner.invoke(app, ["inspect", "--json", str(path)]).stdout)
     assert data["layout"] == "official"
     out = tmp_path / "mae_visualize_vit_large.safetensors"
