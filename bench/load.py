@@ -6,6 +6,7 @@ plain:       model = mae_vit_large_patch16()          # random init of 330 M par
              sd = torch.load(path, map_location="cpu")["model"]
              model.load_state_dict(sd, strict=False)  # copies 1.32 GB
 pretrained:  MaskedAutoencoderViT.from_pretrained(path) # meta device + mmap + assign: no init, no copy
+safetensors: the same from the same tensors saved as .safetensors (memory-mapped too, no pickle)
 
 Each run is a fresh interpreter; the parent reads the child's peak RSS with wait4. `load_s` is the
 build + load time measured inside the child (imports excluded: both pay the same `import torch`);
@@ -34,7 +35,9 @@ def child(mode: str, path: str, forward: bool) -> None:
     from mae.large import MaskedAutoencoderViT, mae_vit_large_patch16
 
     t1 = time.perf_counter()
-    if mode == "plain":
+    if mode == "safetensors":
+        model = MaskedAutoencoderViT.from_pretrained(path)
+    elif mode == "plain":
         model = mae_vit_large_patch16()
         checkpoint = torch.load(path, map_location="cpu")
         model.load_state_dict(checkpoint["model"], strict=False)
@@ -53,7 +56,7 @@ def child(mode: str, path: str, forward: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--child", choices=["plain", "pretrained"])
+    parser.add_argument("--child", choices=["plain", "pretrained", "safetensors"])
     parser.add_argument("--forward", action="store_true")
     parser.add_argument("--path")
     args = parser.parse_args()
@@ -62,6 +65,7 @@ def main() -> None:
         return
 
     path = bench_checkpoint()
+    paths = {"plain": path, "pretrained": path, "safetensors": safetensors_copy(path)}
     size_mb = path.stat().st_size / 1024**2
     print(machine_header())
     print(f"# checkpoint: {path} ({size_mb:.0f} MiB), seeded random init in the official format "
@@ -69,9 +73,9 @@ def main() -> None:
     results: dict[tuple[str, bool], dict[str, list[float]]] = {}
     for forward in (False, True):
         for _ in range(args.runs):
-            for mode in ("plain", "pretrained"):  # interleaved, so drifting load hits both alike
+            for mode in ("plain", "pretrained", "safetensors"):  # interleaved, so drifting load hits all alike
                 wait_for_quiet()
-                cmd = [PYTHON, __file__, "--child", mode, "--path", str(path)] + (["--forward"] if forward else [])
+                cmd = [PYTHON, __file__, "--child", mode, "--path", str(paths[mode])] + (["--forward"] if forward else [])
                 run = run_checked(cmd)
                 inner = json.loads(run.stdout.strip().splitlines()[-1])
                 r = results.setdefault((mode, forward), {"wall": [], "rss": [], "load": [], "forward": []})
@@ -92,9 +96,26 @@ def main() -> None:
           f"{median(plain['load']) / median(ours['load']):.1f}x   target >= 10x")
     print(f"whole-process wall ratio pretrained/plain: {median(ours['wall']) / median(plain['wall']):.2f}x")
     print(f"from_pretrained peak RSS / file size: {median(ours['rss']) / size_mb:.2f}   target <= 1.25")
+    st = results[("safetensors", False)]
+    print(f"safetensors / zip pickle, from_pretrained build+load (medians): {median(st['load']) / median(ours['load']):.2f}x"
+          f"   peak RSS: {median(st['rss']) / median(ours['rss']):.2f}x")
     fwd = results[("pretrained", True)]
     print(f"from_pretrained + one forward, peak RSS / file size: {median(fwd['rss']) / size_mb:.2f} "
           f"(plain + forward: {median(results[('plain', True)]['rss']) / size_mb:.2f})")
+
+
+def safetensors_copy(path: Path) -> Path:
+    """The benchmark checkpoint's tensors as a .safetensors file beside it (written once, atomically)."""
+    out = path.with_suffix(".safetensors")
+    if out.exists():
+        return out
+    import torch
+    from safetensors.torch import save_file
+
+    tmp = out.with_suffix(".tmp")
+    save_file(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["model"], tmp)
+    tmp.replace(out)
+    return out
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from cli.common import JsonOpt, TrustOpt, handle_errors, out, print_json
 
 @handle_errors
 def inspect_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A .pth or .safetensors checkpoint.", show_default=False)],
+    checkpoint: Annotated[Path, typer.Argument(help="A .pth or .safetensors checkpoint, or a transformers model folder.",
+                                               show_default=False)],
     all_keys: Annotated[bool, typer.Option("--all", help="List every key instead of one row per block tensor.")] = False,
     json_: JsonOpt = False,
     trust: TrustOpt = False,

@@ -45,6 +45,7 @@ def summary_panel(s: CheckpointSummary) -> Panel:
     rows: list[tuple[str, str]] = [
         ("file", escape(str(s.path))),
         ("size", f"{human_bytes(s.size_bytes)} ({s.size_bytes:,} bytes)"),
+        ("layout", f"{s.layout}: {escape(s.layout_words)}"),
         ("format", f"{s.source_format} ({s.container})"),
         ("kind", f"[{kind_style}]{c.kind}[/]"),
         ("tensors", count),
@@ -61,8 +62,16 @@ def summary_panel(s: CheckpointSummary) -> Panel:
                  else "all finite"))
     if s.extras:
         rows.append(("other entries", escape(", ".join(s.extras))))
+    if len(s.files) > 1 or (s.files and s.files[0] != s.path):
+        rows.append(("files", escape(", ".join(f.name for f in s.files))))
     for fix in s.fixes:
         rows.append(("read", escape(fix)))
+    for note in s.notes:
+        rows.append(("[yellow]note[/]", escape(note)))
+    if s.config_problem:
+        rows.append(("[red]config.json[/]", escape(s.config_problem)))
+    if s.convert_hint:
+        rows.append(("tip", f"a pickle; safetensors loads faster and runs no code: {escape(s.convert_hint)}"))
     for label, value in rows:
         grid.add_row(label, value)
     return Panel(grid, title="checkpoint", expand=False)

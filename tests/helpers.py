@@ -18,6 +18,7 @@ REFERENCE = TESTS / "reference"
 VECTORS = REFERENCE / "mae_official_small_vectors.safetensors"
 MANIFEST = REFERENCE / "mae_vit_large_patch16_keys.json"
 DATA = REPO / "data"
+HF_FIXTURES = TESTS / "fixtures" / "hf"
 
 
 @cache
@@ -40,6 +41,13 @@ def small_config(**overrides) -> MAEConfig:
     with safe_open(VECTORS, "pt") as f:
         cfg = json.loads(f.metadata()["config"])
     return MAEConfig(**{**cfg, **overrides})
+
+
+def tiny_config(**overrides) -> MAEConfig:
+    """The smallest configuration with every part (two blocks each side, two heads): the transformers fixtures'
+    (tests/fixtures/hf), whose files stay a few tens of kilobytes."""
+    return MAEConfig(**{**dict(img_size=8, patch_size=4, embed_dim=16, depth=2, num_heads=2, decoder_embed_dim=8,
+                               decoder_depth=2, decoder_num_heads=2), **overrides})
 
 
 def small_state_dict() -> dict[str, torch.Tensor]:

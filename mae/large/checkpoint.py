@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import torch
 
-from . import catalog, convert
+from . import catalog, convert, model_folder
 from .convert import DECODER_PREFIXES, StateDict
 from .errors import (
     CheckpointError,
@@ -62,23 +62,36 @@ def key_part(name: str) -> Part:
 # ================================================================================================
 @dataclass(frozen=True)
 class CheckpointData:
-    """A checkpoint file's tensors in official key names, and how they got there."""
+    """A checkpoint's tensors in official key names, and how they got there."""
 
-    path: Path
+    path: Path  # the file, or the model folder, as given
     state_dict: StateDict
-    container: str  # "torch-zip" | "torch-legacy" | "safetensors"
-    source_format: str  # "official" | "huggingface" | "timm"
+    container: str  # "torch-zip" | "torch-legacy" | "safetensors" (of the weight files, for a folder)
+    source_format: str  # key names: "official" | "huggingface" | "timm" | "mmpretrain"
     weights_only: bool  # read with weights_only=True (False only with trust=True)
     fixes: list[str] = field(default_factory=list)  # each change made on the way, in order
     extras: list[str] = field(default_factory=list)  # other top-level entries (args, optimizer ...)
     # Classifier tensors (`head.*`, `fc_norm.*` of a fine-tuned or timm file), kept apart from
     # `state_dict`: the MAE model never uses them, the classifier's `from_pretrained(head="file")` does.
     classifier: StateDict = field(default_factory=dict)
+    layout: str = "official"  # one of `convert.LAYOUTS`
+    files: tuple[Path, ...] = ()  # the files read (a folder's weight files; the file itself otherwise)
+    # A model folder's parsed config.json (transformers `ViTMAEConfig` fields), checked by the loading chain.
+    folder_config: dict[str, Any] | None = None
 
     @property
     def dropped(self) -> list[str]:
         """Keys read but not part of the MAE model (the classifier's)."""
         return list(self.classifier)
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the files read."""
+        return sum(f.stat().st_size for f in self.files or (self.path,))
+
+    @property
+    def is_pickle(self) -> bool:
+        return self.container.startswith("torch")
 
 
 def read_state_dict(path: str | Path, *, trust: bool = False) -> StateDict:
@@ -87,24 +100,29 @@ def read_state_dict(path: str | Path, *, trust: bool = False) -> StateDict:
 
 
 def read_checkpoint(path: str | Path, *, trust: bool = False, mmap: bool = True) -> CheckpointData:
-    """Read a checkpoint file of any supported layout into official key names.
+    """Read a checkpoint file or model folder of any supported layout into official key names.
 
     Supported: official `torch.save({"model": sd})` files (also `state_dict`, `model_state` or a bare
     state dict), zip or legacy pickle; `.safetensors`; `module.` / `_orig_mod.` prefixes; HuggingFace
-    ViTMAE names (q, k, v fused into qkv); timm ViT encoders (classifier keys dropped and reported).
-    Zip files are memory-mapped (`mmap`), so tensors are read from the page cache on demand.
+    ViTMAE names of transformers 4.x and 5.x (q, k, v fused into qkv); timm ViT encoders (classifier keys
+    set aside and reported); mmpretrain MAE checkpoints; a transformers model folder (`config.json` with
+    `model.safetensors`, `pytorch_model.bin` or a sharded index) or hub cache (`model_folder`), whose config
+    is handed up as `folder_config`. Zip files and safetensors are memory-mapped (`mmap`; safetensors always),
+    so tensors are read from the page cache on demand. `layout` says which of `convert.LAYOUTS` it was.
     """
     path = _check_path(path)
-    container = _sniff(path)
     fixes: list[str] = []
     extras: list[str] = []
-    if container == "safetensors":
-        raw: Any = _load_safetensors(path)
-        weights_only = True
+    folder_config = None
+    if path.is_dir():
+        folder = model_folder.open_folder(path)
+        fixes.extend(folder.notes)
+        files, folder_config = folder.files, folder.config
+        sd, container, weights_only = _read_shards(folder, trust=trust, mmap=mmap, fixes=fixes, extras=extras)
     else:
-        raw = _torch_load(path, trust=trust, mmap=mmap and container == "torch-zip")
-        weights_only = not trust
-    sd = _unwrap(raw, path, fixes, extras)
+        files = (path,)
+        raw, container, weights_only = _read_file(path, trust=trust, mmap=mmap)
+        sd = _unwrap(raw, path, fixes, extras)
     bad_key = next((k for k in sd if not isinstance(k, str)), None)
     if bad_key is not None:
         raise CheckpointError(f"{path} has a non-text key {bad_key!r} in its state dict; it is not a model checkpoint")
@@ -114,27 +132,82 @@ def read_checkpoint(path: str | Path, *, trust: bool = False, mmap: bool = True)
         raise IncompatibleCheckpointError(f"{path}: {exc}") from None
     for prefix in prefixes:
         fixes.append(f"removed the {prefix!r} prefix from every key")
+    sd, source, layout, classifier = _to_official(sd, path, container, fixes)
+    if path.is_dir():
+        layout = "hf-folder"
+    for fix in fixes:
+        log.info("%s: %s", path.name, fix)
+    return CheckpointData(path, sd, container, source, weights_only, fixes, extras, classifier, layout, files,
+                          folder_config)
 
+
+def _to_official(sd: StateDict, path: Path, container: str, fixes: list[str]) -> tuple[StateDict, str, str, StateDict]:
+    """Rename another library's keys to the official ones: (state dict, source format, layout, classifier)."""
     keys = list(sd)
     classifier: StateDict = {}
     if convert.is_huggingface(keys):
-        source = "huggingface"
+        layout = convert.huggingface_generation(keys)
         try:
             sd = convert.from_huggingface(sd)
         except (convert.UnknownKeyError, RuntimeError) as exc:  # RuntimeError: q, k, v of different sizes
             raise IncompatibleCheckpointError(
                 f"{path}: {first_line(str(exc))}; it is not a ViTMAE checkpoint this tool knows"
             ) from None
-        fixes.append("renamed HuggingFace ViTMAE keys to the official names (q, k, v fused into qkv)")
-    else:
-        sd, classifier = convert.split_classifier(sd)
-        source = "timm" if classifier else "official"
-        if classifier:
-            fixes.append(f"set aside {len(classifier)} classifier tensors ({short_list(list(classifier))}): "
-                         "not part of MAE")
-    for fix in fixes:
-        log.info("%s: %s", path.name, fix)
-    return CheckpointData(path, sd, container, source, weights_only, fixes, extras, classifier)
+        names = "transformers 5.x" if layout == "hf5" else "transformers 4.x"
+        fixes.append(f"renamed HuggingFace ViTMAE keys ({names} names) to the official names (q, k, v fused into qkv)")
+        return sd, "huggingface", layout, classifier
+    if convert.is_mmpretrain(keys):
+        try:
+            sd = convert.from_mmpretrain(sd)
+        except convert.UnknownKeyError as exc:
+            raise IncompatibleCheckpointError(
+                f"{path}: {first_line(str(exc))}; it is not an mmpretrain MAE checkpoint this tool knows"
+            ) from None
+        fixes.append("renamed mmpretrain MAE keys (backbone.*, neck.*) to the official names")
+        return sd, "mmpretrain", "mmpretrain", classifier
+    sd, classifier = convert.split_classifier(sd)
+    if classifier:
+        fixes.append(f"set aside {len(classifier)} classifier tensors ({short_list(list(classifier))}): "
+                     "not part of MAE")
+        return sd, "timm", "timm", classifier
+    return sd, "official", "safetensors" if container == "safetensors" else "official", classifier
+
+
+def _read_file(path: Path, *, trust: bool, mmap: bool) -> tuple[Any, str, bool]:
+    """One file's contents: (what it holds, its container, read with weights_only)."""
+    container = _sniff(path)
+    if container == "safetensors":
+        return _load_safetensors(path), container, True
+    return _torch_load(path, trust=trust, mmap=mmap and container == "torch-zip"), container, not trust
+
+
+def _read_shards(folder: model_folder.ModelFolder, *, trust: bool, mmap: bool, fixes: list[str],
+                 extras: list[str]) -> tuple[StateDict, str, bool]:
+    """A model folder's weight files merged into one state dict; a sharded folder must hold exactly the
+    tensors its index lists."""
+    sd: StateDict = {}
+    containers: list[str] = []
+    weights_only = True
+    for file in folder.files:
+        file = _check_path(file)
+        raw, container, safe = _read_file(file, trust=trust, mmap=mmap)
+        containers.append(container)
+        weights_only = weights_only and safe
+        part = _unwrap(raw, file, fixes, extras)
+        twice = next((k for k in part if k in sd), None)
+        if twice is not None:
+            raise CheckpointError(f"{folder.path}: tensor {twice!r} is in two shards; the folder is damaged, fetch it again")
+        sd.update(part)
+    if folder.weight_map is not None:
+        listed = set(folder.weight_map)
+        if listed != set(sd):
+            lacking = sorted(listed - set(sd))
+            extra = sorted(set(sd) - listed)
+            raise CheckpointError(
+                f"{folder.path}: the shards do not hold what the index lists ({len(lacking)} listed but absent: "
+                f"{short_list(lacking)}; {len(extra)} present but not listed: {short_list(extra)}); fetch the folder again"
+            )
+    return sd, containers[0], weights_only
 
 
 def _check_path(path: str | Path) -> Path:
@@ -143,7 +216,7 @@ def _check_path(path: str | Path) -> Path:
         hint = catalog.download_hint(path.name, path.parent)
         raise CheckpointNotFoundError(f"checkpoint {path} does not exist{hint or '; check the path'}")
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a directory; give the path of a .pth or .safetensors file")
+        return path
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); the download was probably interrupted, fetch it again")
@@ -166,28 +239,55 @@ def _sniff(path: Path) -> str:
     )
 
 
-def _load_safetensors(path: Path) -> StateDict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+# safetensors dtype names (the format's specification, huggingface/safetensors) -> torch dtypes.
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
 
+
+def _load_safetensors(path: Path) -> StateDict:
+    """A safetensors file's tensors as views of a private memory map of the file (no copy, no read).
+
+    The map is copy-on-write (`UntypedStorage.from_file(shared=False)`, as `torch.load(mmap=True)` maps zip
+    files): pages are read on first touch, and writing to a tensor changes this process's copy, never the
+    file. The header is checked first (every tensor's bytes inside the file, sizes matching dtype and shape),
+    so a damaged file is refused before anything is mapped. Tensors come in the header's order.
+    """
     size = path.stat().st_size
     with path.open("rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
         header_bytes = f.read(header_len) if header_len <= size - 8 else b""
     try:
         header = json.loads(header_bytes)
-        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
-    except (ValueError, KeyError, TypeError, IndexError):
+        entries = {k: (SAFETENSORS_DTYPES[v["dtype"]], [int(n) for n in v["shape"]], int(v["data_offsets"][0]),
+                       int(v["data_offsets"][1])) for k, v in header.items() if k != "__metadata__"}
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
         raise CheckpointError(f"{path} has a corrupt safetensors header; the file is damaged, fetch it again") from None
-    if 8 + header_len + max(ends, default=0) > size:
+    base = 8 + header_len
+    end = max((e[3] for e in entries.values()), default=0)
+    if base + end > size:
         raise CheckpointError(
-            f"{path} is truncated: its safetensors header describes {8 + header_len + max(ends)} bytes but the "
-            f"file has {size}; fetch it again"
+            f"{path} is truncated: its safetensors header describes {base + end} bytes but the file has {size}; "
+            "fetch it again"
         )
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is a damaged safetensors file ({exc}); fetch it again") from None
+    for name, (dtype, shape, start, stop) in entries.items():
+        numel = 1
+        for n in shape:
+            numel *= n
+        if min(shape, default=0) < 0 or not 0 <= start <= stop or stop - start != numel * dtype.itemsize:
+            raise CheckpointError(f"{path} is a damaged safetensors file (tensor {name!r}: {stop - start} bytes for "
+                                  f"{shape} {str(dtype).removeprefix('torch.')}); fetch it again")
+    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
+    data = torch.empty(0, dtype=torch.uint8).set_(storage)  # (size,) bytes: the whole file, mapped
+    out: StateDict = {}
+    for name, (dtype, shape, start, stop) in entries.items():
+        raw = data[base + start: base + stop]
+        if (base + start) % dtype.itemsize:  # unaligned (not what safetensors writes): copy to view it
+            raw = raw.clone()
+        out[name] = raw.view(dtype).view(shape)  # (numel,) bytes -> dtype -> shape
+    return out
 
 
 def _torch_load(path: Path, *, trust: bool, mmap: bool) -> Any:

@@ -8,9 +8,13 @@ Layouts handled:
 
 * official / timm: `blocks.{i}.attn.qkv.weight` ... (timm's ViT uses the official names; its classifier
   keys `head.*`, `fc_norm.*` are split off by `split_classifier`);
-* HuggingFace `ViTMAEForPreTraining` / `ViTMAEModel`, both the 4.x names
-  (`vit.encoder.layer.{i}.attention.attention.query`) and the 5.x names (`vit.layers.{i}.attention.q_proj`);
-  separate q, k, v projections are concatenated back into one `qkv`.
+* HuggingFace `ViTMAEForPreTraining` / `ViTMAEModel` (the latter without the `vit.` prefix): the 4.x names
+  (`vit.encoder.layer.{i}.attention.attention.query`, decoder `decoder.decoder_layers.{i}`), the 5.x in-memory
+  names (`vit.layers.{i}.attention.q_proj`) and what 5.x `save_pretrained` writes (4.x encoder names, decoder
+  `decoder.decoder_encoder.layer.{i}`); separate q, k, v projections are concatenated back into one `qkv`;
+* mmpretrain (and mmselfsup 1.x, merged into it) MAE pre-training checkpoints: `backbone.*` / `neck.*`.
+
+`LAYOUTS` names every layout `checkpoint.read_checkpoint` tells apart.
 
 Writing (`save_as`) inverts the same tables: official names -> a `{"model": sd}` file in the official key
 order, a safetensors file, a HuggingFace model folder (4.x names, `config.json`) or a timm encoder file.
@@ -47,6 +51,17 @@ WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
 CLASSIFIER_PREFIXES: tuple[str, ...] = ("head.", "fc_norm.", "head_drop.", "pre_logits.")
 # Keys of the MAE decoder (official `models_mae.py`): a classifier has no use for them.
 DECODER_PREFIXES: tuple[str, ...] = ("mask_token", "decoder_")
+
+# The layouts a checkpoint is read from, as `CheckpointData.layout` and `inspect` name them.
+LAYOUTS: dict[str, str] = {
+    "official": "official MAE names in a PyTorch pickle (models_mae.py)",
+    "safetensors": "official MAE names in a safetensors file",
+    "hf4": "HuggingFace ViTMAE names of transformers 4.x",
+    "hf5": "HuggingFace ViTMAE names of transformers 5.x",
+    "hf-folder": "a transformers model folder (config.json + weights; a hub snapshot too)",
+    "timm": "timm ViT names (the official ones) with a classifier head",
+    "mmpretrain": "mmpretrain / mmselfsup MAE names (backbone.* / neck.*)",
+}
 
 # HuggingFace block sub-keys -> official block sub-keys, per generation of transformers.
 _HF4_BLOCK: dict[str, str] = {
@@ -90,9 +105,20 @@ _HF_RENAMES: dict[str, str] = {
     "decoder.decoder_pred.weight": "decoder_pred.weight",
     "decoder.decoder_pred.bias": "decoder_pred.bias",
 }
-# `vit.encoder.layer.3.` / `vit.layers.3.` / `decoder.decoder_layers.3.` -> official block prefix.
-_HF_BLOCK_PREFIX = re.compile(r"^(?:(?:vit\.)?(?:encoder\.layer|layers)|(decoder)\.decoder_layers)\.(\d+)\.(.+)$")
-_HF_MARKERS = ("embeddings.patch_embeddings", "encoder.layer.", "decoder.decoder_layers.", "vit.layers.")
+# Where the decoder blocks live: 4.x (and 5.x in memory), and what 5.x `save_pretrained` writes. transformers 5.x
+# writes the 4.x names back when saving by reversing its load-time renames (transformers 5.24.0
+# `conversion_mapping.py`, entry "ViTModel": `encoder\.layer\.` -> `layers.`); reversed, the pattern `layers.` is
+# not anchored and also turns `decoder_layers.` into `decoder_encoder.layer.`.
+_HF4_DECODER = "decoder.decoder_layers"
+_HF5_SAVED_DECODER = "decoder.decoder_encoder.layer"
+# `vit.encoder.layer.3.` / `vit.layers.3.` / `decoder.decoder_layers.3.` / `decoder.decoder_encoder.layer.3.` ->
+# official block prefix (`vit.` is absent from a `ViTMAEModel`'s keys).
+_HF_BLOCK_PREFIX = re.compile(
+    r"^(?:(?:vit\.)?(?:encoder\.layer|layers)|(decoder)\.(?:decoder_layers|decoder_encoder\.layer))\.(\d+)\.(.+)$")
+_HF_MARKERS = ("embeddings.patch_embeddings", "encoder.layer.", f"{_HF4_DECODER}.", f"{_HF5_SAVED_DECODER}.",
+               "vit.layers.")
+# Names only transformers 5.x writes (in memory or saved); the rest of a 5.x file is spelled as in 4.x.
+_HF5_MARKERS = (f"{_HF5_SAVED_DECODER}.", "attention.q_proj.", "attention.o_proj.", ".mlp.fc1.")
 
 
 def strip_wrappers(sd: StateDict) -> tuple[StateDict, list[str]]:
@@ -122,6 +148,12 @@ def strip_wrappers(sd: StateDict) -> tuple[StateDict, list[str]]:
 def is_huggingface(keys: list[str] | set[str]) -> bool:
     """True for HuggingFace ViTMAE key names (either generation)."""
     return any(marker in key for key in keys for marker in _HF_MARKERS)
+
+
+def huggingface_generation(keys: list[str] | set[str]) -> str:
+    """`hf5` when a key is spelled as only transformers 5.x spells it, else `hf4`. A 5.x `ViTMAEModel` file has
+    no decoder and so the very names of 4.x: it reads as `hf4` (a folder's config.json names its version)."""
+    return "hf5" if any(marker in key for key in keys for marker in _HF5_MARKERS) else "hf4"
 
 
 def split_classifier(sd: StateDict) -> tuple[StateDict, StateDict]:
@@ -186,7 +218,7 @@ def to_huggingface(sd: StateDict, new_names: bool = True) -> StateDict:
         if match is None:
             raise UnknownKeyError(f"no HuggingFace name for key {key!r}")
         kind, index, stem, leaf = match.groups()
-        prefix = f"{encoder_prefix}.{index}" if kind == "blocks" else f"decoder.decoder_layers.{index}"
+        prefix = f"{encoder_prefix}.{index}" if kind == "blocks" else f"{_HF4_DECODER}.{index}"
         if stem == "attn.qkv":
             for name, part in zip(qkv_names, value.chunk(3, dim=0)):
                 out[f"{prefix}.{name}.{leaf}"] = part.contiguous()
@@ -197,8 +229,6 @@ def to_huggingface(sd: StateDict, new_names: bool = True) -> StateDict:
     return out
 
 
-# ================================================================================================
-# Writing
 # ================================================================================================
 Format = Literal["official", "safetensors", "hf", "timm"]
 FORMATS: tuple[str, ...] = ("official", "safetensors", "hf", "timm")
@@ -349,3 +379,103 @@ def _timm_note(kind: str, sd: StateDict, config: EncoderConfig) -> str:
                 "pretrained=True, pretrained_cfg_overlay=dict(file=path))")
     return (f"timm encoder: timm.create_model('{name}.mae', pretrained=True, pretrained_cfg_overlay=dict(file=path)) "
             "(num_classes=0: the cls token after the final norm)")
+=======
+# mmpretrain / mmselfsup
+# ================================================================================================
+# mmpretrain 1.2.0 (open-mmlab/mmpretrain at ee7f2e88501f61aa95c742dd5f429f039935ee90), the `MAE` self-supervisor:
+# `backbone` is `MAEViT` (mmpretrain/models/selfsup/mae.py), a `VisionTransformer`
+# (mmpretrain/models/backbones/vision_transformer.py: `patch_embed.projection`, `layers.{i}`, final norm `ln1`);
+# each `TransformerEncoderLayer` holds `ln1`, `attn.qkv` / `attn.proj` (mmpretrain/models/utils/attention.py
+# `MultiheadAttention`), `ln2` and mmcv's `FFN` (mmcv 2.2.0 mmcv/cnn/bricks/transformer.py: `layers.0.0` the first
+# Linear inside a Sequential with the activation, `layers.1` the second); `neck` is `MAEPretrainDecoder`
+# (mmpretrain/models/necks/mae_neck.py), whose decoder norm mmcv's `build_norm_layer(..., postfix=1)` names `ln1`.
+# The head (`MAEPretrainHead`) holds no tensors and the data preprocessor's mean / std are not persistent.
+# mmselfsup 1.x was merged into mmpretrain with these names. mmengine saves `{"meta", "state_dict", ...}`.
+MMPRETRAIN_RENAMES: dict[str, str] = {
+    "backbone.cls_token": "cls_token",
+    "backbone.pos_embed": "pos_embed",
+    "backbone.patch_embed.projection.weight": "patch_embed.proj.weight",
+    "backbone.patch_embed.projection.bias": "patch_embed.proj.bias",
+    "backbone.ln1.weight": "norm.weight",
+    "backbone.ln1.bias": "norm.bias",
+    "neck.mask_token": "mask_token",
+    "neck.decoder_pos_embed": "decoder_pos_embed",
+    "neck.decoder_embed.weight": "decoder_embed.weight",
+    "neck.decoder_embed.bias": "decoder_embed.bias",
+    "neck.ln1.weight": "decoder_norm.weight",
+    "neck.ln1.bias": "decoder_norm.bias",
+    "neck.decoder_pred.weight": "decoder_pred.weight",
+    "neck.decoder_pred.bias": "decoder_pred.bias",
+}
+# mmpretrain block prefix -> official block prefix.
+MMPRETRAIN_BLOCKS: dict[str, str] = {"backbone.layers": "blocks", "neck.decoder_blocks": "decoder_blocks"}
+# mmpretrain block sub-keys -> official block sub-keys.
+MMPRETRAIN_BLOCK: dict[str, str] = {
+    "ln1": "norm1",
+    "attn.qkv": "attn.qkv",
+    "attn.proj": "attn.proj",
+    "ln2": "norm2",
+    "ffn.layers.0.0": "mlp.fc1",
+    "ffn.layers.1": "mlp.fc2",
+}
+_MM_BLOCK_KEY = re.compile(r"^(backbone\.layers|neck\.decoder_blocks)\.(\d+)\.(.+)\.(weight|bias)$")
+_OFFICIAL_BLOCK_KEY = re.compile(r"^(blocks|decoder_blocks)\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def is_mmpretrain(keys: list[str] | set[str]) -> bool:
+    """True for mmpretrain / mmselfsup MAE names (`backbone.layers.*`, `backbone.patch_embed.projection.*`)."""
+    return any(key.startswith(("backbone.layers.", "backbone.patch_embed.projection.")) for key in keys)
+
+
+def _rename_blocks(sd: StateDict, renames: dict[str, str], blocks: dict[str, str], block: dict[str, str],
+                   pattern: re.Pattern[str], what: str) -> StateDict:
+    """Rename by whole-key table, then block keys `<prefix>.<i>.<sub>.<leaf>` by the prefix and sub-key tables."""
+    out: StateDict = {}
+    for key, value in sd.items():
+        if key in renames:
+            out[renames[key]] = value
+            continue
+        match = pattern.match(key)
+        if match is None or match.group(3) not in block:
+            raise UnknownKeyError(f"unknown {what} key {key!r}")
+        prefix, index, stem, leaf = match.groups()
+        out[f"{blocks[prefix]}.{index}.{block[stem]}.{leaf}"] = value
+    return out
+
+
+def from_mmpretrain(sd: StateDict) -> StateDict:
+    """mmpretrain / mmselfsup MAE names -> official names (a one-to-one rename: mmpretrain fuses qkv too)."""
+    return _rename_blocks(sd, MMPRETRAIN_RENAMES, MMPRETRAIN_BLOCKS, MMPRETRAIN_BLOCK, _MM_BLOCK_KEY,
+                          "mmpretrain MAE")
+
+
+def to_mmpretrain(sd: StateDict) -> StateDict:
+    """Official names -> mmpretrain MAE names: `from_mmpretrain`'s tables inverted."""
+    return _rename_blocks(sd, {v: k for k, v in MMPRETRAIN_RENAMES.items()}, {v: k for k, v in MMPRETRAIN_BLOCKS.items()},
+                          {v: k for k, v in MMPRETRAIN_BLOCK.items()}, _OFFICIAL_BLOCK_KEY, "official MAE")
+
+
+# ================================================================================================
+# transformers config.json
+# ================================================================================================
+# `ViTMAEConfig` field -> the model config's attribute holding the same size (both `MAEConfig` and `ViTConfig`
+# have the encoder's; only `MAEConfig` the decoder's). A folder whose config.json disagrees on any is refused.
+HF_CONFIG_SIZES: dict[str, str] = {
+    "hidden_size": "embed_dim",
+    "num_hidden_layers": "depth",
+    "num_attention_heads": "num_heads",
+    "intermediate_size": "mlp_hidden_dim",
+    "patch_size": "patch_size",
+    "image_size": "img_size",
+    "num_channels": "in_chans",
+    "decoder_hidden_size": "decoder_embed_dim",
+    "decoder_num_hidden_layers": "decoder_depth",
+    "decoder_num_attention_heads": "decoder_num_heads",
+    "decoder_intermediate_size": "decoder_mlp_hidden_dim",
+}
+# The activation of the official blocks (nn.GELU: the exact, erf form); transformers calls it "gelu".
+HF_ACTIVATION = "gelu"
+
+
+# Writing
+# =========================================================================================

@@ -2,7 +2,8 @@
 
     read -> convert -> classify -> fit -> assign -> materialise -> report
 
-* read, convert: `checkpoint.read_checkpoint` (file -> tensors in official key names; each fix logged);
+* read, convert: `checkpoint.read_checkpoint` (file or model folder -> tensors in official key names; each fix
+  logged); a model folder's config.json is checked against the model's config (`check_folder_config`);
 * classify: `checkpoint.classify` against the masked autoencoder's `ExpectedState`, once;
 * fit: the model's own filter (timm's `filter_fn`) picks the tensors it loads and fixes them (a sin-cos
   table for another grid, a position table to interpolate, a classifier to keep or start fresh);
@@ -39,7 +40,7 @@ from .checkpoint import (
     nonfinite_tensors,
     read_checkpoint,
 )
-from .convert import StateDict
+from .convert import HF_ACTIVATION, HF_CONFIG_SIZES, StateDict
 from .device import resolve_device
 from .errors import IncompatibleCheckpointError, NonFiniteCheckpointError
 
@@ -166,10 +167,12 @@ def from_pretrained(
     """
     target = resolve_device(device)
     data = read(path, trust=trust)
+    notes = check_folder_config(data, config)
     result = classify(data.state_dict, reference, data.classifier)
     with torch.device("meta"):
         model = model_cls(config)
     fitted = fit(data, result, model)
+    fitted.warnings[:0] = notes
     log.info("%s: fit: %d tensors to load (%s)", data.path.name, len(fitted.state), fitted.kind)
     assign(model, fitted, data.path, allow_nonfinite=allow_nonfinite)
     missing = materialise(model, fitted.state)
@@ -183,8 +186,10 @@ def load_into(model: M, path: str | Path, *, reference: ExpectedState, fit: FitF
     NaN / infinite values raise before a single tensor is copied; what the file does not hold keeps the
     model's current values."""
     data = read(path, trust=trust)
+    notes = check_folder_config(data, getattr(model, "config", None))
     result = classify(data.state_dict, reference, data.classifier)
     fitted = fit(data, result, model)
+    fitted.warnings[:0] = notes
     scan(fitted, data.path, allow_nonfinite=allow_nonfinite)  # the copy step's check, before any copy
     with torch.no_grad():
         missing, unexpected = model.load_state_dict(fitted.state, strict=False)
@@ -200,6 +205,45 @@ def read(path: str | Path, *, trust: bool) -> CheckpointData:
     data = read_checkpoint(path, trust=trust)
     log.info("%s: read %d tensors (%s, %s)", data.path.name, len(data.state_dict), data.source_format, data.container)
     return data
+
+
+def check_folder_config(data: CheckpointData, config: Any) -> list[str]:
+    """Check a model folder's config.json against the model's `config`: every size of `convert.HF_CONFIG_SIZES`
+    the model has must match (else `IncompatibleCheckpointError` naming the field and both values) and the
+    activation must be the exact GELU. A different `layer_norm_eps` is not refused (the weights are the same):
+    the model's value is used and the returned warning says what the folder's would change."""
+    folder = data.folder_config
+    if not folder or config is None:
+        return []
+    for field_name, attr in HF_CONFIG_SIZES.items():
+        if field_name not in folder or not hasattr(config, attr):
+            continue
+        theirs, ours = folder[field_name], getattr(config, attr)
+        if attr == "img_size":  # an int for a square image in config.json, a pair here
+            theirs = tuple(theirs) if isinstance(theirs, list) else (theirs, theirs)
+        if theirs != ours:
+            raise IncompatibleCheckpointError(
+                f"{data.path}: its config.json says {field_name}={_plain(theirs)} but the model has {attr}={_plain(ours)}; "
+                "build the model with the folder's sizes or give the folder of the model you mean"
+            )
+    act = folder.get("hidden_act", HF_ACTIVATION)
+    if act != HF_ACTIVATION:
+        raise IncompatibleCheckpointError(
+            f"{data.path}: its config.json says hidden_act={act!r} but this model's blocks use the exact GELU "
+            f"({HF_ACTIVATION!r}); the weights were trained for another activation")
+    eps, own = folder.get("layer_norm_eps"), getattr(config, "layer_norm_eps", None)
+    if not isinstance(eps, (int, float)) or own is None or float(eps) == own:
+        return []
+    # LayerNorm divides by sqrt(var + eps): the two values differ by about |eps1 - eps2| / (2 var) relative,
+    # measured with torch.nn.functional.layer_norm over 1024-wide tokens (tests/large/test_load.py checks these).
+    return [f"config.json says layer_norm_eps={float(eps):g} but the model uses {own:g} (the official MAE value is "
+            f"1e-6, which the weights were trained with), and {own:g} is used: LayerNorm divides by sqrt(var + eps), "
+            "so the two differ by about 5e-7 relative on tokens of variance 1 (natural images), 0.5% at variance 1e-4 "
+            "and 41% at 1e-6 (near-flat tokens); transformers runs this folder with its own value"]
+
+
+def _plain(value: Any) -> str:
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def scan(fitted: Fitted, path: Path, *, allow_nonfinite: bool) -> dict[str, int]:

@@ -16,7 +16,9 @@ from typing import Any
 from . import catalog
 from .checkpoint import Classification, classify, count_nonfinite, read_checkpoint
 from .config import MAEConfig
-from .errors import UnsafeCheckpointError, short_list
+from .convert import LAYOUTS
+from .errors import IncompatibleCheckpointError, UnsafeCheckpointError, short_list
+from .load import check_folder_config
 from .model import MaskedAutoencoderViT
 
 
@@ -45,6 +47,23 @@ class CheckpointSummary:
     extras: list[str]
     model_name: str = f"mae_{catalog.DEFAULT_ARCHITECTURE}"
     dtypes: dict[str, int] = field(default_factory=dict)
+    layout: str = "official"  # one of convert.LAYOUTS
+    files: list[Path] = field(default_factory=list)  # the files read (a model folder's weight files)
+    config_problem: str | None = None  # a model folder whose config.json disagrees with the model: why
+    notes: list[str] = field(default_factory=list)  # what loading would warn about (the folder's layer_norm_eps)
+
+    @property
+    def layout_words(self) -> str:
+        return LAYOUTS.get(self.layout, self.layout)
+
+    @property
+    def convert_hint(self) -> str | None:
+        """For a pickle: the command that writes the same tensors as safetensors (no pickle, memory-mapped)."""
+        if not self.container.startswith("torch"):
+            return None
+        out = self.path.with_suffix(".safetensors") if self.path.suffix not in ("", ".safetensors") else Path(
+            f"{self.path}.safetensors")
+        return f"mae-large convert {self.path} --to safetensors --out {out}"
 
     @property
     def kind(self) -> str:
@@ -76,7 +95,7 @@ class CheckpointSummary:
 
     @property
     def loadable(self) -> bool:
-        return self.classification.loadable and not self.damaged
+        return self.classification.loadable and not self.damaged and self.config_problem is None
 
     @property
     def num_parameters(self) -> int:
@@ -100,6 +119,8 @@ class CheckpointSummary:
             return (f"a fine-tuned classifier ({c.num_classes} classes, {pooling}): "
                     f"loadable with VisionTransformer.from_pretrained(head='file') and for features (its own pooling "
                     f"and trained fc_norm); no final norm and no decoder, so not for reconstructions")
+        if self.config_problem and c.loadable:
+            return f"not loadable into {self.model_name}: {self.config_problem}"
         hint = f"; {c.hint}" if c.hint else ""
         return f"not loadable into {self.model_name}: {c.problem()}{hint}"
 
@@ -110,6 +131,11 @@ class CheckpointSummary:
             "size_bytes": self.size_bytes,
             "container": self.container,
             "source_format": self.source_format,
+            "layout": self.layout,
+            "files": [str(f) for f in self.files],
+            "config_problem": self.config_problem,
+            "notes": self.notes,
+            "convert_hint": self.convert_hint,
             "kind": c.kind,
             "num_classes": c.num_classes,
             "pooling": c.pooling,
@@ -148,6 +174,11 @@ def summarize(path: str | Path, *, trust: bool = False, config: MAEConfig | None
             raise
         unsafe_reason = str(exc)
         data = read_checkpoint(path, trust=True)
+    config_problem, notes = None, []
+    try:
+        notes = check_folder_config(data, config)
+    except IncompatibleCheckpointError as exc:
+        config_problem = str(exc).removeprefix(f"{data.path}: ")
     expected = MaskedAutoencoderViT.expected_state(config)
     classification = classify(data.state_dict, expected, data.classifier)
     fine_tuned = classification.kind == "fine-tuned"
@@ -161,10 +192,11 @@ def summarize(path: str | Path, *, trust: bool = False, config: MAEConfig | None
     ]
     dtypes = dict(Counter(t.dtype for t in tensors))
     return CheckpointSummary(
-        path=data.path, size_bytes=data.path.stat().st_size, container=data.container,
+        path=data.path, size_bytes=data.size_bytes, container=data.container,
         source_format=data.source_format, weights_only=unsafe_reason is None, unsafe_reason=unsafe_reason,
         classification=classification, tensors=tensors, fixes=data.fixes, dropped=[] if fine_tuned else data.dropped,
-        extras=data.extras, dtypes=dtypes, model_name=f"mae_{config.architecture_name}",
+        extras=data.extras, dtypes=dtypes, model_name=f"mae_{config.architecture_name}", layout=data.layout,
+        files=list(data.files), config_problem=config_problem, notes=notes,
     )
 
 

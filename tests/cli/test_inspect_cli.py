@@ -164,3 +164,54 @@ def test_a_fine_tuned_classifier(runner, tmp_path: Path) -> None:
     data = json.loads(runner.invoke(app, ["inspect", "--json", str(path)]).stdout)
     assert (data["kind"], data["num_classes"], data["pooling"], data["num_tensors"]) == ("fine-tuned", 1000, "mean", 296)
     assert data["loadable"] and data["dropped"] == [] and "head='file'" in data["verdict"]
+
+
+# ---- layouts: transformers folders, pickles ------------------------------------------------------
+def _inspect_against_tiny(monkeypatch) -> None:
+    """`inspect` measures files against ViT-L; the transformers fixtures are of the tiny configuration."""
+    from tests.helpers import tiny_config
+
+    monkeypatch.setattr(MAEConfig, "vit_large", classmethod(lambda cls, **overrides: tiny_config(**overrides)))
+
+
+def test_a_transformers_5_folder_shows_its_layout_and_conversions(runner, monkeypatch) -> None:
+    from tests.helpers import HF_FIXTURES
+
+    _inspect_against_tiny(monkeypatch)
+    folder = HF_FIXTURES / "tf5/pretraining-sharded"
+    result = runner.invoke(app, ["inspect", str(folder)])
+    assert result.exit_code == 0, result.output
+    text = flat(result.output)
+    assert "hf-folder" in text and "transformers 5.24.0" in text and "transformers 5.x names" in text
+    assert "model-00001-of-00003.safetensors" in text and "mae-large convert" not in text
+    data = json.loads(runner.invoke(app, ["inspect", "--json", str(folder)]).stdout)
+    assert (data["layout"], data["kind"], data["loadable"], data["convert_hint"]) == ("hf-folder", "full", True, None)
+    assert any("3 shards" in fix for fix in data["fixes"]) and len(data["files"]) == 3
+
+
+def test_a_pickle_gets_the_safetensors_command(runner, tmp_path: Path) -> None:
+    from tests.helpers import small_state_dict
+
+    path = save_official(tmp_path / "mae_visualize_vit_large.pth", small_state_dict())  # (not ViT-L: exit 1)
+    data = json.loads(runner.invoke(app, ["inspect", "--json", str(path)]).stdout)
+    assert data["layout"] == "official"
+    out = tmp_path / "mae_visualize_vit_large.safetensors"
+    assert data["convert_hint"] == f"mae-large convert {path} --to safetensors --out {out}"
+    assert "--to safetensors" in flat(runner.invoke(app, ["inspect", str(path)]).output)
+
+
+def test_the_hub_snapshot_notes_its_eps_and_a_disagreeing_config_is_not_loadable(runner, monkeypatch, tmp_path) -> None:
+    import shutil
+
+    from tests.helpers import HF_FIXTURES
+
+    _inspect_against_tiny(monkeypatch)
+    data = json.loads(runner.invoke(app, ["inspect", "--json", str(HF_FIXTURES / "hub/models--facebook--vit-mae-large")]).stdout)
+    assert data["loadable"] and any("layer_norm_eps=1e-12" in n for n in data["notes"])
+    assert data["fixes"][0].startswith("took snapshot")
+    folder = shutil.copytree(HF_FIXTURES / "tf4/pretraining-bin", tmp_path / "edited")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_attention_heads": 4}))
+    result = runner.invoke(app, ["inspect", str(folder)])
+    assert result.exit_code == 1 and "num_attention_heads=4 but the model has num_heads=2" in flat(result.output)
+    assert "layout" in result.output and "--to safetensors" in flat(result.output)  # a pytorch_model.bin folder

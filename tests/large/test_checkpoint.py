@@ -306,7 +306,7 @@ def _write(path: Path, data: bytes) -> Path:
 
 BAD_FILES = {
     "missing": (lambda p: p / "nope.pth", CheckpointNotFoundError, "does not exist"),
-    "directory": (lambda p: p, CheckpointError, "is a directory"),
+    "folder without weights": (lambda p: p, CheckpointError, "is a folder without model weights"),
     "zero bytes": (lambda p: _write(p / "empty.pth", b""), CheckpointError, "empty"),
     "random bytes": (lambda p: _write(p / "r.pth", b"\x13" + os.urandom(4096)), CheckpointError, "not a PyTorch"),
     "truncated": (_truncated, CheckpointError, "truncated or corrupt"),

@@ -3,6 +3,8 @@ allow_nonfinite=True, only the loaded tensors are read, each once; the device is
 
 from __future__ import annotations
 
+import json
+import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +13,16 @@ import pytest
 import torch
 
 from mae.large import MaskedAutoencoderViT, VisionTransformer, ViTConfig, load
-from mae.large.errors import CheckpointError, DeviceError, NonFiniteCheckpointError
-from tests.helpers import encoder_only, save_official, small_config, small_state_dict
+from mae.large.errors import CheckpointError, DeviceError, IncompatibleCheckpointError, NonFiniteCheckpointError
+from tests.helpers import (
+    HF_FIXTURES,
+    encoder_only,
+    relative_error,
+    save_official,
+    small_config,
+    small_state_dict,
+    tiny_config,
+)
 
 NAN_KEY, INF_KEY = "blocks.0.attn.qkv.weight", "patch_embed.proj.bias"  # both loaded by every model
 
@@ -127,3 +137,160 @@ def test_a_torch_device_is_accepted(tmp_path: Path) -> None:
     path = save_official(tmp_path / "fine.pth", small_state_dict())
     model = MaskedAutoencoderViT.from_pretrained(path, small_config(), device=torch.device("cpu"))
     assert model.pos_embed.device.type == "cpu"
+
+
+# ---- transformers model folders ------------------------------------------------------------------
+TINY_LOADERS: dict[str, Callable[..., torch.nn.Module]] = {
+    "MaskedAutoencoderViT.from_pretrained": lambda path, **kw: MaskedAutoencoderViT.from_pretrained(
+        path, tiny_config(**kw)),
+    "MaskedAutoencoderViT.load_pretrained": lambda path, **kw: _load_tiny(path, **kw),
+    "VisionTransformer.from_pretrained": lambda path, **kw: VisionTransformer.from_pretrained(
+        path, ViTConfig.from_mae(tiny_config(**kw))),
+}
+
+
+def _load_tiny(path: Path, **overrides) -> MaskedAutoencoderViT:
+    model = MaskedAutoencoderViT(tiny_config(**overrides))
+    model.load_pretrained(path)
+    return model
+
+
+def _tiny_inputs(n: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 3, 8, 8, generator=g), torch.rand(n, 4, generator=g)
+
+
+@pytest.mark.parametrize("folder", ["tf5/pretraining-safetensors", "tf5/pretraining-sharded"])
+def test_a_transformers_5_folder_runs_as_transformers_runs_it(folder: str) -> None:
+    transformers = pytest.importorskip("transformers")
+    path = HF_FIXTURES / folder
+    theirs = transformers.ViTMAEForPreTraining.from_pretrained(path).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a folder that agrees with the model loads without a word
+        ours = MaskedAutoencoderViT.from_pretrained(path, tiny_config())
+    assert ours.load_report.kind == "full" and ours.load_report.source_format == "huggingface"
+    imgs, noise = _tiny_inputs()
+    with torch.no_grad():
+        loss, pred, mask = ours(imgs, 0.75, noise)
+        out = theirs(pixel_values=imgs, noise=noise)
+    assert torch.equal(mask, out.mask)
+    assert relative_error(pred, out.logits) <= 1e-5 and relative_error(loss, out.loss) <= 1e-5
+
+
+def test_a_transformers_5_encoder_folder_gives_transformers_features() -> None:
+    transformers = pytest.importorskip("transformers")
+    path = HF_FIXTURES / "tf5/model-safetensors"
+    theirs = transformers.ViTMAEModel.from_pretrained(path).eval()
+    with pytest.warns(UserWarning, match="encoder only"):
+        ours = MaskedAutoencoderViT.from_pretrained(path, tiny_config())
+    imgs, noise = _tiny_inputs()
+    with torch.no_grad():
+        latent, mask, _ = ours.forward_encoder(imgs, 0.75, noise)
+        out = theirs(pixel_values=imgs, noise=noise)
+    assert torch.equal(mask, out.mask) and relative_error(latent, out.last_hidden_state) <= 1e-5
+
+
+@pytest.mark.parametrize("loader", list(TINY_LOADERS))
+def test_every_loader_takes_a_folder(loader: str) -> None:
+    model = TINY_LOADERS[loader](HF_FIXTURES / "tf4/pretraining-sharded")
+    assert model.load_report.num_loaded == (62 if "Masked" in loader else 28)  # a global-pool classifier: no norm
+
+
+@pytest.mark.parametrize(("field", "value", "attr"), [("hidden_size", 32, "embed_dim"),
+                                                      ("decoder_num_hidden_layers", 3, "decoder_depth"),
+                                                      ("image_size", 16, "img_size")])
+@pytest.mark.parametrize("loader", list(TINY_LOADERS))
+def test_a_folder_whose_config_disagrees_is_refused(tmp_path: Path, loader: str, field: str, value: int,
+                                                    attr: str) -> None:
+    folder = shutil.copytree(HF_FIXTURES / "tf5/pretraining-safetensors", tmp_path / "edited")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, field: value}))
+    if attr == "decoder_depth" and "Vision" in loader:
+        TINY_LOADERS[loader](folder)  # a classifier has no decoder to disagree with
+        return
+    said = rf"config\.json says {field}={value}\S* but the model has {attr}="
+    with pytest.raises(IncompatibleCheckpointError, match=said) as info:
+        TINY_LOADERS[loader](folder)
+    assert "\n" not in str(info.value)
+
+
+def test_a_model_built_for_other_sizes_is_refused_by_the_folders_config() -> None:
+    with pytest.raises(IncompatibleCheckpointError, match="num_hidden_layers=2 but the model has depth=3"):
+        MaskedAutoencoderViT.from_pretrained(HF_FIXTURES / "tf4/pretraining-bin", tiny_config(depth=3))
+
+
+def test_another_activation_is_refused(tmp_path: Path) -> None:
+    folder = shutil.copytree(HF_FIXTURES / "tf4/pretraining-safetensors", tmp_path / "relu")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
+    with pytest.raises(IncompatibleCheckpointError, match="hidden_act='relu'"):
+        MaskedAutoencoderViT.from_pretrained(folder, tiny_config())
+
+
+@pytest.mark.parametrize("loader", list(TINY_LOADERS))
+def test_the_hub_configs_eps_is_named_and_the_models_used(loader: str) -> None:
+    with pytest.warns(UserWarning, match=r"layer_norm_eps=1e-12 but the model uses 1e-06.*1e-06 is used"):
+        model = TINY_LOADERS[loader](HF_FIXTURES / "hub/models--facebook--vit-mae-large")
+    assert model.config.layer_norm_eps == 1e-6
+    assert all(m.eps == 1e-6 for m in model.modules() if isinstance(m, torch.nn.LayerNorm))
+    assert any("layer_norm_eps" in w for w in model.load_report.warnings)
+
+
+@pytest.mark.parametrize(("variance", "low", "high"), [(1.0, 0.0, 1e-6), (1e-4, 2e-3, 1e-2), (1e-6, 0.35, 0.45)])
+def test_the_eps_warnings_numbers(variance: float, low: float, high: float) -> None:
+    """What the warning says 1e-12 against 1e-6 changes, measured: LayerNorm over 1024-wide tokens."""
+    x = torch.randn(256, 1024, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * variance ** 0.5
+    official = torch.nn.functional.layer_norm(x, (1024,), eps=1e-6)
+    hub = torch.nn.functional.layer_norm(x, (1024,), eps=1e-12)
+    assert low <= relative_error(hub, official) <= high
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the memory map from Linux /proc")
+@pytest.mark.parametrize("where", ["file", "hub"])
+def test_safetensors_are_memory_mapped_not_read(tmp_path: Path, where: str) -> None:
+    """Every tensor's bytes lie inside a mapping of the file (a hub snapshot's link: of its blob), and a write
+    to a loaded tensor never reaches the file."""
+    from safetensors.torch import save_file
+
+    if where == "file":
+        path = tmp_path / "small.safetensors"
+        save_file(small_state_dict(), path)
+        model, file = MaskedAutoencoderViT.from_pretrained(path, small_config()), path
+    else:
+        path = HF_FIXTURES / "hub/models--facebook--vit-mae-large"
+        with pytest.warns(UserWarning, match="layer_norm_eps"):
+            model = MaskedAutoencoderViT.from_pretrained(path, tiny_config())
+        file = next((path / "snapshots").iterdir()) / "model.safetensors"
+    before = file.read_bytes()
+    mapped = _file_mappings(file)
+    assert mapped, f"{file.name} is not memory-mapped"
+    sd = {k: v for k, v in model.state_dict().items() if not k.endswith("qkv.weight") and not k.endswith("qkv.bias")}
+    outside = [k for k, t in sd.items() if not any(a <= t.data_ptr() and t.data_ptr() + t.nbytes <= b for a, b in mapped)]
+    assert not outside, f"{len(outside)} of {len(sd)} tensors were copied out of the file: {outside[:3]}"
+    with torch.no_grad():
+        model.cls_token.add_(1.0)
+    assert file.read_bytes() == before
+
+
+def _file_mappings(path: Path) -> list[tuple[int, int]]:
+    """Address ranges this process has mapped from `path` (Linux /proc/self/maps)."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == str(path.resolve()):
+            start, end = (int(a, 16) for a in fields[0].split("-"))
+            ranges.append((start, end))
+    return ranges
+
+
+@pytest.mark.parametrize(("edit", "match"), [("shape", "damaged safetensors"), ("dtype", "corrupt safetensors header")])
+def test_a_safetensors_header_that_lies_is_refused(tmp_path: Path, edit: str, match: str) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "lie.safetensors"
+    save_file({"cls_token": torch.zeros(1, 1, 64)}, path)
+    data = path.read_bytes()
+    swap = (b"[1,1,64]", b"[1,1,65]") if edit == "shape" else (b'"F32"', b'"Q32"')
+    path.write_bytes(data.replace(*swap))
+    with pytest.raises(CheckpointError, match=match):
+        load.read(path, trust=False)
