@@ -230,6 +230,97 @@ def to_huggingface(sd: StateDict, new_names: bool = True) -> StateDict:
 
 
 # ================================================================================================
+# mmpretrain / mmselfsup
+# ================================================================================================
+# mmpretrain 1.2.0 (open-mmlab/mmpretrain at ee7f2e88501f61aa95c742dd5f429f039935ee90), the `MAE` self-supervisor:
+# `backbone` is `MAEViT` (mmpretrain/models/selfsup/mae.py), a `VisionTransformer`
+# (mmpretrain/models/backbones/vision_transformer.py: `patch_embed.projection`, `layers.{i}`, final norm `ln1`);
+# each `TransformerEncoderLayer` holds `ln1`, `attn.qkv` / `attn.proj` (mmpretrain/models/utils/attention.py
+# `MultiheadAttention`), `ln2` and mmcv's `FFN` (mmcv 2.2.0 mmcv/cnn/bricks/transformer.py: `layers.0.0` the first
+# Linear inside a Sequential with the activation, `layers.1` the second); `neck` is `MAEPretrainDecoder`
+# (mmpretrain/models/necks/mae_neck.py), whose decoder norm mmcv's `build_norm_layer(..., postfix=1)` names `ln1`.
+# The head (`MAEPretrainHead`) holds no tensors and the data preprocessor's mean / std are not persistent.
+# mmselfsup 1.x was merged into mmpretrain with these names. mmengine saves `{"meta", "state_dict", ...}`.
+MMPRETRAIN_RENAMES: dict[str, str] = {
+    "backbone.cls_token": "cls_token",
+    "backbone.pos_embed": "pos_embed",
+    "backbone.patch_embed.projection.weight": "patch_embed.proj.weight",
+    "backbone.patch_embed.projection.bias": "patch_embed.proj.bias",
+    "backbone.ln1.weight": "norm.weight",
+    "backbone.ln1.bias": "norm.bias",
+    "neck.mask_token": "mask_token",
+    "neck.decoder_pos_embed": "decoder_pos_embed",
+    "neck.decoder_embed.weight": "decoder_embed.weight",
+    "neck.decoder_embed.bias": "decoder_embed.bias",
+    "neck.ln1.weight": "decoder_norm.weight",
+    "neck.ln1.bias": "decoder_norm.bias",
+    "neck.decoder_pred.weight": "decoder_pred.weight",
+    "neck.decoder_pred.bias": "decoder_pred.bias",
+}
+# mmpretrain block prefix -> official block prefix.
+MMPRETRAIN_BLOCKS: dict[str, str] = {"backbone.layers": "blocks", "neck.decoder_blocks": "decoder_blocks"}
+# mmpretrain block sub-keys -> official block sub-keys.
+MMPRETRAIN_BLOCK: dict[str, str] = {
+    "ln1": "norm1",
+    "attn.qkv": "attn.qkv",
+    "attn.proj": "attn.proj",
+    "ln2": "norm2",
+    "ffn.layers.0.0": "mlp.fc1",
+    "ffn.layers.1": "mlp.fc2",
+}
+_MM_BLOCK_KEY = re.compile(r"^(backbone\.layers|neck\.decoder_blocks)\.(\d+)\.(.+)\.(weight|bias)$")
+_OFFICIAL_BLOCK_KEY = re.compile(r"^(blocks|decoder_blocks)\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def is_mmpretrain(keys: list[str] | set[str]) -> bool:
+    """True for mmpretrain / mmselfsup MAE names (`backbone.layers.*`, `backbone.patch_embed.projection.*`)."""
+    return any(key.startswith(("backbone.layers.", "backbone.patch_embed.projection.")) for key in keys)
+
+
+def _rename_blocks(sd: StateDict, renames: dict[str, str], blocks: dict[str, str], block: dict[str, str],
+                   pattern: re.Pattern[str], what: str) -> StateDict:
+    """Rename by whole-key table, then block keys `<prefix>.<i>.<sub>.<leaf>` by the prefix and sub-key tables."""
+    out: StateDict = {}
+    for key, value in sd.items():
+        if key in renames:
+            out[renames[key]] = value
+            continue
+        match = pattern.match(key)
+        if match is None or match.group(3) not in block:
+            raise UnknownKeyError(f"unknown {what} key {key!r}")
+        prefix, index, stem, leaf = match.groups()
+        out[f"{blocks[prefix]}.{index}.{block[stem]}.{leaf}"] = value
+    return out
+
+
+def from_mmpretrain(sd: StateDict) -> StateDict:
+    """mmpretrain / mmselfsup MAE names -> official names (a one-to-one rename: mmpretrain fuses qkv too)."""
+    return _rename_blocks(sd, MMPRETRAIN_RENAMES, MMPRETRAIN_BLOCKS, MMPRETRAIN_BLOCK, _MM_BLOCK_KEY,
+                          "mmpretrain MAE")
+
+
+def to_mmpretrain(sd: StateDict) -> StateDict:
+    """Official names -> mmpretrain MAE names: `from_mmpretrain`'s tables inverted."""
+    return _rename_blocks(sd, {v: k for k, v in MMPRETRAIN_RENAMES.items()}, {v: k for k, v in MMPRETRAIN_BLOCKS.items()},
+                          {v: k for k, v in MMPRETRAIN_BLOCK.items()}, _OFFICIAL_BLOCK_KEY, "official MAE")
+
+
+# ================================================================================================
+# transformers config.json
+# ================================================================================================
+# `ViTMAEConfig` field -> the model config's attribute holding the same size (both `MAEConfig` and `ViTConfig`
+# have the encoder's; only `MAEConfig` the decoder's). A folder whose config.json disagrees on any is refused.
+HF_CONFIG_SIZES: dict[str, str] = {
+    **{name: attr for name, attr in formats.HF_CONFIG_FIELDS.items() if name != "layer_norm_eps"},  # the writer's table
+    "image_size": "img_size",  # written apart (an int, or [h, w] for a non-square model)
+}
+# The activation of the official blocks (nn.GELU: the exact, erf form); transformers calls it "gelu".
+HF_ACTIVATION = "gelu"
+
+
+# ================================================================================================
+# Writing
+# ================================================================================================
 Format = Literal["official", "safetensors", "hf", "timm"]
 FORMATS: tuple[str, ...] = ("official", "safetensors", "hf", "timm")
 
@@ -379,103 +470,3 @@ def _timm_note(kind: str, sd: StateDict, config: EncoderConfig) -> str:
                 "pretrained=True, pretrained_cfg_overlay=dict(file=path))")
     return (f"timm encoder: timm.create_model('{name}.mae', pretrained=True, pretrained_cfg_overlay=dict(file=path)) "
             "(num_classes=0: the cls token after the final norm)")
-=======
-# mmpretrain / mmselfsup
-# ================================================================================================
-# mmpretrain 1.2.0 (open-mmlab/mmpretrain at ee7f2e88501f61aa95c742dd5f429f039935ee90), the `MAE` self-supervisor:
-# `backbone` is `MAEViT` (mmpretrain/models/selfsup/mae.py), a `VisionTransformer`
-# (mmpretrain/models/backbones/vision_transformer.py: `patch_embed.projection`, `layers.{i}`, final norm `ln1`);
-# each `TransformerEncoderLayer` holds `ln1`, `attn.qkv` / `attn.proj` (mmpretrain/models/utils/attention.py
-# `MultiheadAttention`), `ln2` and mmcv's `FFN` (mmcv 2.2.0 mmcv/cnn/bricks/transformer.py: `layers.0.0` the first
-# Linear inside a Sequential with the activation, `layers.1` the second); `neck` is `MAEPretrainDecoder`
-# (mmpretrain/models/necks/mae_neck.py), whose decoder norm mmcv's `build_norm_layer(..., postfix=1)` names `ln1`.
-# The head (`MAEPretrainHead`) holds no tensors and the data preprocessor's mean / std are not persistent.
-# mmselfsup 1.x was merged into mmpretrain with these names. mmengine saves `{"meta", "state_dict", ...}`.
-MMPRETRAIN_RENAMES: dict[str, str] = {
-    "backbone.cls_token": "cls_token",
-    "backbone.pos_embed": "pos_embed",
-    "backbone.patch_embed.projection.weight": "patch_embed.proj.weight",
-    "backbone.patch_embed.projection.bias": "patch_embed.proj.bias",
-    "backbone.ln1.weight": "norm.weight",
-    "backbone.ln1.bias": "norm.bias",
-    "neck.mask_token": "mask_token",
-    "neck.decoder_pos_embed": "decoder_pos_embed",
-    "neck.decoder_embed.weight": "decoder_embed.weight",
-    "neck.decoder_embed.bias": "decoder_embed.bias",
-    "neck.ln1.weight": "decoder_norm.weight",
-    "neck.ln1.bias": "decoder_norm.bias",
-    "neck.decoder_pred.weight": "decoder_pred.weight",
-    "neck.decoder_pred.bias": "decoder_pred.bias",
-}
-# mmpretrain block prefix -> official block prefix.
-MMPRETRAIN_BLOCKS: dict[str, str] = {"backbone.layers": "blocks", "neck.decoder_blocks": "decoder_blocks"}
-# mmpretrain block sub-keys -> official block sub-keys.
-MMPRETRAIN_BLOCK: dict[str, str] = {
-    "ln1": "norm1",
-    "attn.qkv": "attn.qkv",
-    "attn.proj": "attn.proj",
-    "ln2": "norm2",
-    "ffn.layers.0.0": "mlp.fc1",
-    "ffn.layers.1": "mlp.fc2",
-}
-_MM_BLOCK_KEY = re.compile(r"^(backbone\.layers|neck\.decoder_blocks)\.(\d+)\.(.+)\.(weight|bias)$")
-_OFFICIAL_BLOCK_KEY = re.compile(r"^(blocks|decoder_blocks)\.(\d+)\.(.+)\.(weight|bias)$")
-
-
-def is_mmpretrain(keys: list[str] | set[str]) -> bool:
-    """True for mmpretrain / mmselfsup MAE names (`backbone.layers.*`, `backbone.patch_embed.projection.*`)."""
-    return any(key.startswith(("backbone.layers.", "backbone.patch_embed.projection.")) for key in keys)
-
-
-def _rename_blocks(sd: StateDict, renames: dict[str, str], blocks: dict[str, str], block: dict[str, str],
-                   pattern: re.Pattern[str], what: str) -> StateDict:
-    """Rename by whole-key table, then block keys `<prefix>.<i>.<sub>.<leaf>` by the prefix and sub-key tables."""
-    out: StateDict = {}
-    for key, value in sd.items():
-        if key in renames:
-            out[renames[key]] = value
-            continue
-        match = pattern.match(key)
-        if match is None or match.group(3) not in block:
-            raise UnknownKeyError(f"unknown {what} key {key!r}")
-        prefix, index, stem, leaf = match.groups()
-        out[f"{blocks[prefix]}.{index}.{block[stem]}.{leaf}"] = value
-    return out
-
-
-def from_mmpretrain(sd: StateDict) -> StateDict:
-    """mmpretrain / mmselfsup MAE names -> official names (a one-to-one rename: mmpretrain fuses qkv too)."""
-    return _rename_blocks(sd, MMPRETRAIN_RENAMES, MMPRETRAIN_BLOCKS, MMPRETRAIN_BLOCK, _MM_BLOCK_KEY,
-                          "mmpretrain MAE")
-
-
-def to_mmpretrain(sd: StateDict) -> StateDict:
-    """Official names -> mmpretrain MAE names: `from_mmpretrain`'s tables inverted."""
-    return _rename_blocks(sd, {v: k for k, v in MMPRETRAIN_RENAMES.items()}, {v: k for k, v in MMPRETRAIN_BLOCKS.items()},
-                          {v: k for k, v in MMPRETRAIN_BLOCK.items()}, _OFFICIAL_BLOCK_KEY, "official MAE")
-
-
-# ================================================================================================
-# transformers config.json
-# ================================================================================================
-# `ViTMAEConfig` field -> the model config's attribute holding the same size (both `MAEConfig` and `ViTConfig`
-# have the encoder's; only `MAEConfig` the decoder's). A folder whose config.json disagrees on any is refused.
-HF_CONFIG_SIZES: dict[str, str] = {
-    "hidden_size": "embed_dim",
-    "num_hidden_layers": "depth",
-    "num_attention_heads": "num_heads",
-    "intermediate_size": "mlp_hidden_dim",
-    "patch_size": "patch_size",
-    "image_size": "img_size",
-    "num_channels": "in_chans",
-    "decoder_hidden_size": "decoder_embed_dim",
-    "decoder_num_hidden_layers": "decoder_depth",
-    "decoder_num_attention_heads": "decoder_num_heads",
-    "decoder_intermediate_size": "decoder_mlp_hidden_dim",
-}
-# The activation of the official blocks (nn.GELU: the exact, erf form); transformers calls it "gelu".
-HF_ACTIVATION = "gelu"
-
-
-# Writing
-# =========================================================================================
