@@ -62,7 +62,7 @@ def finetune_command(
     cutmix: Annotated[float, typer.Option("--cutmix", min=0.0, help="CutMix alpha (0: off).")] = 1.0,
     mixup_prob: Annotated[float, typer.Option("--mixup-prob", min=0.0, max=1.0)] = 1.0,
     mixup_switch_prob: Annotated[float, typer.Option("--mixup-switch-prob", min=0.0, max=1.0)] = 0.5,
-    mixup_mode: Annotated[str, typer.Option("--mixup-mode", callback=choice("--mixup-mode", ("batch", "pair", "elem")))
+    mixup_mode: Annotated[str, typer.Option("--mixup-mode", callback=choice("--mixup-mode", ("batch",)))
                           ] = "batch",
     aa: Annotated[str, typer.Option("--aa", help="RandAugment policy, or none.")] = "rand-m9-mstd0.5-inc1",
     reprob: Annotated[float, typer.Option("--reprob", min=0.0, max=1.0, help="Random erasing probability.")] = 0.25,

@@ -394,16 +394,15 @@ def _train_epoch(net: nn.Module, model: VisionTransformer, batches: Any, optimiz
                 if not failed:
                     with autocast(amp, device):
                         loss = criterion(net(images), target)
-                value = _global_loss(loss, failed, ctx)
-                if failed:
-                    raise_on_failures(batch)
-                if value is None:
-                    raise MAEError(f"an image of epoch {epoch}, step {step} could not be read on another process; "
-                                   "its message names the file")
-                if not math.isfinite(value):
-                    raise MAEError(f"the loss is {value} at epoch {epoch}, step {step}: training diverged; lower the "
-                                   "learning rate (blr) or clip gradients (clip_grad), then resume from the last epoch")
-                scaler.scale(loss / accum).backward()
+                if ctx.is_distributed or failed:
+                    # Every rank learns of a failure before the backward, whose gradient all-reduce it would block.
+                    value = _checked_loss(loss, failed, batch, ctx, epoch, step)
+                    scaler.scale(loss / accum).backward()
+                else:
+                    # One process: the backward is queued before the host waits for the loss value, so the device
+                    # does not idle while it is launched. A non-finite loss still stops the run before the update.
+                    scaler.scale(loss / accum).backward()
+                    value = _checked_loss(loss, failed, batch, ctx, epoch, step)
             if update:
                 if config.clip_grad is not None:
                     scaler.unscale_(optimizer)
@@ -414,6 +413,21 @@ def _train_epoch(net: nn.Module, model: VisionTransformer, batches: Any, optimiz
             losses += value
             notify("step", {"epoch": epoch, "step": step, "steps": steps, "loss": value, "lr": step_lr})
     return losses / steps, step_lr
+
+
+def _checked_loss(loss: torch.Tensor | None, failed: int, batch: Any, ctx: DistContext, epoch: int, step: int) -> float:
+    """The step's global loss (`_global_loss`); raises for an unreadable image (on any rank) or a non-finite loss,
+    as `engine_finetune.train_one_epoch` stops on one."""
+    value = _global_loss(loss, failed, ctx)
+    if failed:
+        raise_on_failures(batch)
+    if value is None:
+        raise MAEError(f"an image of epoch {epoch}, step {step} could not be read on another process; "
+                       "its message names the file")
+    if not math.isfinite(value):
+        raise MAEError(f"the loss is {value} at epoch {epoch}, step {step}: training diverged; lower the "
+                       "learning rate (blr) or clip gradients (clip_grad), then resume from the last epoch")
+    return value
 
 
 def _global_loss(loss: torch.Tensor | None, failed: int, ctx: DistContext) -> float | None:

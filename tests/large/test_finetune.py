@@ -16,7 +16,7 @@ import torch
 
 from mae.large.accuracy import evaluate_checkpoint
 from mae.large.checkpoint import classify, read_checkpoint
-from mae.large.errors import InvalidArgumentError
+from mae.large.errors import InvalidArgumentError, MAEError
 from mae.large.finetune import FinetuneConfig, finetune, resumed_config
 from mae.large.finetune_data import epoch_batches
 from mae.large.image import preprocess
@@ -169,6 +169,39 @@ def test_train_and_val_must_have_the_same_classes(small, digits_tree, tmp_path) 
         finetune(digits_tree, val, tmp_path / "run", FinetuneConfig(**LIGHT), pretrained=small)
     with pytest.raises(InvalidArgumentError, match="num_classes=5"):
         finetune(digits_tree, digits_tree, tmp_path / "run", FinetuneConfig(num_classes=5, **LIGHT), pretrained=small)
+
+
+class DivergesAtStep3(torch.nn.Module):
+    """Cross-entropy, except that the fourth step's loss is NaN (a diverged run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        return loss * float("nan") if self.calls == 4 else loss
+
+
+def test_a_non_finite_loss_stops_the_run_before_the_update(small, digits_tree, tmp_path, monkeypatch) -> None:
+    import mae.large.finetune as ft
+
+    steps: list[int] = []
+    real_step = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):  # counts the updates
+        steps.append(len(steps))
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ft, "build_criterion", lambda config: DivergesAtStep3())
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+
+    with pytest.raises(MAEError, match=r"the loss is nan at epoch 0, step 3: training diverged.*blr.*clip_grad"):
+        finetune(digits_tree, digits_tree, tmp_path / "run", FinetuneConfig(epochs=1, **LIGHT), pretrained=small,
+                 train_transform=ShiftFlip())
+    assert steps == [0, 1, 2]  # three updates; the step whose loss is NaN never reaches the optimizer
+    assert not list((tmp_path / "run").glob("checkpoint-*.pth"))  # nothing written from a diverged epoch
 
 
 def _free_port() -> int:
