@@ -131,8 +131,7 @@ def _target(source: Path, requested: str, kind: str, config: MAEConfig, trust: b
 
 def _read_back(saved: SaveReport, state: dict[str, torch.Tensor]) -> int:
     """Read the output with `read_checkpoint` and compare every tensor with what was written, bit for bit."""
-    path = saved.path / formats.HF_WEIGHTS if saved.format == "hf" else saved.path
-    back = read_checkpoint(path)
+    back = read_checkpoint(saved.path)  # an hf folder as a folder: its config.json is parsed too
     tensors = {**back.state_dict, **back.classifier}
     expected = set(state) - set(saved.dropped)
     differ = [k for k in expected if k not in tensors or not _same_bits(tensors[k], state[k])]

@@ -98,10 +98,21 @@ def test_the_hf_folder_loads_in_transformers(source: Source, tmp_path: Path) -> 
     assert {k: hf.config.to_dict()[k] for k in stated} == stated  # the sizes, LayerNorm eps, GELU
     with torch.no_grad():
         result = hf.eval()(pixel_values=source.imgs, noise=source.noise)
+    # transformers' own `save_pretrained` of what it loaded (5.x: its decoder names `decoder.decoder_encoder.layer`),
+    # read back here as a folder.
+    saved = tmp_path / "hf-saved"
+    hf.save_pretrained(saved)
     del hf
     _remove(out)
     assert torch.equal(result.mask, source.mask)
     assert relative_error(result.logits, source.pred) <= TOL and relative_error(result.loss, source.loss) <= TOL
+    model = MaskedAutoencoderViT.from_pretrained(saved)
+    assert model.load_report is not None and model.load_report.num_loaded == 398
+    with torch.no_grad():
+        loss, pred, mask = model(source.imgs, 0.75, source.noise)
+    del model
+    _remove(saved)
+    assert torch.equal(mask, source.mask) and torch.equal(pred, source.pred) and torch.equal(loss, source.loss)
 
 
 def test_the_timm_file_loads_as_the_encoder(source: Source, tmp_path: Path) -> None:
