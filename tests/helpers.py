@@ -163,3 +163,14 @@ def write_digits_tree(root: Path, per_class: int | None = None, size: int = 32) 
         Image.fromarray(grey, "L").resize((size, size), Image.Resampling.NEAREST).save(folder / f"{index:04d}.png")
         counts[label] += 1
     return root
+
+
+def file_mappings(path: Path) -> list[tuple[int, int]]:
+    """Address ranges this process has mapped from `path` (Linux /proc/self/maps)."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == str(path.resolve()):
+            start, end = (int(a, 16) for a in fields[0].split("-"))
+            ranges.append((start, end))
+    return ranges

@@ -75,6 +75,10 @@ Progress = Callable[[str, dict[str, Any]], None]  # (event, details), called on 
 RESUMABLE_CHANGES = frozenset({"epochs", "workers", "save_every", "save_checkpoints", "device", "eval_batch_size"})
 
 
+# The recipe's augmentation and loss defaults have one home, `augment.AugmentConfig`.
+_RECIPE = augment.AugmentConfig()
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     """The recipe. Defaults are the official ViT-L fine-tuning (FINETUNE.md: 50 epochs, effective batch 1024,
@@ -98,14 +102,14 @@ class FinetuneConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     clip_grad: float | None = None  # official default: no clipping
-    smoothing: float = 0.1
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    mixup_mode: str = "batch"
-    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
-    re_prob: float = 0.25
+    smoothing: float = _RECIPE.smoothing
+    mixup: float = _RECIPE.mixup
+    cutmix: float = _RECIPE.cutmix
+    mixup_prob: float = _RECIPE.mixup_prob
+    mixup_switch_prob: float = _RECIPE.mixup_switch_prob
+    mixup_mode: str = _RECIPE.mixup_mode
+    auto_augment: str | None = _RECIPE.auto_augment
+    re_prob: float = _RECIPE.re_prob
     amp: str = "auto"  # auto (bf16 on a GPU, fp16 + scaler where it lacks bf16, off on the CPU), bf16, fp16, off
     grad_checkpointing: bool = False
     seed: int = 0

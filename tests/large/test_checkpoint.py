@@ -27,6 +27,7 @@ from mae.large.errors import (
 )
 from tests.helpers import (
     encoder_only,
+    file_mappings,
     hf_config,
     relative_error,
     save_official,
@@ -221,23 +222,12 @@ def test_load_pretrained_into_existing_model(vit_l_files) -> None:
     assert_same(model.state_dict(), sd)
 
 
-def _file_mappings(path: Path) -> list[tuple[int, int]]:
-    """Address ranges this process has mapped from `path` (Linux /proc/self/maps)."""
-    ranges = []
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) == 6 and fields[5] == str(path.resolve()):
-            start, end = (int(a, 16) for a in fields[0].split("-"))
-            ranges.append((start, end))
-    return ranges
-
-
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the memory map from Linux /proc")
 def test_from_pretrained_memory_maps_a_zip_checkpoint(tmp_path: Path) -> None:
     """The weights are the file's pages (mmap), not a copy: every tensor's bytes lie inside a mapping of the file."""
     path = save_official(tmp_path / "small.pth", small_state_dict())
     model = MaskedAutoencoderViT.from_pretrained(path, small_config())
-    mapped = _file_mappings(path)
+    mapped = file_mappings(path)
     assert mapped, f"{path.name} is not memory-mapped"
     sd = model.state_dict()
     outside = [k for k, t in sd.items()

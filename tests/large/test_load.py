@@ -17,6 +17,7 @@ from mae.large.errors import CheckpointError, DeviceError, IncompatibleCheckpoin
 from tests.helpers import (
     HF_FIXTURES,
     encoder_only,
+    file_mappings,
     relative_error,
     save_official,
     small_config,
@@ -262,7 +263,7 @@ def test_safetensors_are_memory_mapped_not_read(tmp_path: Path, where: str) -> N
             model = MaskedAutoencoderViT.from_pretrained(path, tiny_config())
         file = next((path / "snapshots").iterdir()) / "model.safetensors"
     before = file.read_bytes()
-    mapped = _file_mappings(file)
+    mapped = file_mappings(file)
     assert mapped, f"{file.name} is not memory-mapped"
     sd = {k: v for k, v in model.state_dict().items() if not k.endswith("qkv.weight") and not k.endswith("qkv.bias")}
     outside = [k for k, t in sd.items() if not any(a <= t.data_ptr() and t.data_ptr() + t.nbytes <= b for a, b in mapped)]
@@ -270,17 +271,6 @@ def test_safetensors_are_memory_mapped_not_read(tmp_path: Path, where: str) -> N
     with torch.no_grad():
         model.cls_token.add_(1.0)
     assert file.read_bytes() == before
-
-
-def _file_mappings(path: Path) -> list[tuple[int, int]]:
-    """Address ranges this process has mapped from `path` (Linux /proc/self/maps)."""
-    ranges = []
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) == 6 and fields[5] == str(path.resolve()):
-            start, end = (int(a, 16) for a in fields[0].split("-"))
-            ranges.append((start, end))
-    return ranges
 
 
 @pytest.mark.parametrize(("edit", "match"), [("shape", "damaged safetensors"), ("dtype", "corrupt safetensors header")])
