@@ -16,7 +16,7 @@ from typing import Any
 from . import catalog
 from .checkpoint import Classification, classify, count_nonfinite, read_checkpoint
 from .config import MAEConfig
-from .convert import LAYOUTS
+from .convert import LAYOUTS, UnknownKeyError, official_order
 from .errors import IncompatibleCheckpointError, UnsafeCheckpointError, short_list
 from .load import check_folder_config
 from .model import MaskedAutoencoderViT
@@ -184,6 +184,7 @@ def summarize(path: str | Path, *, trust: bool = False, config: MAEConfig | None
     fine_tuned = classification.kind == "fine-tuned"
     # A fine-tuned classifier's head and fc_norm are part of what the file is, not tensors set aside.
     listed = {**data.state_dict, **data.classifier} if fine_tuned else data.state_dict
+    listed = {name: listed[name] for name in _official_order_if_known(list(listed))}
     tensors = [
         TensorInfo(name, tuple(t.shape), str(t.dtype).removeprefix("torch."), t.numel(),
                    "classifier" if fine_tuned and name in data.classifier else expected.parts.get(name, "other"),
@@ -198,6 +199,15 @@ def summarize(path: str | Path, *, trust: bool = False, config: MAEConfig | None
         extras=data.extras, dtypes=dtypes, model_name=f"mae_{config.architecture_name}", layout=data.layout,
         files=list(data.files), config_problem=config_problem, notes=notes,
     )
+
+
+def _official_order_if_known(names: list[str]) -> list[str]:
+    """The official state-dict order (a transformers or mmpretrain file lists the decoder first); the file's own
+    order when a name is not an official one (an incompatible file is shown as it is)."""
+    try:
+        return official_order(names)
+    except UnknownKeyError:
+        return names
 
 
 _BLOCK = re.compile(r"^(blocks|decoder_blocks)\.(\d+)\.(.+)$")

@@ -5,9 +5,9 @@ each patch normalised to mean 0 and variance 1, and drawn as RGB the prediction 
 visualisation files predict pixels. A reconstruction must know which, to compute the loss against the right
 target and to draw the prediction (a normalised one is drawn with the visible patches' statistics).
 
-`resolve_target` decides, in this order: what the caller asked for; the catalogue entry of the file's name;
-an encoder-only file has a random decoder, so pixels (the requirements' ~1.87 benchmark); otherwise
-`detect_target` measures the predictions themselves.
+`resolve_target` decides, in this order: what the caller asked for; an encoder-only file has a random decoder,
+so pixels (the requirements' ~1.87 benchmark); the catalogue entry of the file's name; a transformers model
+folder's `config.json` (`norm_pix_loss`); otherwise `detect_target` measures the predictions themselves.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from . import catalog
-from .errors import invalid_argument
+from .errors import MAEError, invalid_argument
+from .model_folder import open_folder
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,21 @@ def known_target(path: Path | None, kind: str | None) -> TargetChoice | None:
     if entry is not None and entry.target is not None:
         return TargetChoice(entry.target, f"catalogue: {entry.filename} predicts "
                                           f"{'normalised pixels' if entry.target == 'norm-pix' else 'pixels'}")
-    return None
+    return _folder_target(Path(path))
+
+
+def _folder_target(path: Path) -> TargetChoice | None:
+    """A transformers model folder states its target: `norm_pix_loss` in its `config.json`."""
+    if not path.is_dir():
+        return None
+    try:
+        config = open_folder(path).config or {}
+    except MAEError:
+        return None  # not a readable model folder: the loader says why
+    value = config.get("norm_pix_loss")
+    if not isinstance(value, bool):
+        return None
+    return TargetChoice("norm-pix" if value else "pixels", f"config.json: norm_pix_loss={str(value).lower()}")
 
 
 def resolve_target(requested: str, path: Path | None, kind: str | None) -> TargetChoice | None:

@@ -187,6 +187,9 @@ def test_a_transformers_5_folder_shows_its_layout_and_conversions(runner, monkey
     data = json.loads(runner.invoke(app, ["inspect", "--json", str(folder)]).stdout)
     assert (data["layout"], data["kind"], data["loadable"], data["convert_hint"]) == ("hf-folder", "full", True, None)
     assert any("3 shards" in fix for fix in data["fixes"]) and len(data["files"]) == 3
+    # Listed in the official order (transformers writes the decoder first), and it says what the decoder predicts.
+    assert [t["name"] for t in data["tensors"][:4]] == ["cls_token", "pos_embed", "mask_token", "decoder_pos_embed"]
+    assert data["target"] == "pixels (config.json: norm_pix_loss=false)"
 
 
 def test_a_pickle_gets_the_safetensors_command(runner, tmp_path: Path) -> None:

@@ -3,15 +3,17 @@ decoders (one that predicts pixels, one that predicts normalised pixels) built h
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from mae.large.pipeline import detect_target_on_files, maskings_for
-from mae.large.target import detect_target, known_target, resolve_target
+from mae.large.target import TargetChoice, detect_target, known_target, resolve_target
 from tests.cli.conftest import write_image
-from tests.helpers import small_model
+from tests.helpers import HF_FIXTURES, small_model
 
 
 def _normalised(x: torch.Tensor) -> torch.Tensor:
@@ -72,3 +74,17 @@ def test_known_targets() -> None:
     assert resolve_target("norm-pix", Path("my_run.pth"), "full").how == "asked for"
     with pytest.raises(ValueError, match="target must be one of"):
         resolve_target("rgb", None, None)
+
+
+def test_a_transformers_folder_states_its_target_in_config_json(tmp_path: Path) -> None:
+    hub = HF_FIXTURES / "hub" / "models--facebook--vit-mae-large"  # the hub's config.json: norm_pix_loss false
+    assert known_target(hub, "full") == TargetChoice("pixels", "config.json: norm_pix_loss=false")
+    folder = tmp_path / "norm_pix"
+    shutil.copytree(HF_FIXTURES / "tf5" / "pretraining-safetensors", folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "norm_pix_loss": True}))
+    assert known_target(folder, "full") == TargetChoice("norm-pix", "config.json: norm_pix_loss=true")
+    assert resolve_target("pixels", folder, "full").target == "pixels"  # asked for wins
+    assert known_target(folder, "encoder-only").target == "pixels"  # a random decoder whatever the config says
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "norm_pix_loss"}))
+    assert known_target(folder, "full") is None  # not stated: detected from the predictions
