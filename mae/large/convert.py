@@ -33,6 +33,7 @@ from . import formats
 from .config import EncoderConfig, MAEConfig
 from .errors import NonFiniteCheckpointError, invalid_argument
 from .formats import SaveReport
+from .nonfinite import describe_nonfinite, nonfinite_tensors
 
 StateDict = dict[str, torch.Tensor]
 
@@ -406,10 +407,10 @@ def save_as(state: Mapping[str, torch.Tensor] | torch.nn.Module, path: str | Pat
     dropped: list[str] = []
     if format == "timm":
         sd, dropped = to_timm(sd)
-    counts = formats.nonfinite_counts(sd)
+    counts = nonfinite_tensors(sd)
     if counts and not allow_nonfinite:
         raise NonFiniteCheckpointError(
-            f"the weights hold NaN or infinite values ({formats.describe_counts(counts, sd)}), so nothing was written "
+            f"the weights hold NaN or infinite values ({describe_nonfinite(counts, sd)}), so nothing was written "
             f"to {path}; pass allow_nonfinite=True to write them anyway")
     sd = {k: formats.compact(v) for k, v in sd.items()}
     hf_config: dict[str, Any] = {}

@@ -78,22 +78,6 @@ def check_target(path: Path, *, folder: bool, overwrite: bool) -> None:
                                             "another path")
 
 
-def nonfinite_counts(sd: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    """name -> NaN / infinite values, for the floating-point tensors holding any, in state order.
-
-    One read of a finite tensor, no mask allocated: a finite sum proves every value finite (NaN and infinities
-    propagate); a sum that is not finite (or overflows) is counted value by value (as `checkpoint.count_nonfinite`).
-    """
-    suspect = [k for k, v in sd.items() if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v.sum()))]
-    counts = {k: int((~torch.isfinite(sd[k])).sum()) for k in suspect}
-    return {k: n for k, n in counts.items() if n}
-
-
-def describe_counts(counts: Mapping[str, int], sd: Mapping[str, torch.Tensor]) -> str:
-    """`blocks.0.attn.qkv.weight (3 of 12288 values) and 2 more`."""
-    return short_list([f"{k} ({n} of {sd[k].numel()} values)" for k, n in counts.items()])
-
-
 def check_sizes(sd: Mapping[str, torch.Tensor], config: EncoderConfig) -> None:
     """The sizes a `config.json` will state must be those of the tensors (the number of heads cannot be checked:
     no tensor has it). `InvalidArgumentError` about `config` otherwise."""

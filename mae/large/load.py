@@ -36,13 +36,12 @@ from .checkpoint import (
     Kind,
     Part,
     classify,
-    describe_nonfinite,
-    nonfinite_tensors,
     read_checkpoint,
 )
 from .convert import HF_ACTIVATION, HF_CONFIG_SIZES, StateDict
 from .device import resolve_device
 from .errors import IncompatibleCheckpointError, NonFiniteCheckpointError
+from .nonfinite import describe_nonfinite, nonfinite_tensors
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +246,7 @@ def _plain(value: Any) -> str:
 
 
 def scan(fitted: Fitted, path: Path, *, allow_nonfinite: bool) -> dict[str, int]:
-    """Read each tensor about to be loaded once (`checkpoint.count_nonfinite`) and refuse the file if any
+    """Read each tensor about to be loaded once (`nonfinite.count_nonfinite`) and refuse the file if any
     holds NaN or infinite values, naming them, unless `allow_nonfinite`; then the tensors are noted in
     `fitted.nonfinite` and a warning names them. Only the tensors the model loads are read."""
     counts = nonfinite_tensors(fitted.state)

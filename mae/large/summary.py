@@ -1,7 +1,7 @@
 """`inspect`: what a checkpoint file holds, measured against MAE ViT-Large, without building the model.
 
 The file is memory-mapped and no model is built. Each tensor is read once, for NaN and infinite values
-(`checkpoint.count_nonfinite`: a sum per tensor, counted value by value only when the sum is not finite);
+(`nonfinite.count_nonfinite`: a sum per tensor, counted value by value only when the sum is not finite);
 a file that holds any is damaged and not loadable as is.
 """
 
@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from . import catalog
-from .checkpoint import Classification, classify, count_nonfinite, read_checkpoint
+from .checkpoint import Classification, classify, read_checkpoint
 from .config import MAEConfig
 from .convert import LAYOUTS, UnknownKeyError, official_order
 from .errors import IncompatibleCheckpointError, UnsafeCheckpointError, short_list
 from .load import check_folder_config
 from .model import MaskedAutoencoderViT
+from .nonfinite import count_nonfinite
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from mae.large import MAEConfig, MaskedAutoencoderViT, VisionTransformer, ViTConfig
-from mae.large.checkpoint import classify, count_nonfinite, key_part, nonfinite_tensors, read_checkpoint
+from mae.large.checkpoint import classify, key_part, read_checkpoint
 from mae.large.convert import to_huggingface
 from mae.large.errors import (
     CheckpointError,
@@ -25,6 +25,7 @@ from mae.large.errors import (
     IncompatibleCheckpointError,
     UnsafeCheckpointError,
 )
+from mae.large.nonfinite import count_nonfinite, nonfinite_tensors
 from tests.helpers import (
     encoder_only,
     file_mappings,
