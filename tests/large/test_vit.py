@@ -512,7 +512,7 @@ def test_from_pretrained_head_file_evaluates_a_fine_tuned_checkpoint(tmp_path, g
 
 def test_from_pretrained_fresh_head_warns_that_the_files_classifier_is_unused(tmp_path, caplog) -> None:
     path, sd, _ = _fine_tuned_file(tmp_path)
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("WARNING"), pytest.warns(UserWarning, match="head='file'"):
         model = VisionTransformer.from_pretrained(path, ViTConfig(**{**TINY, "num_classes": 7}))
     report = model.load_report
     assert len(report.warnings) == 1 and "head='file'" in report.warnings[0] and "head.weight" in report.warnings[0]
