@@ -76,8 +76,8 @@ FLAGS: dict[str, str] = {
 # Tables and JSON go to stdout; messages, warnings and progress to stderr, so `--json | jq` works.
 # Piped or captured output gets 120 columns (not rich's default 80) so key names are not cut.
 _PIPED = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-out = Console(width=120 if _PIPED else None)
-err = Console(stderr=True, soft_wrap=True)
+out = Console(width=120 if _PIPED else None, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)  # a file name or byte string is never an emoji code
 STATE: dict[str, Any] = {"debug": False, "json": False, "json_printed": False, "written_from": 0}
 
 # ---- shared option aliases ------------------------------------------------------------------------

@@ -72,6 +72,7 @@ def export_onnx_command(
     allow_nonfinite: AllowNonfiniteOpt = False,
     json_: JsonOpt = False,
     trust: TrustOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
 ) -> None:
     """Export the feature extractor or the masked autoencoder to ONNX, checked with onnxruntime against PyTorch."""
     # Everything that can be checked is checked before torch is imported and the checkpoint read.
@@ -79,6 +80,9 @@ def export_onnx_command(
     check_size_budget(hw, max_patches, decoder=what == "mae", mask_ratio=mask_ratio if what == "mae" else 0.0)
     if out_path.is_dir():
         raise typer.BadParameter(f"{out_path} is a folder; give the .onnx file to write", param_hint="--out")
+    if out_path.exists() and not force:
+        raise typer.BadParameter(f"{out_path} exists; choose another path, or pass --force to replace it",
+                                 param_hint="--out")
     check_output_folder(out_path.parent)
 
     from mae.large.onnx_export import export_onnx, require_onnx
@@ -98,7 +102,7 @@ def export_onnx_command(
     if not json_:
         err.print(f"[dim]exporting {what} (torch.onnx, dynamo) and checking it with onnxruntime ...[/]")
     report = export_onnx(model, out_path, what, dynamic_batch=dynamic_batch, mask_ratio=mask_ratio,  # type: ignore[arg-type]
-                         target=target, opset=opset)
+                         target=target, opset=opset, overwrite=force)
     if json_:
         print_json({**report.to_dict(), "checkpoint": str(source)})
     else:

@@ -35,8 +35,9 @@ def finetune_command(
     checkpoint: Annotated[Path | None, typer.Option(
         "--checkpoint", "-c", help="Pre-trained MAE checkpoint (encoder-only or full), e.g. data/mae_pretrain_vit_large"
         ".pth. Not needed with --resume.", show_default=False)] = None,
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, config.json, log.jsonl.")] = Path(
-        "finetune_run"),
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Run folder: checkpoints, config.json, log.jsonl. Default: finetune_run, or with --resume "
+        "the run's own folder.", show_default=False)] = None,
     resume: Annotated[Path | None, typer.Option(
         "--resume", help="Continue a run (its folder or a checkpoint) after its last finished epoch.",
         show_default=False)] = None,
@@ -126,6 +127,8 @@ def finetune_command(
                       f"{info['lr']:.2e}, val loss {info['val_loss']:.4f}, top-1 {info['val_top1']:.2f}%, top-5 "
                       f"{info['val_top5']:.2f}% (best {info['best_top1']:.2f}%), {info['images_per_s']:.1f} images/s")
 
+    if out_dir is None:  # a resumed run goes on writing where it began
+        out_dir = (resume if resume.is_dir() else resume.parent) if resume is not None else Path("finetune_run")
     try:
         result = finetune(train, val, out_dir, config, pretrained=checkpoint, resume=resume, on_progress=on_progress)
     finally:

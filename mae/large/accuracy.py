@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import read_checkpoint
-from .data import Source, default_workers, loader_batches
+from .data import Source, default_workers
 from .device import resolve_device
 from .distributed import DistContext
 from .errors import IncompatibleCheckpointError, invalid_argument
@@ -80,8 +80,9 @@ def evaluate_model(model: nn.Module, source: Source, *, batch_size: int, device:
     was_training = model.training
     model.eval()
     try:
-        for done, batch in enumerate(loader_batches(loader(EvalImages(source, transform), batches, workers=workers,
-                                                           pin_memory=device.type == "cuda")), 1):
+        # Iterated as it is (not `data.loader_batches`): the thread count stays the process's, as in training.
+        eval_loader = loader(EvalImages(source, transform), batches, workers=workers, pin_memory=device.type == "cuda")
+        for done, batch in enumerate(eval_loader, 1):
             raise_on_failures(batch)
             images = batch.images.to(device, non_blocking=True)
             target = batch.labels.to(device, non_blocking=True)

@@ -130,10 +130,18 @@ def atomic_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> It
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; give it what a plain mkdir would
+        for file in tmp.rglob("*"):  # and its files what a plain open would (some writers create them 0600)
+            if file.is_file() and not file.is_symlink():
+                os.chmod(file, 0o666 & ~umask)
         if target.exists() and overwrite:
             old = Path(tempfile.mkdtemp(prefix=".mae-", suffix=".old", dir=target.parent))
             os.replace(target, old / target.name)
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old / target.name, target)  # put the old folder back: the target is never lost
+                old.rmdir()
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, target)  # refuses (OSError) a target made meanwhile that is not an empty folder

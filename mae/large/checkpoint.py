@@ -207,6 +207,8 @@ def _read_shards(folder: model_folder.ModelFolder, *, trust: bool, mmap: bool, f
                 f"{folder.path}: the shards do not hold what the index lists ({len(lacking)} listed but absent: "
                 f"{short_list(lacking)}; {len(extra)} present but not listed: {short_list(extra)}); fetch the folder again"
             )
+    if not containers:
+        raise CheckpointError(f"{folder.path}: its index lists no weight file; the folder is damaged, fetch it again")
     return sd, containers[0], weights_only
 
 
@@ -243,8 +245,16 @@ def _sniff(path: Path) -> str:
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "U16": torch.uint16,
+    "U32": torch.uint32, "U64": torch.uint64, "C64": torch.complex64, "F8_E8M0": torch.float8_e8m0fnu,
 }
+
+
+def _whole(value: Any) -> int:
+    """A JSON integer of the header (not a float, a bool or a string that would convert)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"not an integer: {value!r}")
+    return value
 
 
 def _load_safetensors(path: Path) -> StateDict:
@@ -253,7 +263,9 @@ def _load_safetensors(path: Path) -> StateDict:
     The map is copy-on-write (`UntypedStorage.from_file(shared=False)`, as `torch.load(mmap=True)` maps zip
     files): pages are read on first touch, and writing to a tensor changes this process's copy, never the
     file. The header is checked first (every tensor's bytes inside the file, sizes matching dtype and shape),
-    so a damaged file is refused before anything is mapped. Tensors come in the header's order.
+    so a damaged file is refused before anything is mapped. Tensors come in the header's order. As with any
+    memory map (`torch.load(mmap=True)`, `safe_open`), a file truncated by another process while its tensors are
+    in use makes the next read of a lost page a bus error: replace checkpoints by renaming, never in place.
     """
     size = path.stat().st_size
     with path.open("rb") as f:
@@ -261,10 +273,18 @@ def _load_safetensors(path: Path) -> StateDict:
         header_bytes = f.read(header_len) if header_len <= size - 8 else b""
     try:
         header = json.loads(header_bytes)
-        entries = {k: (SAFETENSORS_DTYPES[v["dtype"]], [int(n) for n in v["shape"]], int(v["data_offsets"][0]),
-                       int(v["data_offsets"][1])) for k, v in header.items() if k != "__metadata__"}
+        entries = {k: (v["dtype"], [_whole(n) for n in v["shape"]], _whole(v["data_offsets"][0]),
+                       _whole(v["data_offsets"][1])) for k, v in header.items() if k != "__metadata__"}
+        if any(len(v["data_offsets"]) != 2 or not isinstance(v["shape"], list) for k, v in header.items()
+               if k != "__metadata__"):
+            raise ValueError("offsets are a pair, the shape a list")
     except (ValueError, KeyError, TypeError, IndexError, AttributeError):
         raise CheckpointError(f"{path} has a corrupt safetensors header; the file is damaged, fetch it again") from None
+    unknown = sorted({e[0] for e in entries.values()} - set(SAFETENSORS_DTYPES))
+    if unknown:
+        raise CheckpointError(f"{path} holds tensors of type {', '.join(unknown)}, which this tool does not read; "
+                              "save them as F32, F16 or BF16")
+    entries = {k: (SAFETENSORS_DTYPES[d], shape, start, stop) for k, (d, shape, start, stop) in entries.items()}
     base = 8 + header_len
     end = max((e[3] for e in entries.values()), default=0)
     if base + end > size:
@@ -279,6 +299,12 @@ def _load_safetensors(path: Path) -> StateDict:
         if min(shape, default=0) < 0 or not 0 <= start <= stop or stop - start != numel * dtype.itemsize:
             raise CheckpointError(f"{path} is a damaged safetensors file (tensor {name!r}: {stop - start} bytes for "
                                   f"{shape} {str(dtype).removeprefix('torch.')}); fetch it again")
+    # As the format requires (and safetensors' own reader checks): the tensors tile the data buffer, in offset
+    # order, with no gap, no overlap and nothing after the last one, so no two tensors share bytes.
+    spans = sorted((start, stop) for _, _, start, stop in entries.values())
+    if any(a[1] != b[0] for a, b in zip(spans, spans[1:])) or (spans and spans[0][0] != 0) or base + end != size:
+        raise CheckpointError(f"{path} is a damaged safetensors file (its tensors overlap, leave gaps or do not end "
+                              "where the file does); fetch it again")
     storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
     data = torch.empty(0, dtype=torch.uint8).set_(storage)  # (size,) bytes: the whole file, mapped
     out: StateDict = {}

@@ -169,13 +169,23 @@ def split_classifier(sd: StateDict) -> tuple[StateDict, StateDict]:
 def from_huggingface(sd: StateDict) -> StateDict:
     """HuggingFace ViTMAE names -> official names; q, k, v fused into `qkv`.
 
-    Raises `UnknownKeyError` for a key no rule covers, or a q/k/v triple with a part missing.
+    Raises `UnknownKeyError` for a key no rule covers, two keys naming the same tensor (a file mixing the
+    generations' names), or a q/k/v triple with a part missing.
     """
     out: StateDict = {}
     qkv: dict[str, list[torch.Tensor | None]] = {}  # official qkv key -> [q, k, v]
+    source: dict[str, str] = {}  # what each key becomes (an official name, or a q/k/v part) -> that key
+
+    def claim(target: str, key: str) -> None:
+        if target in source:
+            raise UnknownKeyError(f"keys {source[target]!r} and {key!r} name the same tensor; the file mixes two "
+                                  "layouts, save it again from one model")
+        source[target] = key
+
     for key, value in sd.items():
         bare = key[len("vit."):] if key.startswith("vit.") else key
         if bare in _HF_RENAMES:
+            claim(_HF_RENAMES[bare], key)
             out[_HF_RENAMES[bare]] = value
             continue
         match = _HF_BLOCK_PREFIX.match(key)
@@ -185,9 +195,11 @@ def from_huggingface(sd: StateDict) -> StateDict:
         stem, _, leaf = rest.rpartition(".")  # leaf: weight | bias
         block = f"{'decoder_blocks' if is_decoder else 'blocks'}.{index}"
         if stem in _HF_QKV_PARTS:
+            claim(f"{block}.attn.qkv.{leaf}[{_HF_QKV_PARTS[stem]}]", key)
             parts = qkv.setdefault(f"{block}.attn.qkv.{leaf}", [None, None, None])
             parts[_HF_QKV_PARTS[stem]] = value
         elif stem in _HF_BLOCK_RENAMES:
+            claim(f"{block}.{_HF_BLOCK_RENAMES[stem]}.{leaf}", key)
             out[f"{block}.{_HF_BLOCK_RENAMES[stem]}.{leaf}"] = value
         else:
             raise UnknownKeyError(f"unknown HuggingFace ViTMAE key {key!r}")
@@ -437,6 +449,11 @@ def _write_hf(sd: StateDict, path: Path, kind: str, config: EncoderConfig, norm_
                                          "write it as official, safetensors or timm")
     formats.check_sizes(sd, config)
     encoder_only = kind == "encoder-only"
+    if not encoder_only and config.img_size[0] != config.img_size[1]:
+        raise invalid_argument("format", f"transformers' ViTMAEForPreTraining builds square models only (its decoder's "
+                                         f"position table and patchify assume one), and this one is "
+                                         f"{config.img_size[0]}x{config.img_size[1]}; write it as official or "
+                                         "safetensors, or the encoder alone from an encoder-only file")
     names = to_huggingface(sd, new_names=False)
     if encoder_only:  # ViTMAEModel is the base model itself: its own keys carry no `vit.` prefix
         names = {k.removeprefix("vit."): v for k, v in names.items()}
@@ -467,7 +484,9 @@ def _timm_note(kind: str, sd: StateDict, config: EncoderConfig) -> str:
     if kind == "fine-tuned":
         classes = sd["head.weight"].shape[0] if "head.weight" in sd else 0
         pool = "avg" if "fc_norm.weight" in sd else "token"
-        return (f"timm classifier: timm.create_model('{name}', num_classes={classes}, global_pool='{pool}', "
-                "pretrained=True, pretrained_cfg_overlay=dict(file=path))")
+        # Not `pretrained=True` with a file overlay: the default tag of these models loads its own format (npz) or
+        # drops a head of another class count; a plain state-dict load takes the file as written.
+        return (f"timm classifier: model = timm.create_model('{name}', num_classes={classes}, global_pool='{pool}'); "
+                "model.load_state_dict(safetensors.torch.load_file(path))")
     return (f"timm encoder: timm.create_model('{name}.mae', pretrained=True, pretrained_cfg_overlay=dict(file=path)) "
             "(num_classes=0: the cls token after the final norm)")

@@ -113,6 +113,9 @@ def _check_paths(source: Path, out: Path) -> None:
     if target == resolved or target in resolved.parents:
         raise invalid_argument("out", f"the output {out} is, or contains, the source checkpoint {source}; "
                                       "write to another path (the source is never modified)")
+    if resolved.is_dir() and resolved in target.parents:  # a model folder: its files are the source too
+        raise invalid_argument("out", f"the output {out} is inside the source folder {source}; write it outside "
+                                      "(the source is never modified)")
 
 
 def _target(source: Path, requested: str, kind: str, config: MAEConfig, trust: bool,

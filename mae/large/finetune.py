@@ -35,7 +35,7 @@ from torch import nn
 
 from . import augment, catalog
 from .accuracy import AMP_CHOICES, autocast, evaluate_model, resolve_amp
-from .data import default_workers, loader_batches
+from .data import default_workers
 from .device import resolve_device
 from .distributed import DistContext, destroy, init_distributed
 from .errors import MAEError, invalid_argument
@@ -379,7 +379,10 @@ def _train_epoch(net: nn.Module, model: VisionTransformer, batches: Any, optimiz
     losses, step_lr = 0.0, 0.0
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):  # drop path's draws are keyed per step; the caller's stream is kept
-        for step, batch in enumerate(loader_batches(batches)):
+        # The loader is iterated as it is: the main process keeps its own torch threads whatever the number of
+        # workers (`data.loader_batches` would lower them), since the thread count changes CPU sums in their last
+        # bits, and a run resumed with other `workers` must continue bit for bit.
+        for step, batch in enumerate(batches):
             if step % accum == 0:  # a per-iteration (not per-epoch) schedule, set at each accumulation start
                 step_lr = cosine_lr(step / steps + epoch, lr=lr, epochs=config.epochs,
                                     warmup_epochs=config.warmup_epochs, min_lr=config.min_lr)
@@ -448,6 +451,12 @@ def _global_loss(loss: torch.Tensor | None, failed: int, ctx: DistContext) -> fl
     return None if failures else total / ctx.world_size
 
 
+def _scaler_state(scaler: torch.amp.GradScaler) -> dict[str, Any]:
+    """The scaler's state; a disabled one (bf16, fp32) saves a fresh scaler's, not `{}`, so that the official
+    `util/misc.load_model` (which loads `checkpoint["scaler"]` into an enabled scaler) can resume the file too."""
+    return scaler.state_dict() if scaler.is_enabled() else torch.amp.GradScaler("cpu", enabled=True).state_dict()
+
+
 def _save_epoch(out_dir: Path, model: VisionTransformer, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, args: dict[str, Any], epoch: int, best: float, improved: bool,
                 save_every: int, device: torch.device) -> None:
@@ -455,7 +464,7 @@ def _save_epoch(out_dir: Path, model: VisionTransformer, optimizer: torch.optim.
     first when val top-1 improved, then `checkpoint-last.pth` linked to it: a run killed in between repeats the
     epoch identically on resume."""
     state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-             "optimizer": optimizer.state_dict(), "epoch": epoch, "scaler": scaler.state_dict(), "args": args,
+             "optimizer": optimizer.state_dict(), "epoch": epoch, "scaler": _scaler_state(scaler), "args": args,
              "rng": rng_state(device), "best": best}
     if improved:
         save_checkpoint(out_dir / BEST, state)

@@ -208,7 +208,8 @@ def read(path: str | Path, *, trust: bool) -> CheckpointData:
 
 def check_folder_config(data: CheckpointData, config: Any) -> list[str]:
     """Check a model folder's config.json against the model's `config`: every size of `convert.HF_CONFIG_SIZES`
-    the model has must match (else `IncompatibleCheckpointError` naming the field and both values) and the
+    the model has must match, except `image_size` (a model at another input size regenerates its position tables,
+    as from any file), (else `IncompatibleCheckpointError` naming the field and both values) and the
     activation must be the exact GELU. A different `layer_norm_eps` is not refused (the weights are the same):
     the model's value is used and the returned warning says what the folder's would change."""
     folder = data.folder_config
@@ -217,9 +218,9 @@ def check_folder_config(data: CheckpointData, config: Any) -> list[str]:
     for field_name, attr in HF_CONFIG_SIZES.items():
         if field_name not in folder or not hasattr(config, attr):
             continue
+        if attr == "img_size":  # the input size is the model's to choose, as with any file: tables are regenerated
+            continue
         theirs, ours = folder[field_name], getattr(config, attr)
-        if attr == "img_size":  # an int for a square image in config.json, a pair here
-            theirs = tuple(theirs) if isinstance(theirs, list) else (theirs, theirs)
         if theirs != ours:
             raise IncompatibleCheckpointError(
                 f"{data.path}: its config.json says {field_name}={_plain(theirs)} but the model has {attr}={_plain(ours)}; "

@@ -187,6 +187,7 @@ def export_onnx(
     trust: bool = False,
     allow_nonfinite: bool = False,
     allow_random_decoder: bool = False,
+    overwrite: bool = False,
 ) -> OnnxReport:
     """Export `what` ("features" or "mae", see the module) of a model, or of a checkpoint file, to the ONNX file
     `path`, check it with onnxruntime, and return the report.
@@ -201,7 +202,8 @@ def export_onnx(
     the fraction of patches removed, fixed in the file. `target` (`mae`): what the loss measures the prediction
     against, "pixels" or "norm-pix" (`norm_pix_loss`); "auto" takes the catalogue's entry for the name of the file
     the model was loaded from (`target.resolve_target`), else keeps the model's own (the report says which and
-    why). `opset` None: the exporter's default. `check` (default True) runs the file with onnxruntime on random
+    why). An existing `path` is replaced only with `overwrite=True`.
+    `opset` None: the exporter's default. `check` (default True) runs the file with onnxruntime on random
     inputs drawn from `seed` and compares every output with PyTorch's: a largest absolute difference over
     `tolerance`, a mask that differs, or an output that is not finite raises `MAEError` and nothing is written."""
     _check_what(what)
@@ -214,6 +216,8 @@ def export_onnx(
     out = Path(path)
     if out.is_dir():
         raise invalid_argument("path", f"{out} is a folder; give the .onnx file to write")
+    if out.exists() and not overwrite:  # checked before the model is loaded and traced
+        raise invalid_argument("overwrite", f"{out} exists; choose another path, or pass overwrite=True to replace it")
     from .target import resolve_target
 
     choice = resolve_target(target, None, None) if target != "auto" else None  # a bad name fails before loading
@@ -345,6 +349,9 @@ def _export(graph: nn.Module, model: nn.Module, target: Path, what: str, *, dyna
             if data is not None and data_target is not None:
                 os.replace(data, stack.enter_context(atomic_path(data_target)))
             os.replace(staged, final)
+        stale = target.with_name(f"{target.name}.data")
+        if data is None and stale.is_file():  # the weights of a file this one replaced, which no file names now
+            stale.unlink()
     c = model.config  # type: ignore[attr-defined]
     mae = what == "mae"
     norm_pix = bool(getattr(model, "norm_pix_loss", False))

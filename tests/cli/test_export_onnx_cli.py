@@ -83,3 +83,6 @@ def test_refusals_before_any_export(runner, small_arch, small_ckpts, tmp_path) -
     assert runner.invoke(app, ["export-onnx", "--out", str(tmp_path)]).exit_code == 2  # a folder
     assert runner.invoke(app, ["export-onnx", "-c", str(small_ckpts[0])]).exit_code == 2  # no --out
     assert list(tmp_path.glob("*.onnx")) == []
+    out.write_bytes(b"an earlier export")  # kept unless --force, refused before the checkpoint is read
+    result = runner.invoke(app, ["export-onnx", "-c", str(small_ckpts[0]), "--out", str(out)])
+    assert result.exit_code == 2 and "--force" in result.stderr and out.read_bytes() == b"an earlier export"

@@ -40,7 +40,7 @@ def test_option_defaults_are_the_library_recipe() -> None:
         assert default == getattr(defaults, field), (name, default, getattr(defaults, field))
 
 
-def test_finetune_runs_prints_and_resumes(runner, small_arch, digits_tree, tmp_path) -> None:
+def test_finetune_runs_prints_and_resumes(runner, small_arch, digits_tree, tmp_path, monkeypatch) -> None:
     encoder = save_official(tmp_path / "enc.pth", encoder_only(small_state_dict()))
     run = tmp_path / "run"
     done = runner.invoke(app, ["finetune", str(digits_tree), str(digits_tree), "-c", str(encoder), "-o", str(run),
@@ -51,9 +51,14 @@ def test_finetune_runs_prints_and_resumes(runner, small_arch, digits_tree, tmp_p
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint-best.pth", "checkpoint-last.pth", "config.json",
                                                      "log.jsonl"]
     assert json.loads((run / "config.json").read_text())["config"]["epochs"] == 1
-    # --resume with only --epochs given: the other settings are the run's (size 32, blr 0.05, ...), not the defaults.
-    done = runner.invoke(app, ["finetune", str(digits_tree), str(digits_tree), "-o", str(run), "--resume", str(run),
+    # --resume with only --epochs given: the other settings are the run's (size 32, blr 0.05, ...), not the defaults,
+    # and without -o the run goes on in its own folder (from the current folder elsewhere, nothing is written there).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    done = runner.invoke(app, ["finetune", str(digits_tree), str(digits_tree), "--resume", str(run / "checkpoint-last.pth"),
                                "--epochs", "2", "--json"])
+    assert list(elsewhere.iterdir()) == []
     assert done.exit_code == 0, done.output
     result = json.loads(done.stdout)
     assert [r["epoch"] for r in result["history"]] == [1] and result["args"]["config"]["blr"] == 0.05

@@ -218,3 +218,10 @@ def test_the_hub_snapshot_notes_its_eps_and_a_disagreeing_config_is_not_loadable
     result = runner.invoke(app, ["inspect", str(folder)])
     assert result.exit_code == 1 and "num_attention_heads=4 but the model has num_heads=2" in flat(result.output)
     assert "layout" in result.output and "--to safetensors" in flat(result.output)  # a pytorch_model.bin folder
+
+
+def test_bytes_in_a_message_are_shown_as_they_are(runner, tmp_path: Path) -> None:
+    path = tmp_path / "passwd.pth"
+    path.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")  # `:x:` is an emoji code to rich unless told otherwise
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 1 and "b'root:x:0'" in flat(result.output)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import threading
 from pathlib import Path
 
@@ -55,6 +58,36 @@ def test_a_folder_replaces_another_only_when_asked(tmp_path: Path) -> None:
     with atomic.atomic_dir(target, overwrite=True) as tmp:
         (tmp / "new.bin").write_bytes(b"new")
     assert [p.name for p in target.iterdir()] == ["new.bin"] and [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_a_failed_swap_puts_the_old_folder_back(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.bin").write_bytes(b"old")
+    real, calls = os.replace, []
+
+    def replace(src, dst):  # the second rename (new folder into place) fails, as on a full or broken disk
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "I/O error")
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with pytest.raises(OSError), atomic.atomic_dir(target, overwrite=True) as tmp:
+        (tmp / "new.bin").write_bytes(b"new")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and (target / "old.bin").read_bytes() == b"old"
+
+
+def test_a_folders_files_get_the_modes_a_plain_open_gives(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        with atomic.atomic_dir(tmp_path / "model") as tmp:
+            (tmp / "weights.bin").write_bytes(b"w")
+            os.chmod(tmp / "weights.bin", 0o600)  # as safetensors' save_file creates its files
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "model" / "weights.bin").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755
 
 
 def test_a_failed_write_names_the_target_and_is_not_completed(tmp_path: Path) -> None:

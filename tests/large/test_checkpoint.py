@@ -611,3 +611,10 @@ def test_near_misses_are_not_fine_tuned(tmp_path: Path, edit: str) -> None:
     data = read_checkpoint(save_official(tmp_path / "x.pth", sd))
     kind = classify(data.state_dict, MaskedAutoencoderViT.expected_state(small_config()), data.classifier).kind
     assert kind == ("encoder-only" if edit == "keep-norm" else "incompatible")
+
+
+def test_a_folder_whose_index_lists_no_file_is_damaged(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+    with pytest.raises(CheckpointError, match="its index lists no weight file; the folder is damaged"):
+        read_checkpoint(tmp_path)

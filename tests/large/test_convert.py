@@ -161,3 +161,13 @@ def test_an_unknown_mmpretrain_key_is_named(tmp_path: Path) -> None:
         read_checkpoint(tmp_path / "ls.pth")
     with pytest.raises(UnknownKeyError, match="target_generator"):
         from_mmpretrain({"target_generator.tokenizer.weight": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("keys", [
+    ("vit.embeddings.cls_token", "embeddings.cls_token"),
+    ("vit.encoder.layer.0.layernorm_before.weight", "vit.layers.0.layernorm_before.weight"),
+    ("vit.encoder.layer.0.attention.attention.query.weight", "vit.layers.0.attention.q_proj.weight"),
+])
+def test_two_keys_for_one_tensor_are_refused_by_name(keys: tuple[str, str]) -> None:
+    with pytest.raises(UnknownKeyError, match=f"keys '{keys[0]}' and '{keys[1]}' name the same tensor"):
+        from_huggingface({key: torch.full((1,), float(i)) for i, key in enumerate(keys)})

@@ -150,6 +150,15 @@ def test_a_classifier_has_no_huggingface_folder(tmp_path: Path) -> None:
     assert info.value.argument == "format" and not (tmp_path / "hf").exists()
 
 
+def test_a_non_square_model_has_no_pretraining_folder_but_its_encoder_has(tmp_path: Path) -> None:
+    config = small_config(img_size=(32, 48))
+    with pytest.raises(InvalidArgumentError, match="square models only.*32x48") as info:
+        save_as(MaskedAutoencoderViT(config), tmp_path / "hf", "hf", config=config)
+    assert info.value.argument == "format" and not (tmp_path / "hf").exists()
+    encoder = encoder_only(MaskedAutoencoderViT(config).state_dict())
+    assert save_as(encoder, tmp_path / "enc", "hf", config=config).kind == "encoder-only"  # ViTMAEModel takes any grid
+
+
 def test_a_config_that_disagrees_with_the_weights_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="do not have the sizes of the config") as info:
         save_as(small_state_dict(), tmp_path / "hf", "hf", config=small_config(img_size=64))

@@ -52,6 +52,17 @@ def test_the_output_is_never_the_source_nor_holds_it(small, tmp_path: Path, insi
     assert info.value.argument == "out" and [p.name for p in folder.iterdir()] == ["src.pth"]
 
 
+def test_no_output_goes_inside_a_source_folder(small, tmp_path: Path) -> None:
+    folder = tmp_path / "hf"
+    convert_checkpoint(save_official(tmp_path / "src.pth", small_state_dict()), folder, "hf", target="pixels")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for name in ("model.safetensors", "extra.safetensors"):  # its own weights, or a new file beside them
+        with pytest.raises(InvalidArgumentError, match="inside the source folder") as info:
+            convert_checkpoint(folder, folder / name, "safetensors", overwrite=True)
+        assert info.value.argument == "out"
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
 def test_the_catalogue_or_the_request_decides_norm_pix_loss(small, tmp_path: Path) -> None:
     source = save_official(tmp_path / "mae_pretrain_vit_large_full.pth", small_state_dict())
     report = convert_checkpoint(source, tmp_path / "hf", "hf")

@@ -108,6 +108,8 @@ def test_fine_tuning_learns_digits_and_writes_a_fine_tuned_checkpoint(small, dig
     raw = torch.load(last, weights_only=True)
     assert set(raw) == {"model", "optimizer", "epoch", "scaler", "args", "rng", "best"} and raw["epoch"] == 3
     assert "norm.weight" not in raw["model"] and {"head.weight", "fc_norm.weight"} <= set(raw["model"])
+    # fp32 here, so no scaler ran; the entry is still a scaler's state, which the official `load_model` can load.
+    assert raw["scaler"] == torch.amp.GradScaler("cpu", enabled=True).state_dict()
     # The optimiser's groups are the layer-decay groups of `param_groups_lrd`, scales included.
     expected = param_groups_lrd(VisionTransformer(ViTConfig.from_architecture(None, num_classes=10, img_size=32)),
                                 layer_decay=LIGHT["layer_decay"])
@@ -132,6 +134,9 @@ class Interrupt(Exception):
 
 
 def test_resume_after_an_interrupted_epoch_is_bit_for_bit(small, digits_tree, tmp_path) -> None:
+    # Two threads (the fixture restores the count): resuming with a worker process must not change the main
+    # process's threads, which would change the CPU sums' last bits.
+    torch.set_num_threads(2)
     # The whole recipe's randomness: RandAugment, random erasing, mixup / cutmix, drop path, label smoothing.
     config = FinetuneConfig(epochs=3, **{**LIGHT, "drop_path": 0.1, "smoothing": 0.1, "mixup": 0.8, "cutmix": 1.0,
                                          "auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25})

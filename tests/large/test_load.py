@@ -198,8 +198,7 @@ def test_every_loader_takes_a_folder(loader: str) -> None:
 
 
 @pytest.mark.parametrize(("field", "value", "attr"), [("hidden_size", 32, "embed_dim"),
-                                                      ("decoder_num_hidden_layers", 3, "decoder_depth"),
-                                                      ("image_size", 16, "img_size")])
+                                                      ("decoder_num_hidden_layers", 3, "decoder_depth")])
 @pytest.mark.parametrize("loader", list(TINY_LOADERS))
 def test_a_folder_whose_config_disagrees_is_refused(tmp_path: Path, loader: str, field: str, value: int,
                                                     attr: str) -> None:
@@ -213,6 +212,11 @@ def test_a_folder_whose_config_disagrees_is_refused(tmp_path: Path, loader: str,
     with pytest.raises(IncompatibleCheckpointError, match=said) as info:
         TINY_LOADERS[loader](folder)
     assert "\n" not in str(info.value)
+
+
+def test_a_folder_loads_at_another_input_size_as_a_file_does() -> None:
+    model = MaskedAutoencoderViT.from_pretrained(HF_FIXTURES / "tf4/pretraining-safetensors", tiny_config(img_size=16))
+    assert model.pos_embed.shape[1] == (16 // 4) ** 2 + 1 and model.load_report.num_loaded == 62
 
 
 def test_a_model_built_for_other_sizes_is_refused_by_the_folders_config() -> None:
@@ -273,7 +277,8 @@ def test_safetensors_are_memory_mapped_not_read(tmp_path: Path, where: str) -> N
     assert file.read_bytes() == before
 
 
-@pytest.mark.parametrize(("edit", "match"), [("shape", "damaged safetensors"), ("dtype", "corrupt safetensors header")])
+@pytest.mark.parametrize(("edit", "match"), [("shape", "damaged safetensors"),
+                                             ("dtype", "type Q32, which this tool does not read")])
 def test_a_safetensors_header_that_lies_is_refused(tmp_path: Path, edit: str, match: str) -> None:
     from safetensors.torch import save_file
 
@@ -284,3 +289,36 @@ def test_a_safetensors_header_that_lies_is_refused(tmp_path: Path, edit: str, ma
     path.write_bytes(data.replace(*swap))
     with pytest.raises(CheckpointError, match=match):
         load.read(path, trust=False)
+
+
+def _safetensors_with(tmp_path: Path, entries: dict, data: bytes) -> Path:
+    """A file with this header and these data bytes (the header padded with spaces to 8 bytes, as the writer does)."""
+    header = json.dumps(entries).encode()
+    header += b" " * (-len(header) % 8)
+    path = tmp_path / "hand.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+    return path
+
+
+@pytest.mark.parametrize(("entries", "size", "match"), [
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, 12, "overlap"),  # two tensors sharing bytes
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, 16, "do not end where the file does"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0.5, 8.9]}}, 8, "corrupt safetensors header"),
+    ({"a": {"dtype": "F32", "shape": [True, 2], "data_offsets": [0, 8]}}, 8, "corrupt safetensors header"),
+    ({"a": {"dtype": "F32", "shape": "2", "data_offsets": [0, 8]}}, 8, "corrupt safetensors header"),
+])
+def test_a_safetensors_header_outside_the_format_is_refused(tmp_path: Path, entries: dict, size: int,
+                                                             match: str) -> None:
+    with pytest.raises(CheckpointError, match=match):
+        load.read(_safetensors_with(tmp_path, entries, bytes(size)), trust=False)
+
+
+def test_every_safetensors_dtype_reads(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {name: torch.tensor([0, 1, 2]).to(dtype) for name, dtype in
+               (("u16", torch.uint16), ("u32", torch.uint32), ("u64", torch.uint64), ("c64", torch.complex64))}
+    save_file(tensors, tmp_path / "types.safetensors")
+    back = load.read(tmp_path / "types.safetensors", trust=False).state_dict
+    assert all(back[k].dtype == v.dtype and torch.equal(back[k], v) for k, v in tensors.items())

@@ -141,6 +141,13 @@ def test_weights_in_a_data_file_move_into_place_with_the_model(tmp_path, monkeyp
     with torch.inference_mode():
         expected = graph_for(model, "features")(image)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # Replaced (only when asked) by a file that holds its weights itself: the old data file goes too.
+    with pytest.raises(InvalidArgumentError, match="exists") as info:
+        export_onnx(model, out, "features")
+    assert info.value.argument == "overwrite"
+    monkeypatch.setattr(_onnx_program, "_LARGE_MODEL_THRESHOLD", 1 << 40)
+    assert export_onnx(model, out, "features", overwrite=True).data_path is None
+    assert files_in(tmp_path) == {"mae.onnx"}
 
 
 def test_missing_extra_names_the_install_command(tmp_path, monkeypatch) -> None:
