@@ -11,7 +11,7 @@ and `optimizer.zero_grad()` follows. A non-finite loss stops the run (the offici
 optimiser is AdamW (0.9, 0.999) over `vit.param_groups_lrd`; lr = blr x effective batch / 256 unless `lr` is
 given. The model is saved, then evaluated, every epoch, as `main_finetune.py` does.
 
-What is this module's own: every random draw is keyed (`train_state.derive_seed`; data order by epoch,
+What is this module's own: every random draw is keyed (`keyed.derive_seed`, `keyed.keyed_rng`; data order by epoch,
 augmentation by epoch and sample, mixup and drop path by epoch, step and rank), so a resumed run repeats an
 uninterrupted one bit for bit on the CPU; the data order is defined on the global batch, so N processes see
 what one process with an N times larger batch sees; the checkpoint is loadable with `weights_only=True`.
@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -49,13 +48,13 @@ from .finetune_data import (
     raise_on_failures,
     steps_per_epoch,
 )
+from .keyed import derive_seed, keyed_rng
 from .lars import cosine_lr
 from .train_state import (
     BEST,
     CONFIG,
     LAST,
     append_log,
-    derive_seed,
     link_or_copy,
     load_run_checkpoint,
     plain,
@@ -392,8 +391,7 @@ def _train_epoch(net: nn.Module, model: VisionTransformer, batches: Any, optimiz
             images = batch.images.to(device, non_blocking=True)
             target = batch.labels.to(device, non_blocking=True)
             if mixup is not None and not failed:
-                images, target = mixup(images, target, random.Random(derive_seed(config.seed, "mixup", epoch, step,
-                                                                                 ctx.rank)))
+                images, target = mixup(images, target, keyed_rng(config.seed, "mixup", epoch, step, ctx.rank))
             update = (step + 1) % accum == 0
             sync = update or not ctx.is_distributed
             with contextlib.nullcontext() if sync else net.no_sync():  # type: ignore[operator]

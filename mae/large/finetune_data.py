@@ -4,8 +4,8 @@
   step `s` takes the `batch_size x world_size` positions `perm[s * G:(s + 1) * G]` (the last incomplete global
   batch is dropped, as the official loader's `drop_last=True`), and rank `r` the `r`-th `batch_size` of them.
   One process with batch `B x W` and `W` processes with batch `B` train on the same global batches.
-* `TrainImages` loads sample `i` of epoch `e` and augments it with `random.Random(derive_seed(seed, "augment", e,
-  i))`: what a sample gets depends on nothing but its key, so worker processes, resuming and the world size do
+* `TrainImages` loads sample `i` of epoch `e` and augments it with `keyed_rng(seed, "augment", e,
+  i)`: what a sample gets depends on nothing but its key, so worker processes, resuming and the world size do
   not change it. A file that cannot be read is a failure marker (the worker never dies); the run then raises
   `ImageError` naming it.
 * `EvalImages` is the official evaluation transform (`image.preprocess(crop="eval")`: resize 256/224, centre
@@ -27,7 +27,7 @@ from . import augment
 from .data import Source, _worker_init, image_folder
 from .errors import ImageError, invalid_argument
 from .image import ImageFailure, open_image, preprocess
-from .train_state import derive_seed
+from .keyed import derive_seed, keyed_rng
 
 TrainTransform = Callable[[Image.Image, random.Random], torch.Tensor]  # (PIL image, keyed rng) -> (3, H, W)
 EvalTransform = Callable[[Image.Image], torch.Tensor]
@@ -89,7 +89,7 @@ class TrainImages(Dataset):
             img = open_image(path)
         except ImageError as exc:
             return ImageFailure(path, str(exc)), self.labels[index]
-        rng = random.Random(derive_seed(self.seed, "augment", epoch, index))
+        rng = keyed_rng(self.seed, "augment", epoch, index)
         return self.transform(img, rng), self.labels[index]
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from PIL import Image, ImageEnhance, ImageOps
 
 from .errors import invalid_argument
+from .keyed import keyed_rng  # re-exported: the generator the plans are drawn from
 
 __all__ = [
     "INCREASING_OPS",
@@ -60,18 +61,6 @@ INCREASING_OPS: tuple[str, ...] = (
     "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY",
     "TranslateXRel", "TranslateYRel",
 )
-
-
-def keyed_rng(*keys: int | str) -> random.Random:
-    """A generator that is a pure function of `keys` (e.g. `keyed_rng(seed, epoch, sample_index)` for an image,
-    `keyed_rng(seed, epoch, "mix", step)` for a batch): the same draws in any process, worker or machine.
-
-    The keys are joined into one string, and `random.Random` seeds from a string through SHA-512 (not the
-    salted `hash()`), so the stream does not depend on PYTHONHASHSEED; nearby keys give unrelated streams.
-    """
-    if not keys or not all(isinstance(k, (int, str)) and not isinstance(k, bool) for k in keys):
-        raise invalid_argument("keys", f"keyed_rng takes one or more ints or strings, got {keys!r}")
-    return random.Random("augment:" + ":".join(f"{type(k).__name__[0]}{k}" for k in keys))
 
 
 # ---- the ops: (image, argument) -> image ----------------------------------------------------------

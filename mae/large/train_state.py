@@ -1,9 +1,8 @@
-"""What a training run keeps between epochs: keyed random seeds, checkpoints, the run folder's files.
+"""What a training run keeps between epochs: generator states, checkpoints, the run folder's files.
 
-* `derive_seed(seed, *keys)`: every random draw of a run (the epoch's data order, a sample's augmentation, a
-  step's mixup and drop path) takes its own seed, a hash of the run's seed and what the draw is for (epoch,
-  global sample index, step, rank). No draw depends on how many came before it, so a resumed run, a run with
-  worker processes and a run on N processes draw exactly what an uninterrupted single-process run draws.
+* Every random draw of a run (the epoch's data order, a sample's augmentation, a step's mixup and drop path)
+  takes its own seed from `keyed` (a hash of the run's seed and what the draw is for); what is kept here is
+  the generator states a checkpoint carries (`rng`).
 * Checkpoints follow the official `util/misc.save_model` (facebookresearch/mae): `{"model", "optimizer",
   "epoch", "scaler", "args"}`, with `args` as plain data (the official file pickles an `argparse.Namespace`,
   which `weights_only=True` refuses), plus `rng` (the generator states) and `best` (the best val top-1 so far).
@@ -19,11 +18,9 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
-import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,17 +35,6 @@ BEST = "checkpoint-best.pth"
 LOG = "log.jsonl"
 CONFIG = "config.json"
 RUN_ENTRIES = ("model", "optimizer", "epoch", "scaler", "args")  # the official ones; ours add rng and best
-
-
-def derive_seed(seed: int, *keys: int | str) -> int:
-    """A 63-bit seed for the draw named by `keys` in the run seeded `seed` (blake2b of both: independent streams
-    for different keys, the same stream for the same keys in any process)."""
-    h = hashlib.blake2b(digest_size=8)
-    h.update(struct.pack("<q", int(seed)))
-    for key in keys:
-        h.update(key.encode() if isinstance(key, str) else struct.pack("<q", int(key)))
-        h.update(b"\x00")
-    return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

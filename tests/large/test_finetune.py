@@ -20,7 +20,7 @@ from mae.large.errors import InvalidArgumentError, MAEError
 from mae.large.finetune import FinetuneConfig, finetune, resumed_config
 from mae.large.finetune_data import epoch_batches
 from mae.large.image import preprocess
-from mae.large.train_state import derive_seed
+from mae.large.keyed import derive_seed
 from mae.large.vit import VisionTransformer, ViTConfig, param_groups_lrd
 from tests.helpers import save_official, small_state_dict, use_small_architecture, write_digits_tree
 
