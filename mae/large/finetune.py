@@ -148,8 +148,16 @@ class FinetuneConfig:
             raise invalid_argument("save_every", f"save_every must be >= 0 (0: last and best only), got {self.save_every}")
 
     @property
+    def augment(self) -> augment.AugmentConfig:
+        """The recipe's augmentation and loss settings of this run, whose builders make the pieces."""
+        return augment.AugmentConfig(input_size=self.input_size, auto_augment=self.auto_augment, re_prob=self.re_prob,
+                                     mixup=self.mixup, cutmix=self.cutmix, mixup_prob=self.mixup_prob,
+                                     mixup_switch_prob=self.mixup_switch_prob, mixup_mode=self.mixup_mode,
+                                     smoothing=self.smoothing)
+
+    @property
     def mixup_active(self) -> bool:
-        return self.mixup > 0 or self.cutmix > 0
+        return self.augment.mixup_active
 
     def to_dict(self) -> dict[str, Any]:
         return plain(dataclasses.asdict(self))
@@ -211,23 +219,15 @@ def _check_resume(saved: Mapping[str, Any], args: Mapping[str, Any]) -> None:
 
 
 def build_train_transform(config: FinetuneConfig) -> TrainTransform:
-    """The official training transform (`augment.TrainTransform`): RandomResizedCrop bicubic + flip, RandAugment
-    (`auto_augment`, None for none), random erasing (`re_prob`, 0 for none)."""
-    return augment.TrainTransform(size=config.input_size, auto_augment=config.auto_augment, re_prob=config.re_prob)
+    """The official training transform: RandomResizedCrop bicubic + flip, RandAugment (`auto_augment`, None for
+    none), random erasing (`re_prob`, 0 for none)."""
+    return config.augment.train_transform()
 
 
 def build_criterion(config: FinetuneConfig) -> nn.Module:
     """What `main_finetune.py` picks: SoftTargetCrossEntropy with mixup / cutmix, else label smoothing, else
-    plain cross-entropy (`augment.recipe_criterion`)."""
-    return augment.recipe_criterion(config.mixup_active, config.smoothing)
-
-
-def _mixup(config: FinetuneConfig, classes: int) -> augment.Mixup | None:
-    if not config.mixup_active:
-        return None
-    return augment.Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
-                         switch_prob=config.mixup_switch_prob, mode=config.mixup_mode,
-                         label_smoothing=config.smoothing, num_classes=classes)
+    plain cross-entropy."""
+    return config.augment.criterion()
 
 
 def finetune(
@@ -326,7 +326,7 @@ def _finetune(train: Path, val: Path, out_dir: Path, config: FinetuneConfig, pre
 
     transform = train_transform or build_train_transform(config)
     dataset = TrainImages(train_source, transform, config.seed)
-    criterion, mixup = build_criterion(config), _mixup(config, len(classes))
+    criterion, mixup = build_criterion(config), config.augment.mixup_fn(len(classes))
     history: list[dict[str, Any]] = []
     for epoch in range(start, config.epochs):
         notify("epoch_start", {"epoch": epoch, "steps": steps})
