@@ -26,6 +26,7 @@ from .distributed import DistContext
 from .errors import IncompatibleCheckpointError, invalid_argument
 from .finetune_data import EvalImages, EvalTransform, loader, official_eval_transform, raise_on_failures
 from .image import _check_size
+from .pipeline import autocast_context
 from .vit import VisionTransformer, ViTConfig
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -56,11 +57,12 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     return "off"
 
 
+_AMP_DTYPES: dict[str, torch.dtype] = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """The autocast region of a forward pass for a resolved `amp` (nothing for `off`)."""
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    """The autocast region of a forward pass for a resolved `amp` (nothing for `off`): `pipeline.autocast_context`."""
+    return autocast_context(device, _AMP_DTYPES[amp])
 
 
 @torch.no_grad()
