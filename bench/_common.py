@@ -231,7 +231,7 @@ def flops_per_image(config=None, mask_ratio: float = 0.75) -> dict[str, float]:
     softmax and additions are not (they are a fraction of a percent).
     """
     from mae.large import MAEConfig
-    from mae.large.model import check_mask_ratio
+    from mae.large.models.mae import check_mask_ratio
 
     c = config or MAEConfig.vit_large()
     length = c.num_patches

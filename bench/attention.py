@@ -35,7 +35,7 @@ def main() -> None:
     import torch
 
     from mae.large import mae_vit_large_patch16
-    from mae.large.attention import attention_maps
+    from mae.large.viz.attention import attention_maps
 
     print(machine_header())
     device = torch.device(args.device)

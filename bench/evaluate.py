@@ -54,9 +54,9 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from mae.large.evaluate import knn, probe
-    from mae.large.lars import cosine_lr, set_lr
-    from mae.large.probe import build_head
+    from mae.large.evaluate.knn import knn, probe
+    from mae.large.evaluate.probe import build_head
+    from mae.large.utils.optim import cosine_lr, set_lr
 
     print(machine_header())
     device = torch.device(args.device)

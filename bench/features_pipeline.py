@@ -50,9 +50,9 @@ def main() -> None:
     import torch
 
     from mae.large import VisionTransformer
-    from mae.large.device import resolve_device
-    from mae.large.features import classifier_for_pool, extract_features
-    from mae.large.image import load_image
+    from mae.large.data.images import load_image
+    from mae.large.evaluate.features import classifier_for_pool, extract_features
+    from mae.large.utils.device import resolve_device
 
     print(machine_header())
     device = resolve_device(args.device)

@@ -1,4 +1,4 @@
-"""Fine-tuning throughput and memory: `mae.large.finetune`'s training loop against the same loop in plain PyTorch.
+"""Fine-tuning throughput and memory: `mae.large.train.finetune`'s training loop against the same loop in plain PyTorch.
 
     python bench/finetune.py --device cpu --size 64 --batch 4 --steps 4
     python bench/finetune.py --device cuda --size 224 --batch 64 --steps 20     # one GPU, unattended
@@ -28,12 +28,12 @@ def child(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(REPO))
     import torch
 
-    from mae.large.accuracy import autocast
-    from mae.large.distributed import DistContext
-    from mae.large.finetune import FinetuneConfig, _train_epoch
-    from mae.large.finetune_data import LabelledBatch
-    from mae.large.lars import cosine_lr
-    from mae.large.vit import apply_lr_scale, param_groups_lrd, vit_large_patch16
+    from mae.large.data.labelled import LabelledBatch
+    from mae.large.evaluate.accuracy import autocast
+    from mae.large.models.vit import apply_lr_scale, param_groups_lrd, vit_large_patch16
+    from mae.large.train.finetune import FinetuneConfig, _train_epoch
+    from mae.large.utils.distributed import DistContext
+    from mae.large.utils.optim import cosine_lr
 
     device = torch.device(args.device)
     amp = "bf16" if device.type == "cuda" else "off"

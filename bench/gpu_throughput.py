@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mae.large import mae_vit_large_patch16  # noqa: E402
-from mae.large.convert import to_huggingface  # noqa: E402
+from mae.large.checkpoints.keys import to_huggingface  # noqa: E402
 
 
 def timed(fn, iters: int) -> float:

@@ -39,7 +39,7 @@ def child(checkpointing: bool, batch: int, img: int, threads: int) -> None:
     import torch
     import torch.nn.functional as F
 
-    from mae.large.vit import apply_lr_scale, param_groups_lrd, vit_large_patch16
+    from mae.large.models.vit import apply_lr_scale, param_groups_lrd, vit_large_patch16
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -29,7 +29,7 @@ from _common import PYTHON, bench_checkpoint, machine_header, median, run_checke
 
 
 def _no_scan() -> None:
-    from mae.large import load
+    from mae.large.checkpoints import load
 
     load.nonfinite_tensors = lambda state: {}  # type: ignore[assignment]
 
@@ -56,7 +56,7 @@ def variants(path: str) -> None:
     import torch
 
     from mae.large import MaskedAutoencoderViT
-    from mae.large.checkpoint import nonfinite_tensors
+    from mae.large.checkpoints.read import nonfinite_tensors
 
     _no_scan()
     model = MaskedAutoencoderViT.from_pretrained(path)

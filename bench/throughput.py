@@ -4,7 +4,7 @@ bfloat16 fast mode's speed and accuracy on real photographs.
     .venv/bin/python bench/throughput.py [--rounds 7] [--batches 1 8]
 
 * fp32: this model and `transformers.ViTMAEForPreTraining` holding the same weights (converted with
-  `mae.large.convert.to_huggingface`) and the same masking noise, timed alternately in one process
+  `mae.large.checkpoints.keys.to_huggingface`) and the same masking noise, timed alternately in one process
   under `torch.inference_mode()`; images/s from the median of `--rounds` timed forwards each.
 * roofline: FLOPs per image counted from the configuration (`_common.flops_per_image`), against the
   nominal figures (180 GFLOP/s fp32, 410 GFLOP/s bf16) and against matmul rates measured here, now.
@@ -59,7 +59,7 @@ def matmul_rate(dtype, shapes=((4096, 1024, 4096), (400, 1024, 4096), (1576, 512
 @contextlib.contextmanager
 def plain_autocast_linear():
     """Disable `layers.Linear`'s cast cache: every call recasts, as plain autocast does."""
-    from mae.large.layers import Linear
+    from mae.large.models.layers import Linear
 
     original = Linear._cast_weights
     Linear._cast_weights = lambda self, dtype: None
@@ -92,8 +92,8 @@ def psnr(a, b, peak: float) -> float:
 def quality(model, count: int, batch: int) -> None:
     import torch
 
-    from mae.large.image import collect_images, denormalize
-    from mae.large.pipeline import reconstruct_files
+    from mae.large.data.images import collect_images, denormalize
+    from mae.large.jobs.reconstruct import reconstruct_files
 
     folder = image_folder(count)
     paths, _ = collect_images([folder])
@@ -132,7 +132,7 @@ def main() -> None:
     import torch
 
     from mae.large import MAEConfig, MaskedAutoencoderViT
-    from mae.large.convert import to_huggingface
+    from mae.large.checkpoints.keys import to_huggingface
 
     print(machine_header())
     config = MAEConfig.vit_large()

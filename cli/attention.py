@@ -96,15 +96,15 @@ def attention_command(
     check_output_folder(out_dir)
     torch_dtype = parse_dtype(dtype)
 
-    from mae.large.image import ImageFailure
-    from mae.large.pipeline import resolve_device
+    from mae.large.data.images import ImageFailure
+    from mae.large.jobs.reconstruct import resolve_device
 
     paths, failures = collect_inputs(images, "draw attention for", recursive=recursive, quiet=json_)
     checkpoint = encoder_view_checkpoint(checkpoint, quiet=json_)
     stems = output_stems(paths, out_dir, SUFFIX)
 
     def setup(ctx, quiet: bool):
-        from mae.large.masks import build_mask
+        from mae.large.models.masks import build_mask
 
         model = load_encoder_view(checkpoint, size=hw, device=str(ctx.device), trust=trust,
                                   allow_nonfinite=allow_nonfinite, quiet=quiet)
@@ -116,7 +116,7 @@ def attention_command(
         return model, removed
 
     def work(state, local: list[Path], ctx):
-        from mae.large.encoder_view import attention_files
+        from mae.large.jobs.encoder_view import attention_files
 
         model, removed = state
         for item in attention_files(model, local, layers=layers, rollout=rollout, mask=removed,
@@ -156,7 +156,7 @@ def attention_command(
 def _mask_spec(value: str | None):  # -> MaskSpec | None
     if value is None:
         return None
-    from mae.large.masks import parse_mask
+    from mae.large.models.masks import parse_mask
 
     try:
         return parse_mask(value)
@@ -166,9 +166,9 @@ def _mask_spec(value: str | None):  # -> MaskSpec | None
 
 def _render(item, path: Path, heads: str, top_k: int, removed) -> dict:
     """Draw and save one image's figure; its JSON row (per layer: each head's entropy, the top patches)."""
-    from mae.large.attention import head_entropy, top_patches
-    from mae.large.attention_figures import attention_figure
-    from mae.large.figures import save_figure
+    from mae.large.viz.attention import head_entropy, top_patches
+    from mae.large.viz.encoder_figures import attention_figure
+    from mae.large.viz.figures import save_figure
 
     maps = item.maps
     note = None if removed is None else f"{int(removed.sum())} of {removed.numel()} patches removed (grey)"

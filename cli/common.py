@@ -25,7 +25,7 @@ from mae.large import catalog
 
 if TYPE_CHECKING:  # pragma: no cover
     from mae.large import MaskedAutoencoderViT
-    from mae.large.load import LoadReport
+    from mae.large.checkpoints.load import LoadReport
 
 DEFAULT_CHECKPOINT = catalog.FULL.default_path
 DEBUG_ENV = "MAE_LARGE_DEBUG"
@@ -183,8 +183,8 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from mae.large.atomic import completed
         from mae.large.errors import MAEError  # light: no torch
+        from mae.large.utils.atomic import completed
 
         STATE["json"], STATE["json_printed"] = bool(kwargs.get("json_")), False
         STATE["written_from"] = len(completed())  # this run's files are the ones completed after this
@@ -249,7 +249,7 @@ def os_error_sentence(exc: OSError) -> str:
 
 def written_files() -> list[Path]:
     """The files this run has finished writing (atomically), in order."""
-    from mae.large.atomic import completed
+    from mae.large.utils.atomic import completed
 
     return completed()[int(STATE.get("written_from", 0)):]
 
@@ -371,8 +371,8 @@ def collect_inputs(images: list[Path], purpose: str, *, recursive: bool = False,
                    quiet: bool = False) -> tuple[list[Path], list]:
     """Image files from files and folders; a note for what was passed over on purpose (sub-folders, inputs
     given twice); one clear error when no image is left to `purpose`."""
+    from mae.large.data.images import collect_images
     from mae.large.errors import ImageError
-    from mae.large.image import collect_images
 
     collected = collect_images(images, recursive=recursive)
     paths, failures = collected
@@ -406,7 +406,7 @@ def load_model(
     import torch
 
     from mae.large import MAEConfig, MaskedAutoencoderViT
-    from mae.large.pipeline import resolve_device
+    from mae.large.jobs.reconstruct import resolve_device
 
     target = resolve_device(device)
     config = MAEConfig.from_architecture(None, norm_pix_loss=norm_pix_loss, **({"img_size": size} if size else {}))

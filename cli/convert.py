@@ -14,7 +14,7 @@ from cli.common import AllowNonfiniteOpt, JsonOpt, TargetOpt, TrustOpt, choice, 
 from cli.render import escape, human_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mae.large.export import ConvertReport
+    from mae.large.jobs.convert import ConvertReport
 
 # What --to accepts (`convert.FORMATS`, spelled here so that --help does not import torch).
 FORMATS: tuple[str, ...] = ("official", "safetensors", "hf", "timm")
@@ -38,7 +38,7 @@ def convert_command(
     json_: JsonOpt = False,
 ) -> None:
     """Convert a checkpoint to another format; the source is only read, the output is written atomically and read back."""
-    from mae.large.export import convert_checkpoint
+    from mae.large.jobs.convert import convert_checkpoint
 
     report = convert_checkpoint(source, out_path, to, target=target, overwrite=force,  # type: ignore[arg-type]
                                 allow_nonfinite=allow_nonfinite, trust=trust)

@@ -18,7 +18,7 @@ FULL_NAMES = " or ".join(n for n, c in catalog.CHECKPOINTS.items() if c.kind == 
 ENCODER_NAMES = " and ".join(n for n, c in catalog.CHECKPOINTS.items() if c.kind == "encoder-only")
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mae.large.download import CheckpointSpec, DownloadResult
+    from mae.large.jobs.download import CheckpointSpec, DownloadResult
 
 
 @handle_errors
@@ -37,7 +37,7 @@ def download_command(
 ) -> None:
     """Download Meta's MAE ViT-Large checkpoints; an interrupted download resumes, a wrong file is never kept."""
     # The library module pulls in torch (through the mae.large package): import it only when run.
-    from mae.large.download import REGISTRY, resolve_names
+    from mae.large.jobs.download import REGISTRY, resolve_names
 
     if list_:
         _list(list(REGISTRY.values()), json_)
@@ -75,7 +75,7 @@ def _fetch(spec: CheckpointSpec, dest: Path, *, force: bool, base_url: str | Non
         TransferSpeedColumn,
     )
 
-    from mae.large.download import download
+    from mae.large.jobs.download import download
 
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())

@@ -38,9 +38,9 @@ def evaluate_command(
 ) -> None:
     """Top-1 / top-5 accuracy and mean cross-entropy of a fine-tuned classifier (official ViT-L on ImageNet val:
     top-1 85.952, top-5 97.570, loss 0.646)."""
-    from mae.large.accuracy import evaluate_checkpoint
-    from mae.large.device import resolve_device
-    from mae.large.distributed import distributed_run
+    from mae.large.evaluate.accuracy import evaluate_checkpoint
+    from mae.large.utils.device import resolve_device
+    from mae.large.utils.distributed import distributed_run
 
     with distributed_run(resolve_device(device)) as ctx:
         state: dict = {}

@@ -36,9 +36,9 @@ from mae.large import catalog
 from mae.large.cost import DEFAULT_MAX_PATCHES
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mae.large.onnx_export import OnnxReport
+    from mae.large.jobs.onnx import OnnxReport
 
-WHATS = ("features", "mae")  # mae.large.onnx_export.WHATS, spelled here so `--help` needs no torch
+WHATS = ("features", "mae")  # mae.large.jobs.onnx.WHATS, spelled here so `--help` needs no torch
 
 
 @handle_errors
@@ -85,7 +85,7 @@ def export_onnx_command(
                                  param_hint="--out")
     check_output_folder(out_path.parent)
 
-    from mae.large.onnx_export import export_onnx, require_onnx
+    from mae.large.jobs.onnx import export_onnx, require_onnx
 
     require_onnx()  # a missing extra is said before the model is read
     if what == "features":
@@ -94,7 +94,7 @@ def export_onnx_command(
         source = checkpoint or catalog.ENCODER_ONLY.default_path
         model = _load_encoder(source, hw, None, "cpu", trust=trust, quiet=json_, allow_nonfinite=allow_nonfinite)
     else:
-        from mae.large.pipeline import require_decoder
+        from mae.large.jobs.reconstruct import require_decoder
 
         source = checkpoint or DEFAULT_CHECKPOINT
         model = load_model(source, size=hw, device="cpu", trust=trust, allow_nonfinite=allow_nonfinite, quiet=json_)

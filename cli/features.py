@@ -49,7 +49,7 @@ from mae.large.cost import DEFAULT_MAX_PATCHES
 
 if TYPE_CHECKING:  # pragma: no cover
     from mae.large import VisionTransformer
-    from mae.large.data import Source
+    from mae.large.data.loader import Source
 
 DEFAULT_FEATURES_CHECKPOINT = catalog.ENCODER_ONLY.default_path
 DEFAULT_FEATURES_OUT = Path("features.safetensors")
@@ -107,10 +107,10 @@ def features_command(
     check_output_folder(out_path if sharded else out_path.parent)
     torch_dtype = parse_dtype(dtype)
 
-    from mae.large.data import default_workers
-    from mae.large.features import FeatureResult, extract_features
-    from mae.large.image import ImageFailure
-    from mae.large.pipeline import resolve_device
+    from mae.large.data.images import ImageFailure
+    from mae.large.data.loader import default_workers
+    from mae.large.evaluate.features import FeatureResult, extract_features
+    from mae.large.jobs.reconstruct import resolve_device
 
     source = _inputs(images, recursive, json_)
     paths, failures = source.paths, list(source.failures)
@@ -190,7 +190,7 @@ def failures_json(failures: list) -> list[dict[str, str]]:
 
 def _inputs(images: list[Path], recursive: bool, quiet: bool) -> Source:
     """The inputs as a `data.Source`: a list file, an ImageFolder tree (labelled), or files and folders."""
-    from mae.large.data import Source, image_folder, list_file, source_form
+    from mae.large.data.loader import Source, image_folder, list_file, source_form
     from mae.large.errors import ImageError
 
     form = source_form(images, recursive=recursive)
@@ -212,7 +212,7 @@ def _settings(model: VisionTransformer, checkpoint: Path, crop: str, dtype: Any,
     """What identifies a sharded run (a resumed run must match it): the index's fields and a digest of the inputs."""
     import hashlib
 
-    from mae.large.features import model_name
+    from mae.large.evaluate.features import model_name
 
     digest = hashlib.sha256()
     for i, path in enumerate(source.paths):
@@ -231,9 +231,9 @@ class ShardSink:
 
     def __init__(self, ctx: Any, folder: Path, source: Source, settings: dict[str, Any], *, dim: int, shard_size: int,
                  resume: bool, batch_size: int) -> None:
-        from mae.large.distributed import all_gather
         from mae.large.errors import MAEError
-        from mae.large.feature_store import ShardWriter
+        from mae.large.evaluate.store import ShardWriter
+        from mae.large.utils.distributed import all_gather
 
         self.ctx, self.folder, self.source, self.settings = ctx, folder, source, settings
         self.n_local = len(range(ctx.rank, len(source.paths), ctx.world_size))
@@ -259,7 +259,7 @@ class ShardSink:
         self.index: dict[str, Any] = {}
 
     def add(self, item: Any) -> None:
-        from mae.large.features import FeatureResult
+        from mae.large.evaluate.features import FeatureResult
 
         local, self.count = self.count, self.count + 1
         position = self.ctx.rank + local * self.ctx.world_size
@@ -271,8 +271,8 @@ class ShardSink:
                                                             "position": str(position)})
 
     def close(self) -> list[Any] | None:
-        from mae.large.distributed import all_gather
-        from mae.large.feature_store import write_index
+        from mae.large.evaluate.store import write_index
+        from mae.large.utils.distributed import all_gather
 
         self.writer.close(self.n_local)
         parts = all_gather(self.ctx, self.writer.failures)  # also: every rank's shards are written
@@ -294,7 +294,7 @@ def _load_encoder(checkpoint: Path, size: tuple[int, int] | None, pool: str | No
     import warnings
 
     from mae.large import ViTConfig
-    from mae.large.features import load_feature_encoder
+    from mae.large.evaluate.features import load_feature_encoder
 
     config = ViTConfig.from_architecture(None, **({"img_size": size} if size else {}))
     with warnings.catch_warnings():  # the report's warnings are printed below
@@ -317,7 +317,7 @@ def _save(out_path: Path, rows: list, model: VisionTransformer, checkpoint: Path
           dtype: str, layer: int | None, source: Source) -> Path:
     import torch
 
-    from mae.large.features import model_name, save_features
+    from mae.large.evaluate.features import model_name, save_features
 
     features = torch.stack([r.vector for r in rows])
     size = model.config.img_size

@@ -2,7 +2,7 @@
 
 One process, or many under torchrun (`torchrun --nproc_per_node 8 -m cli finetune ...`; multi-node with the
 standard `--nnodes / --node_rank / --master_addr` flags): only rank 0 prints and writes. The option defaults are
-`mae.large.finetune.FinetuneConfig`'s (the official ViT-L recipe; a test keeps both the same). With `--resume`
+`mae.large.train.finetune.FinetuneConfig`'s (the official ViT-L recipe; a test keeps both the same). With `--resume`
 the run's own settings are used, changed only by the options given on the command line.
 """
 
@@ -91,8 +91,8 @@ def finetune_command(
     """Fine-tune a pre-trained MAE encoder as a classifier with the official recipe (FINETUNE.md, ViT-L): AdamW,
     layer-wise lr decay, per-iteration cosine schedule with warm-up, mixup / cutmix, RandAugment, random erasing,
     label smoothing, drop path. Evaluates and saves a checkpoint every epoch; --resume continues bit for bit."""
-    from mae.large.distributed import context_from_env
-    from mae.large.finetune import FinetuneConfig, finetune, resumed_config
+    from mae.large.train.finetune import FinetuneConfig, finetune, resumed_config
+    from mae.large.utils.distributed import context_from_env
 
     values = {name: value for name, value in ctx.params.items()
               if name not in ("train", "val", "checkpoint", "out_dir", "resume", "json_")}

@@ -20,7 +20,7 @@ def inspect_command(
 ) -> None:
     """Summarise a checkpoint: format, kind (full / encoder-only), tensors, and a verdict. Exit 1 if not loadable."""
     from cli import render
-    from mae.large.summary import group_tensors, summarize
+    from mae.large.jobs.inspect import group_tensors, summarize
 
     summary = summarize(checkpoint, trust=trust)
     if json_:
@@ -35,6 +35,6 @@ def inspect_command(
 
 
 def _as_group(t):  # a TensorInfo shown as a one-member group row
-    from mae.large.summary import TensorGroup
+    from mae.large.jobs.inspect import TensorGroup
 
     return TensorGroup(t.name, t.shape, t.dtype, 1, t.numel, t.part)

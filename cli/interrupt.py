@@ -43,7 +43,7 @@ _handled = [0]  # signals the Python-level handler has run for
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
-    from mae.large import cancel
+    from mae.large.utils import cancel
 
     cancel.request()  # background workers stop; nothing waits for a batch in flight
     if not _received:
@@ -55,7 +55,7 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 
 
 def _hard_exit(signum: int) -> None:
-    from mae.large.atomic import remove_live_temporaries
+    from mae.large.utils.atomic import remove_live_temporaries
 
     removed = remove_live_temporaries()
     note = f"; removed {len(removed)} half-written file(s)" if removed else ""
@@ -76,7 +76,7 @@ def _watch(sock: socket.socket) -> None:
             return
         for signum in data:
             if signum in (signal.SIGINT, signal.SIGTERM):
-                from mae.large import cancel
+                from mae.large.utils import cancel
 
                 cancel.request()
                 seen += 1

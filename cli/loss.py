@@ -84,8 +84,8 @@ def loss_command(
             err.print(f"[yellow]no checkpoint at {DEFAULT_CHECKPOINT}[/]: measuring a random init instead "
                       "(`mae-large download visualize` fetches the full checkpoint)")
 
-    from mae.large.image import collect_images
-    from mae.large.pipeline import (
+    from mae.large.data.images import collect_images
+    from mae.large.jobs.reconstruct import (
         checkpoint_kind,
         detect_target_on_files,
         detect_target_on_noise,
@@ -93,7 +93,7 @@ def loss_command(
         maskings_for,
         noise_loss,
     )
-    from mae.large.target import resolve_target
+    from mae.large.models.target import resolve_target
 
     model = load_model(chosen, size=hw, device=device, trust=trust, quiet=json_, seed=seed,
                        allow_nonfinite=allow_nonfinite)

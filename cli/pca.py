@@ -77,8 +77,8 @@ def pca_command(
     torch_dtype = parse_dtype(dtype)
     joint = any(Path(i).is_dir() for i in images) if joint is None else joint
 
-    from mae.large.encoder_view import PCAResult, pca_files
-    from mae.large.image import ImageFailure
+    from mae.large.data.images import ImageFailure
+    from mae.large.jobs.encoder_view import PCAResult, pca_files
 
     paths, failures = collect_inputs(images, "draw patch features for", recursive=recursive, quiet=json_)
     checkpoint = encoder_view_checkpoint(checkpoint, quiet=json_)
@@ -118,8 +118,8 @@ def pca_command(
 
 
 def _render(item, path: Path, joint: bool) -> dict:
-    from mae.large.attention_figures import pca_figure
-    from mae.large.figures import save_figure
+    from mae.large.viz.encoder_figures import pca_figure
+    from mae.large.viz.figures import save_figure
 
     note = f"joint PCA of {item.basis.count} patches" if joint else None
     fig = pca_figure(item.image, item.rgb, layer=item.layer, foreground=item.foreground, title=item.path.name, note=note)

@@ -63,7 +63,7 @@ def _ratios(value: str | None) -> list[float] | None:
 
 
 def _mask_spec(value: str):  # -> MaskSpec
-    from mae.large.masks import parse_mask
+    from mae.large.models.masks import parse_mask
 
     try:
         return parse_mask(value)
@@ -143,20 +143,20 @@ def reconstruct_command(
     check_output_folder(out_dir)
     torch_dtype = parse_dtype(dtype)
 
-    from mae.large.image import ImageFailure
-    from mae.large.pipeline import require_decoder, resolve_device
+    from mae.large.data.images import ImageFailure
+    from mae.large.jobs.reconstruct import require_decoder, resolve_device
 
     paths, failures = collect_inputs(images, "reconstruct", recursive=recursive, quiet=json_)
     # Named from every input, so each rank names its figures as one process would.
     stems = _output_names(paths, out_dir, save_panels, f".{animate_format}" if animate else None)
     mask_kind = None if spec.kind == "random" and spec.ratio is None else spec
-    from mae.large.data import default_workers
+    from mae.large.data.loader import default_workers
 
     n_workers = default_workers(device_type=resolve_device(device).type) if workers is None else workers
 
     def setup(ctx, quiet: bool):
-        from mae.large.pipeline import detect_target_on_files, maskings_for
-        from mae.large.target import resolve_target
+        from mae.large.jobs.reconstruct import detect_target_on_files, maskings_for
+        from mae.large.models.target import resolve_target
 
         model = load_model(checkpoint, size=hw, device=str(ctx.device), trust=trust, quiet=quiet,
                            allow_nonfinite=allow_nonfinite)
@@ -171,7 +171,7 @@ def reconstruct_command(
         return model, maskings, choice
 
     def work(state, local: list[Path], ctx):
-        from mae.large.pipeline import sweep_files
+        from mae.large.jobs.reconstruct import sweep_files
 
         model, maskings, choice = state
         note = _note(model, choice)
@@ -218,7 +218,7 @@ def reconstruct_command(
 
 
 def _panel_names(value: str) -> tuple[str, ...]:
-    from mae.large.figures import check_panel_names
+    from mae.large.viz.figures import check_panel_names
 
     try:
         return check_panel_names([v.strip() for v in value.split(",") if v.strip()])
@@ -236,7 +236,7 @@ def _note(model, choice) -> str | None:
 def _render(model, item, names: tuple[str, ...], stem: str, out_dir: Path, *, note: str | None, nested: bool,
             save_panels: bool, norm_pix: bool, animation, animation_suffix: str) -> dict:
     """Draw and save one image's figure (a row per masking), its panels and animation; the JSON row."""
-    from mae.large.figures import SweepRow, error_map, make_panels, panels_figure, save_figure, save_panel, sweep_figure
+    from mae.large.viz.figures import SweepRow, error_map, make_panels, panels_figure, save_figure, save_panel, sweep_figure
 
     rows = []
     for masking, pred, mask, loss in zip(item.maskings, item.preds, item.masks, item.losses):
@@ -267,9 +267,9 @@ def _animation(model, item, over: str, seed: int, ratio: float, mask_kind):
     """A function writing `item`'s animation to a path: one forward per frame, frames drawn with PIL."""
 
     def write(path: Path, norm_pix: bool) -> Path:
-        from mae.large.animation import ANIMATION_RATIOS, save_animation
-        from mae.large.figures import make_panels
-        from mae.large.pipeline import maskings_for, sweep_files
+        from mae.large.jobs.reconstruct import maskings_for, sweep_files
+        from mae.large.viz.animation import ANIMATION_RATIOS, save_animation
+        from mae.large.viz.figures import make_panels
 
         if over == "seeds":
             maskings = maskings_for(model, ratios=[ratio], seeds=list(range(ANIMATION_SEEDS)), mask=mask_kind)
@@ -327,6 +327,6 @@ def _summary_table(rows: list[dict], ratios: list[float], seed: int, mask: str) 
 
 
 def _gallery(out_dir: Path, rows: list[dict]) -> Path:
-    from mae.large.gallery import write_gallery
+    from mae.large.viz.gallery import write_gallery
 
     return write_gallery(out_dir, [(Path(r["image"]).name, r["loss"], r["output"], r.get("note")) for r in rows])

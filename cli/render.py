@@ -11,7 +11,7 @@ from rich.table import Table
 from mae.large.catalog import POOLING_WORDS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mae.large.summary import CheckpointSummary, TensorGroup
+    from mae.large.jobs.inspect import CheckpointSummary, TensorGroup
 
 
 def escape(value: object) -> str:

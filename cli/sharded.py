@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from cli.common import progress, record_result
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mae.large.distributed import DistContext
+    from mae.large.utils.distributed import DistContext
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -43,7 +43,7 @@ class GatherSink:
         self.items.append(item)
 
     def close(self) -> list[Any] | None:
-        from mae.large.distributed import gather_to_main
+        from mae.large.utils.distributed import gather_to_main
 
         return gather_to_main(self.ctx, self.items)
 
@@ -69,7 +69,7 @@ def run_sharded(
     """`setup(ctx, quiet)` once per process (load the model; `quiet` is True off rank 0), then every result
     of `work(state, this rank's items, ctx)` into the sink, with a progress bar on rank 0. `record=False` keeps
     no per-result row for a failure's JSON report (`record_result`): memory stays flat over any number of inputs."""
-    from mae.large.distributed import distributed_run, shard
+    from mae.large.utils.distributed import distributed_run, shard
 
     with distributed_run(device) as ctx:
         quiet_here = quiet or not ctx.is_main

@@ -20,14 +20,14 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 _EXPORTS: dict[str, str] = {
     "MAEConfig": "config",
     "EncoderConfig": "config",
-    "MAEOutput": "model",
-    "MaskedAutoencoderViT": "model",
-    "Reconstruction": "model",
-    "mae_vit_large_patch16": "model",
-    "ViTConfig": "vit",
-    "VisionTransformer": "vit",
-    "param_groups_lrd": "vit",
-    "vit_large_patch16": "vit",
+    "MAEOutput": "models.mae",
+    "MaskedAutoencoderViT": "models.mae",
+    "Reconstruction": "models.mae",
+    "mae_vit_large_patch16": "models.mae",
+    "ViTConfig": "models.vit",
+    "VisionTransformer": "models.vit",
+    "param_groups_lrd": "models.vit",
+    "vit_large_patch16": "models.vit",
 }
 
 __all__ = [
@@ -37,8 +37,8 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import EncoderConfig, MAEConfig
-    from .model import MAEOutput, MaskedAutoencoderViT, Reconstruction, mae_vit_large_patch16
-    from .vit import VisionTransformer, ViTConfig, param_groups_lrd, vit_large_patch16
+    from .models.mae import MAEOutput, MaskedAutoencoderViT, Reconstruction, mae_vit_large_patch16
+    from .models.vit import VisionTransformer, ViTConfig, param_groups_lrd, vit_large_patch16
 
 
 def __getattr__(name: str) -> Any:

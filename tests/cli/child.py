@@ -79,7 +79,7 @@ def main() -> None:
         import atexit
         import json
 
-        from mae.large import feature_store
+        from mae.large.evaluate import store as feature_store
 
         add, samples = feature_store.ShardWriter.add, []
 
@@ -92,7 +92,7 @@ def main() -> None:
         feature_store.ShardWriter.add = sampled_add
         atexit.register(lambda: Path(os.environ["MAE_TEST_READY"]).write_text(json.dumps(samples)))
     elif point == "batch":
-        import mae.large.image as image
+        import mae.large.data.images as image
 
         load_image = image.load_image
         calls = [0]

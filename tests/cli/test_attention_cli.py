@@ -109,7 +109,7 @@ def test_no_default_checkpoint_names_all_three(runner, small_arch, images, tmp_p
 
 def test_head_choices_match_the_library() -> None:
     from cli.attention import HEAD_CHOICES
-    from mae.large.attention_figures import HEADS
+    from mae.large.viz.encoder_figures import HEADS
 
     assert HEAD_CHOICES == HEADS
 

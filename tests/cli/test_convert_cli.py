@@ -9,7 +9,7 @@ import pytest
 
 from cli.app import app
 from mae.large import VisionTransformer, ViTConfig
-from mae.large.checkpoint import read_checkpoint
+from mae.large.checkpoints.read import read_checkpoint
 from tests.cli.conftest import flat
 from tests.helpers import save_official, small_state_dict
 
@@ -83,6 +83,6 @@ def test_an_unknown_format_is_a_usage_error(runner, small_ckpts, tmp_path: Path)
 
 def test_the_cli_offers_the_librarys_formats() -> None:
     from cli import convert as command
-    from mae.large import convert
+    from mae.large.checkpoints import keys as convert
 
     assert command.FORMATS == convert.FORMATS

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
-from mae.large import download as dl
-from tests.large import test_download as shared
-from tests.large.test_download import FILENAME, FULL_TENSORS, FileServer, small_spec
+from mae.large.jobs import download as dl
+from tests.large.jobs import test_download as shared
+from tests.large.jobs.test_download import FILENAME, FULL_TENSORS, FileServer, small_spec
 
 runner = CliRunner()
 # The library tests' fixtures: the 127.0.0.1 server and the small checkpoint files.

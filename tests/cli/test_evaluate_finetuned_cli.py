@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from cli.app import app
-from mae.large.data import image_folder
-from mae.large.image import load_image
-from mae.large.vit import VisionTransformer, ViTConfig
+from mae.large.data.images import load_image
+from mae.large.data.loader import image_folder
+from mae.large.models.vit import VisionTransformer, ViTConfig
 from tests.helpers import save_official
 
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from cli.app import app
 from mae.large import MaskedAutoencoderViT
-from mae.large.image import load_image
+from mae.large.data.images import load_image
 from tests.cli.conftest import flat
 
 

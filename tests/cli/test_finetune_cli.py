@@ -12,7 +12,7 @@ import torch
 
 from cli.app import app
 from cli.finetune import FIELDS, finetune_command
-from mae.large.finetune import FinetuneConfig
+from mae.large.train.finetune import FinetuneConfig
 from tests.helpers import encoder_only, save_official, small_state_dict
 
 LIGHT = ["--size", "32", "--batch-size", "16", "--accum-iter", "1", "--mixup", "0", "--cutmix", "0", "--aa", "none",

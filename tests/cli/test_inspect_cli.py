@@ -135,7 +135,7 @@ def test_json_lists_the_nonfinite_tensors(runner, tmp_path: Path) -> None:
 
 
 def test_the_scan_reads_each_tensor_once(runner, tmp_path: Path, monkeypatch) -> None:
-    from mae.large import summary
+    from mae.large.jobs import inspect as summary
 
     seen: list[tuple[int, ...]] = []
     original = summary.count_nonfinite

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from cli.app import app
-from mae.large.masks import build_mask, parse_mask
+from mae.large.models.masks import build_mask, parse_mask
 from tests.cli.conftest import flat, write_image
 
 

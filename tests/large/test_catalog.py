@@ -61,7 +61,7 @@ def test_the_fine_tuned_entry() -> None:
 
 
 def test_a_new_entry_reaches_download_and_hints(monkeypatch) -> None:
-    from mae.large import download
+    from mae.large.jobs import download
 
     entry = catalog.CheckpointEntry("visualize-base", "mae_visualize_vit_base.pth", "visualize", None, None, "full",
                                     332, "ViT-Base reconstruction", architecture="vit_base_patch16")
@@ -73,7 +73,7 @@ def test_a_new_entry_reaches_download_and_hints(monkeypatch) -> None:
 
 def test_architectures_build_the_official_sizes() -> None:
     from mae.large import MAEConfig
-    from mae.large.vit import ViTConfig
+    from mae.large.models.vit import ViTConfig
 
     assert MAEConfig.from_architecture() == MAEConfig() == MAEConfig.vit_large()
     assert (MAEConfig.vit_huge().patch_size, MAEConfig.vit_huge().embed_dim) == (14, 1280)

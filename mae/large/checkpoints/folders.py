@@ -1,0 +1,106 @@
+"""transformers model folders: which files of a `save_pretrained` folder or a downloaded hub snapshot hold the weights.
+
+A folder holds `config.json` and one of `WEIGHT_FILES`: a single `model.safetensors` / `pytorch_model.bin`, or a
+`*.index.json` whose `weight_map` names the shard of each tensor. A hub cache (`huggingface_hub`'s layout)
+is `models--ORG--NAME/` with `refs/main` (the commit of the branch), `snapshots/<commit>/` (the files, as
+relative symbolic links) and `blobs/` (the contents); both the `models--...` root and a snapshot are accepted.
+Only names are resolved here; reading the tensors is `checkpoint.read_checkpoint`'s. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError
+
+# In the order transformers prefers them: safetensors first (no pickle, read lazily), then the pickles.
+WEIGHT_FILES: tuple[str, ...] = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                                 "pytorch_model.bin.index.json")
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """Where a model folder's weights are, and its parsed `config.json` (None when it has none)."""
+
+    path: Path  # the folder holding the files (for a hub cache: the snapshot)
+    files: tuple[Path, ...]  # weight files in reading order (shards by name: model-00001-of-00003 first)
+    weight_map: dict[str, str] | None  # tensor name -> shard file name, for a sharded folder
+    config: dict[str, Any] | None
+    notes: list[str] = field(default_factory=list)  # what was resolved on the way, for the read report
+
+
+def open_folder(path: Path) -> ModelFolder:
+    """The weights and config of the model folder (or hub cache) `path`; `CheckpointError` naming the path
+    and what was looked for when it holds none."""
+    notes: list[str] = []
+    if (path / "snapshots").is_dir():
+        path = _snapshot(path, notes)
+    found = next((name for name in WEIGHT_FILES if (path / name).is_file()), None)
+    if found is None:
+        raise CheckpointError(
+            f"{path} is a folder without model weights (looked for {', '.join(WEIGHT_FILES)}); give the path of a "
+            ".pth or .safetensors file, or a transformers model folder"
+        )
+    config = _config(path)
+    what = f"{found} and {CONFIG_FILE}" if config is not None else f"{found} (no {CONFIG_FILE}: sizes not checked)"
+    version = (config or {}).get("transformers_version")
+    notes.append(f"read the transformers model folder: {what}" + (f", written by transformers {version}" if version else ""))
+    weight_map = None
+    if found.endswith(".index.json"):
+        weight_map = _weight_map(path / found)
+        shards = sorted(set(weight_map.values()))
+        files = tuple(path / name for name in shards)
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise CheckpointError(f"{path / found} names {len(absent)} shard(s) the folder lacks ({', '.join(absent[:3])}); "
+                                  "the download is incomplete, fetch the folder again")
+        notes.append(f"read the {len(files)} shards that {found} lists")
+    else:
+        files = (path / found,)
+    return ModelFolder(path, files, weight_map, config, notes)
+
+
+def _snapshot(root: Path, notes: list[str]) -> Path:
+    """The snapshot of a hub cache `models--ORG--NAME` that `refs/main` names (or its only snapshot)."""
+    snapshots = sorted(p for p in (root / "snapshots").iterdir() if p.is_dir())
+    ref = root / "refs" / "main"
+    commit = ref.read_text().strip() if ref.is_file() else ""
+    if commit and (root / "snapshots" / commit).is_dir():
+        notes.append(f"took snapshot {commit[:12]} of the hub cache (refs/main)")
+        return root / "snapshots" / commit
+    if len(snapshots) == 1:
+        notes.append(f"took the only snapshot {snapshots[0].name[:12]} of the hub cache")
+        return snapshots[0]
+    raise CheckpointError(f"{root} is a hub cache with {len(snapshots)} snapshots and no usable refs/main; "
+                          "give the path of one snapshot folder")
+
+
+def _config(folder: Path) -> dict[str, Any] | None:
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); fetch the folder again") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} holds a {type(config).__name__}, not a JSON object; fetch the folder again")
+    return config
+
+
+def _weight_map(index: Path) -> dict[str, str]:
+    """The index's tensor -> shard map; shard names must be plain file names inside the folder."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise CheckpointError(f"{index} is not a shard index (no 'weight_map' of tensor -> file); fetch it again") from None
+    outside = [name for name in weight_map.values() if Path(name).name != name or name in ("", ".", "..")]
+    if outside:
+        raise CheckpointError(f"{index} names a shard outside its folder ({outside[0]!r}); it is not a transformers index")
+    return weight_map

@@ -1,0 +1,534 @@
+"""Checkpoint files: read any MAE ViT layout safely and say exactly what it is.
+
+Two steps of the loading chain live here (the chain itself is `load.py`):
+
+* `read_checkpoint`: file -> tensors in official key names (`convert` does the renaming), each fix logged;
+* `classify`: tensors -> full / encoder-only / fine-tuned / incompatible, with reasons, measured against the
+  `ExpectedState` a model states for a configuration (`MaskedAutoencoderViT.expected_state(config)`).
+
+This module imports no model class: what a model expects is handed in. Nothing here prints.
+
+Safety: pickles are read with `torch.load(weights_only=True)` only, which builds nothing but tensors
+and plain containers. A file that needs more is refused with the globals it asked for, unless the
+caller opts in with `trust=True` for a file they trust.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from .. import catalog
+from ..errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    IncompatibleCheckpointError,
+    UnsafeCheckpointError,
+    first_line,
+    short_list,
+)
+from . import folders as model_folder
+from . import keys as convert
+from .keys import DECODER_PREFIXES, StateDict
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["full", "encoder-only", "fine-tuned", "partial", "incompatible"]
+# The final norm a global-pool fine-tuned classifier drops (official models_vit deletes it), and what replaces it.
+FINAL_NORM: tuple[str, str] = ("norm.weight", "norm.bias")
+FINE_TUNED_CLASSIFIER: tuple[str, ...] = ("head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias")
+Part = Literal["encoder", "decoder", "classifier"]
+
+# Containers that hold the state dict inside a training checkpoint, in the order they are tried.
+CONTAINER_KEYS: tuple[str, ...] = ("model", "state_dict", "model_state", "model_state_dict", "module")
+# Globals allowed beside tensors: official training checkpoints carry their argparse arguments.
+SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
+
+
+def key_part(name: str) -> Part:
+    """`encoder` or `decoder`: which half of the model an official key belongs to."""
+    return "decoder" if name.startswith(DECODER_PREFIXES) else "encoder"
+
+
+# ================================================================================================
+# Reading
+# ================================================================================================
+@dataclass(frozen=True)
+class CheckpointData:
+    """A checkpoint's tensors in official key names, and how they got there."""
+
+    path: Path  # the file, or the model folder, as given
+    state_dict: StateDict
+    container: str  # "torch-zip" | "torch-legacy" | "safetensors" (of the weight files, for a folder)
+    source_format: str  # key names: "official" | "huggingface" | "timm" | "mmpretrain"
+    weights_only: bool  # read with weights_only=True (False only with trust=True)
+    fixes: list[str] = field(default_factory=list)  # each change made on the way, in order
+    extras: list[str] = field(default_factory=list)  # other top-level entries (args, optimizer ...)
+    # Classifier tensors (`head.*`, `fc_norm.*` of a fine-tuned or timm file), kept apart from
+    # `state_dict`: the MAE model never uses them, the classifier's `from_pretrained(head="file")` does.
+    classifier: StateDict = field(default_factory=dict)
+    layout: str = "official"  # one of `convert.LAYOUTS`
+    files: tuple[Path, ...] = ()  # the files read (a folder's weight files; the file itself otherwise)
+    # A model folder's parsed config.json (transformers `ViTMAEConfig` fields), checked by the loading chain.
+    folder_config: dict[str, Any] | None = None
+
+    @property
+    def dropped(self) -> list[str]:
+        """Keys read but not part of the MAE model (the classifier's)."""
+        return list(self.classifier)
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the files read."""
+        return sum(f.stat().st_size for f in self.files or (self.path,))
+
+    @property
+    def is_pickle(self) -> bool:
+        return self.container.startswith("torch")
+
+
+def read_state_dict(path: str | Path, *, trust: bool = False) -> StateDict:
+    """The tensors of a checkpoint file, in official key names (see `read_checkpoint`)."""
+    return read_checkpoint(path, trust=trust).state_dict
+
+
+def read_checkpoint(path: str | Path, *, trust: bool = False, mmap: bool = True) -> CheckpointData:
+    """Read a checkpoint file or model folder of any supported layout into official key names.
+
+    Supported: official `torch.save({"model": sd})` files (also `state_dict`, `model_state` or a bare
+    state dict), zip or legacy pickle; `.safetensors`; `module.` / `_orig_mod.` prefixes; HuggingFace
+    ViTMAE names of transformers 4.x and 5.x (q, k, v fused into qkv); timm ViT encoders (classifier keys
+    set aside and reported); mmpretrain MAE checkpoints; a transformers model folder (`config.json` with
+    `model.safetensors`, `pytorch_model.bin` or a sharded index) or hub cache (`model_folder`), whose config
+    is handed up as `folder_config`. Zip files and safetensors are memory-mapped (`mmap`; safetensors always),
+    so tensors are read from the page cache on demand. `layout` says which of `convert.LAYOUTS` it was.
+    """
+    path = _check_path(path)
+    fixes: list[str] = []
+    extras: list[str] = []
+    folder_config = None
+    if path.is_dir():
+        folder = model_folder.open_folder(path)
+        fixes.extend(folder.notes)
+        files, folder_config = folder.files, folder.config
+        sd, container, weights_only = _read_shards(folder, trust=trust, mmap=mmap, fixes=fixes, extras=extras)
+    else:
+        files = (path,)
+        raw, container, weights_only = _read_file(path, trust=trust, mmap=mmap)
+        sd = _unwrap(raw, path, fixes, extras)
+    bad_key = next((k for k in sd if not isinstance(k, str)), None)
+    if bad_key is not None:
+        raise CheckpointError(f"{path} has a non-text key {bad_key!r} in its state dict; it is not a model checkpoint")
+    try:
+        sd, prefixes = convert.strip_wrappers(sd)
+    except convert.UnknownKeyError as exc:
+        raise IncompatibleCheckpointError(f"{path}: {exc}") from None
+    for prefix in prefixes:
+        fixes.append(f"removed the {prefix!r} prefix from every key")
+    sd, source, layout, classifier = _to_official(sd, path, container, fixes)
+    if path.is_dir():
+        layout = "hf-folder"
+    for fix in fixes:
+        log.info("%s: %s", path.name, fix)
+    return CheckpointData(path, sd, container, source, weights_only, fixes, extras, classifier, layout, files,
+                          folder_config)
+
+
+def _to_official(sd: StateDict, path: Path, container: str, fixes: list[str]) -> tuple[StateDict, str, str, StateDict]:
+    """Rename another library's keys to the official ones: (state dict, source format, layout, classifier)."""
+    keys = list(sd)
+    classifier: StateDict = {}
+    if convert.is_huggingface(keys):
+        layout = convert.huggingface_generation(keys)
+        try:
+            sd = convert.from_huggingface(sd)
+        except (convert.UnknownKeyError, RuntimeError) as exc:  # RuntimeError: q, k, v of different sizes
+            raise IncompatibleCheckpointError(
+                f"{path}: {first_line(str(exc))}; it is not a ViTMAE checkpoint this tool knows"
+            ) from None
+        names = "transformers 5.x" if layout == "hf5" else "transformers 4.x"
+        fixes.append(f"renamed HuggingFace ViTMAE keys ({names} names) to the official names (q, k, v fused into qkv)")
+        return sd, "huggingface", layout, classifier
+    if convert.is_mmpretrain(keys):
+        try:
+            sd = convert.from_mmpretrain(sd)
+        except convert.UnknownKeyError as exc:
+            raise IncompatibleCheckpointError(
+                f"{path}: {first_line(str(exc))}; it is not an mmpretrain MAE checkpoint this tool knows"
+            ) from None
+        fixes.append("renamed mmpretrain MAE keys (backbone.*, neck.*) to the official names")
+        return sd, "mmpretrain", "mmpretrain", classifier
+    sd, classifier = convert.split_classifier(sd)
+    if classifier:
+        fixes.append(f"set aside {len(classifier)} classifier tensors ({short_list(list(classifier))}): "
+                     "not part of MAE")
+        return sd, "timm", "timm", classifier
+    return sd, "official", "safetensors" if container == "safetensors" else "official", classifier
+
+
+def _read_file(path: Path, *, trust: bool, mmap: bool) -> tuple[Any, str, bool]:
+    """One file's contents: (what it holds, its container, read with weights_only)."""
+    container = _sniff(path)
+    if container == "safetensors":
+        return _load_safetensors(path), container, True
+    return _torch_load(path, trust=trust, mmap=mmap and container == "torch-zip"), container, not trust
+
+
+def _read_shards(folder: model_folder.ModelFolder, *, trust: bool, mmap: bool, fixes: list[str],
+                 extras: list[str]) -> tuple[StateDict, str, bool]:
+    """A model folder's weight files merged into one state dict; a sharded folder must hold exactly the
+    tensors its index lists."""
+    sd: StateDict = {}
+    containers: list[str] = []
+    weights_only = True
+    for file in folder.files:
+        file = _check_path(file)
+        raw, container, safe = _read_file(file, trust=trust, mmap=mmap)
+        containers.append(container)
+        weights_only = weights_only and safe
+        part = _unwrap(raw, file, fixes, extras)
+        twice = next((k for k in part if k in sd), None)
+        if twice is not None:
+            raise CheckpointError(f"{folder.path}: tensor {twice!r} is in two shards; the folder is damaged, fetch it again")
+        sd.update(part)
+    if folder.weight_map is not None:
+        listed = set(folder.weight_map)
+        if listed != set(sd):
+            lacking = sorted(listed - set(sd))
+            extra = sorted(set(sd) - listed)
+            raise CheckpointError(
+                f"{folder.path}: the shards do not hold what the index lists ({len(lacking)} listed but absent: "
+                f"{short_list(lacking)}; {len(extra)} present but not listed: {short_list(extra)}); fetch the folder again"
+            )
+    if not containers:
+        raise CheckpointError(f"{folder.path}: its index lists no weight file; the folder is damaged, fetch it again")
+    return sd, containers[0], weights_only
+
+
+def _check_path(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        hint = catalog.download_hint(path.name, path.parent)
+        raise CheckpointNotFoundError(f"checkpoint {path} does not exist{hint or '; check the path'}")
+    if path.is_dir():
+        return path
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); the download was probably interrupted, fetch it again")
+    return path
+
+
+def _sniff(path: Path) -> str:
+    """Tell the container from the first bytes, not the suffix (files get renamed)."""
+    with path.open("rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK"):
+        return "torch-zip"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"  # 8-byte little-endian header length, then a JSON object
+    if head[:1] == b"\x80":  # pickle protocol marker: torch's legacy (pre-1.6) format
+        return "torch-legacy"
+    raise CheckpointError(
+        f"{path} is not a PyTorch (.pth) or safetensors checkpoint (its first bytes are {head[:8]!r}); "
+        "check that the file is complete and is the right one"
+    )
+
+
+# safetensors dtype names (the format's specification, huggingface/safetensors) -> torch dtypes.
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "U16": torch.uint16,
+    "U32": torch.uint32, "U64": torch.uint64, "C64": torch.complex64, "F8_E8M0": torch.float8_e8m0fnu,
+}
+
+
+def _whole(value: Any) -> int:
+    """A JSON integer of the header (not a float, a bool or a string that would convert)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"not an integer: {value!r}")
+    return value
+
+
+def _load_safetensors(path: Path) -> StateDict:
+    """A safetensors file's tensors as views of a private memory map of the file (no copy, no read).
+
+    The map is copy-on-write (`UntypedStorage.from_file(shared=False)`, as `torch.load(mmap=True)` maps zip
+    files): pages are read on first touch, and writing to a tensor changes this process's copy, never the
+    file. The header is checked first (every tensor's bytes inside the file, sizes matching dtype and shape),
+    so a damaged file is refused before anything is mapped. Tensors come in the header's order. As with any
+    memory map (`torch.load(mmap=True)`, `safe_open`), a file truncated by another process while its tensors are
+    in use makes the next read of a lost page a bus error: replace checkpoints by renaming, never in place.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header_bytes = f.read(header_len) if header_len <= size - 8 else b""
+    try:
+        header = json.loads(header_bytes)
+        entries = {k: (v["dtype"], [_whole(n) for n in v["shape"]], _whole(v["data_offsets"][0]),
+                       _whole(v["data_offsets"][1])) for k, v in header.items() if k != "__metadata__"}
+        if any(len(v["data_offsets"]) != 2 or not isinstance(v["shape"], list) for k, v in header.items()
+               if k != "__metadata__"):
+            raise ValueError("offsets are a pair, the shape a list")
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        raise CheckpointError(f"{path} has a corrupt safetensors header; the file is damaged, fetch it again") from None
+    unknown = sorted({e[0] for e in entries.values()} - set(SAFETENSORS_DTYPES))
+    if unknown:
+        raise CheckpointError(f"{path} holds tensors of type {', '.join(unknown)}, which this tool does not read; "
+                              "save them as F32, F16 or BF16")
+    entries = {k: (SAFETENSORS_DTYPES[d], shape, start, stop) for k, (d, shape, start, stop) in entries.items()}
+    base = 8 + header_len
+    end = max((e[3] for e in entries.values()), default=0)
+    if base + end > size:
+        raise CheckpointError(
+            f"{path} is truncated: its safetensors header describes {base + end} bytes but the file has {size}; "
+            "fetch it again"
+        )
+    for name, (dtype, shape, start, stop) in entries.items():
+        numel = 1
+        for n in shape:
+            numel *= n
+        if min(shape, default=0) < 0 or not 0 <= start <= stop or stop - start != numel * dtype.itemsize:
+            raise CheckpointError(f"{path} is a damaged safetensors file (tensor {name!r}: {stop - start} bytes for "
+                                  f"{shape} {str(dtype).removeprefix('torch.')}); fetch it again")
+    # As the format requires (and safetensors' own reader checks): the tensors tile the data buffer, in offset
+    # order, with no gap, no overlap and nothing after the last one, so no two tensors share bytes.
+    spans = sorted((start, stop) for _, _, start, stop in entries.values())
+    if any(a[1] != b[0] for a, b in zip(spans, spans[1:])) or (spans and spans[0][0] != 0) or base + end != size:
+        raise CheckpointError(f"{path} is a damaged safetensors file (its tensors overlap, leave gaps or do not end "
+                              "where the file does); fetch it again")
+    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
+    data = torch.empty(0, dtype=torch.uint8).set_(storage)  # (size,) bytes: the whole file, mapped
+    out: StateDict = {}
+    for name, (dtype, shape, start, stop) in entries.items():
+        raw = data[base + start: base + stop]
+        if (base + start) % dtype.itemsize:  # unaligned (not what safetensors writes): copy to view it
+            raw = raw.clone()
+        out[name] = raw.view(dtype).view(shape)  # (numel,) bytes -> dtype -> shape
+    return out
+
+
+def _torch_load(path: Path, *, trust: bool, mmap: bool) -> Any:
+    if trust:
+        log.warning("%s: loading with weights_only=False (trusted file): its pickle may run code", path)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        except Exception as exc:  # anything the pickle raised
+            raise CheckpointError(f"{path} could not be read even as a trusted file: {exc}") from None
+    try:
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as exc:
+        # weights_only refuses unknown globals with an UnpicklingError; anything else is a damaged file.
+        message = str(exc)
+        names = _unsafe_globals(path, message) if ("Weights only load failed" in message
+                                                    or "Unsupported global" in message) else []
+        if names:
+            raise UnsafeCheckpointError(
+                f"{path} asks to build objects beyond tensors ({', '.join(names)}), so it was not loaded; "
+                "if you trust its source, pass trust=True"
+            ) from None
+        raise CheckpointError(f"{path} is truncated or corrupt ({_pickle_detail(message)}); fetch it again") from None
+
+
+def _pickle_detail(message: str) -> str:
+    """The unpickler's own complaint inside torch's long weights_only message (which advises
+    weights_only=False: wrong for a damaged file, and unsafe)."""
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", message, re.S)
+    return first_line(match.group(1) if match else message)
+
+
+def _unsafe_globals(path: Path, message: str) -> list[str]:
+    """The globals a well-formed pickle asks for beyond the allowed ones; empty when the pickle itself is
+    damaged (then it is a broken file, and trusting it would not help)."""
+    try:  # exact list for zip files; it reads the pickle without running it
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # legacy format, or a pickle that does not parse: only what torch's message names
+        names = re.findall(r"GLOBAL ([\w.]+)", message)
+    allowed = {f"{t.__module__}.{t.__qualname__}" for t in SAFE_GLOBALS}
+    return [n for n in dict.fromkeys(names) if n not in allowed]
+
+
+def _unwrap(raw: Any, path: Path, fixes: list[str], extras: list[str]) -> StateDict:
+    """Find the state dict inside a loaded object: `{"model": sd}`, `{"state_dict": sd}`, or `sd`."""
+    if not isinstance(raw, dict):
+        raise CheckpointError(
+            f"{path} holds a {type(raw).__name__}, not a state dict; save weights with "
+            "torch.save({'model': model.state_dict()}, path)"
+        )
+    if raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
+        return dict(raw)
+    for key in CONTAINER_KEYS:
+        inner = raw.get(key)
+        if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            extras.extend(str(k) for k in raw if k != key)
+            also = f" (also present: {short_list(extras)})" if extras else ""
+            fixes.append(f"took the state dict from the {key!r} entry{also}")
+            return dict(inner)
+    found = ", ".join(repr(k) for k in list(raw)[:6]) or "nothing"
+    raise CheckpointError(
+        f"{path} holds no state dict (found {found}); expected tensors at the top level or under 'model'"
+    )
+
+
+# ================================================================================================
+# Classification
+# ================================================================================================
+@dataclass(frozen=True)
+class ShapeMismatch:
+    name: str
+    expected: tuple[int, ...]
+    actual: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return f"{self.name}: expected {list(self.expected)}, file has {list(self.actual)}"
+
+
+@dataclass(frozen=True)
+class Classification:
+    """What a state dict is, measured against a model configuration."""
+
+    kind: Kind
+    num_tensors: int
+    num_expected: int  # keys of the full model
+    num_encoder: int  # keys of the encoder part
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[ShapeMismatch]
+    looks_like: str | None  # a known architecture the shapes match, when they are not this one
+    hint: str | None
+    not_float: list[str] = field(default_factory=list)  # weights stored as integers: not model weights
+    # A fine-tuned classifier: the number of classes of its head and its pooling ("mean": global pool + fc_norm).
+    num_classes: int | None = None
+    pooling: str | None = None
+
+    @property
+    def loadable(self) -> bool:
+        return self.kind != "incompatible"
+
+    def problem(self, limit: int = 3) -> str:
+        """One sentence naming the first offending keys."""
+        parts = []
+        if self.mismatched:
+            parts.append("shape mismatch " + "; ".join(str(m) for m in self.mismatched[:limit]))
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing keys ({short_list(self.missing, limit)})")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected keys ({short_list(self.unexpected, limit)})")
+        if self.not_float:
+            parts.append(f"{len(self.not_float)} tensors that are not floating point ({short_list(self.not_float, limit)})")
+        return "; ".join(parts) or "nothing wrong"
+
+
+@dataclass(frozen=True)
+class ExpectedState:
+    """What a model expects of a checkpoint: every key with its shape (in state-dict order), the part it
+    belongs to, and which tensors are fixed functions of the patch grid (regenerated, never learned).
+
+    A model class states it for a configuration (`expected_state(config)`, built on the meta device and
+    cached); `alternatives` are the encoder shapes of the other official sizes, so that `classify` can
+    say "this looks like a ViT-Base checkpoint".
+    """
+
+    name: str
+    shapes: Mapping[str, tuple[int, ...]]
+    parts: Mapping[str, Part]
+    fixed: frozenset[str] = frozenset()
+    alternatives: Sequence[tuple[str, Mapping[str, tuple[int, ...]]]] = ()
+
+    def keys_of(self, part: Part) -> list[str]:
+        return [k for k, p in self.parts.items() if p == part]
+
+
+def _compare(sd: StateDict, expected: Mapping[str, tuple[int, ...]]) -> tuple[list[str], list[str], list[ShapeMismatch]]:
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    mismatched = [ShapeMismatch(k, expected[k], tuple(sd[k].shape)) for k in expected
+                  if k in sd and tuple(sd[k].shape) != expected[k]]
+    return missing, unexpected, mismatched
+
+
+def is_regenerable(expected: ExpectedState, name: str, actual: tuple[int, ...]) -> bool:
+    """A fixed sin-cos table for another grid: not learned, so it is regenerated, not a mismatch."""
+    want = expected.shapes[name]
+    return name in expected.fixed and len(actual) == 3 and actual[-1] == want[-1] and actual[0] == 1
+
+
+def classify(sd: StateDict, expected: ExpectedState, classifier: Mapping[str, torch.Tensor] | None = None) -> Classification:
+    """full (every key), encoder-only (exactly the encoder keys), fine-tuned, or incompatible, against `expected`.
+
+    `classifier` is the file's set-aside classifier tensors (`CheckpointData.classifier`). A file whose encoder
+    lacks exactly the final `norm` and whose classifier holds `head.*` and `fc_norm.*` of the right width is a
+    global-pool fine-tuned classifier (official `models_vit`, `global_pool=True`): kind "fine-tuned", its tensor
+    count includes the classifier's, and `num_classes` / `pooling` say what it is."""
+    if not isinstance(expected, ExpectedState):
+        raise TypeError("classify needs the ExpectedState of a model, e.g. MaskedAutoencoderViT.expected_state(config)")
+    missing, unexpected, mismatched = _compare(sd, expected.shapes)
+    mismatched = [m for m in mismatched if not is_regenerable(expected, m.name, m.actual)]
+    not_float = [k for k in expected.shapes if k in sd and not sd[k].is_floating_point()]
+    encoder = expected.keys_of("encoder")
+    decoder_missing = [k for k in missing if expected.parts[k] == "decoder"]
+    encoder_missing = [k for k in missing if expected.parts[k] == "encoder"]
+    kind: Kind
+    fine_tuned = _fine_tuned_head(classifier or {}, expected) if set(encoder_missing) == set(FINAL_NORM) else None
+    if fine_tuned is not None and not (unexpected or mismatched or not_float) and (
+            len(decoder_missing) == len(expected.keys_of("decoder"))):
+        return Classification("fine-tuned", len(sd) + len(classifier or {}), len(expected.shapes), len(encoder),
+                              missing, unexpected, mismatched, None, None, not_float, num_classes=fine_tuned,
+                              pooling="mean")
+    if unexpected or mismatched or encoder_missing or not_float:
+        kind = "incompatible"
+    elif not missing:
+        kind = "full"
+    elif len(decoder_missing) == len(expected.keys_of("decoder")):
+        kind = "encoder-only"
+    else:  # some decoder keys but not all: a damaged or hand-edited file
+        kind = "incompatible"
+    looks_like = hint = None
+    if kind == "incompatible":
+        looks_like = _guess_architecture(sd, expected)
+        if looks_like:
+            hint = f"this looks like {looks_like}, not {expected.name or 'this model'}"
+        elif decoder_missing and not encoder_missing and not unexpected and not mismatched:
+            hint = "the decoder is only partly present; the file is damaged or was edited"
+    if not_float and not hint:
+        hint = f"{len(not_float)} tensors are not floating point ({short_list(not_float)}, {sd[not_float[0]].dtype})"
+    return Classification(kind, len(sd), len(expected.shapes), len(encoder), missing, unexpected, mismatched,
+                          looks_like, hint, not_float)
+
+
+def _fine_tuned_head(classifier: Mapping[str, torch.Tensor], expected: ExpectedState) -> int | None:
+    """The number of classes of a global-pool fine-tuned classifier (`head.*` + `fc_norm.*` as wide as the
+    encoder, nothing else), or None when `classifier` is not one."""
+    if set(classifier) != set(FINE_TUNED_CLASSIFIER) or FINAL_NORM[0] not in expected.shapes:
+        return None
+    (dim,) = expected.shapes[FINAL_NORM[0]]
+    head_w, head_b = classifier["head.weight"], classifier["head.bias"]
+    shapes_fit = (head_w.dim() == 2 and head_w.shape[1] == dim and tuple(head_b.shape) == (head_w.shape[0],)
+                  and all(tuple(classifier[k].shape) == (dim,) for k in ("fc_norm.weight", "fc_norm.bias")))
+    if not shapes_fit or not all(t.is_floating_point() for t in classifier.values()):
+        return None
+    return int(head_w.shape[0])
+
+
+def _guess_architecture(sd: StateDict, expected: ExpectedState) -> str | None:
+    """Name another official size whose encoder shapes all match `sd` (ViT-B/L/H), if any."""
+    for label, shapes in expected.alternatives:
+        enc = {k: s for k, s in shapes.items() if k not in expected.fixed}
+        if all(k in sd and tuple(sd[k].shape) == s for k, s in enc.items()) and not any(
+            k.startswith("blocks.") and k not in shapes for k in sd
+        ):
+            return label
+    return None
+
+

@@ -1,0 +1,156 @@
+"""The data of a fine-tuning run: labelled ImageFolder trees, keyed augmentation, one order for any world size.
+
+* `epoch_batches`: the epoch's order is a permutation drawn from `derive_seed(seed, "order", epoch)`; global
+  step `s` takes the `batch_size x world_size` positions `perm[s * G:(s + 1) * G]` (the last incomplete global
+  batch is dropped, as the official loader's `drop_last=True`), and rank `r` the `r`-th `batch_size` of them.
+  One process with batch `B x W` and `W` processes with batch `B` train on the same global batches.
+* `TrainImages` loads sample `i` of epoch `e` and augments it with `keyed_rng(seed, "augment", e,
+  i)`: what a sample gets depends on nothing but its key, so worker processes, resuming and the world size do
+  not change it. A file that cannot be read is a failure marker (the worker never dies); the run then raises
+  `ImageError` naming it.
+* `EvalImages` is the official evaluation transform (`image.preprocess(crop="eval")`: resize 256/224, centre
+  crop); distributed evaluation gives rank `r` the positions `r::W`, each counted once.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import ImageError, invalid_argument
+from ..utils.keyed import derive_seed, keyed_rng
+from . import augment
+from .images import ImageFailure, open_image, preprocess
+from .loader import Source, _worker_init, image_folder
+
+TrainTransform = Callable[[Image.Image, random.Random], torch.Tensor]  # (PIL image, keyed rng) -> (3, H, W)
+EvalTransform = Callable[[Image.Image], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LabelledBatch:
+    """Images (n, 3, H, W), labels (n,), and the inputs that could not be read (the run stops on them)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    failures: list[ImageFailure]
+
+    def pin_memory(self) -> LabelledBatch:
+        return LabelledBatch(self.images.pin_memory(), self.labels.pin_memory(), self.failures)
+
+
+def labelled_folder(root: str | Path, name: str) -> Source:
+    """An ImageFolder tree with at least one image (`name` says which argument it is in messages)."""
+    source = image_folder(root)
+    if not source.paths:
+        raise invalid_argument(name, f"{root} holds no readable image in its class folders; give an ImageFolder "
+                                     "tree root/CLASS/image")
+    return source
+
+
+def check_same_classes(train: Source, val: Source) -> None:
+    """TRAIN and VAL must name the same classes in the same order (labels are class positions)."""
+    if train.classes != val.classes:
+        only_train = sorted(set(train.classes or []) - set(val.classes or []))
+        only_val = sorted(set(val.classes or []) - set(train.classes or []))
+        detail = (f"only in train: {', '.join(only_train[:3]) or '-'}; only in val: {', '.join(only_val[:3]) or '-'}"
+                  if only_train or only_val else "the same names in another order")
+        raise invalid_argument("val", f"the train and val folders have different class folders ({detail}); give "
+                                      "both trees the same class sub-folders")
+
+
+def _collate(samples: list[tuple[torch.Tensor | ImageFailure, int]]) -> LabelledBatch:
+    failures = [t for t, _ in samples if isinstance(t, ImageFailure)]
+    kept = [(t, y) for t, y in samples if isinstance(t, torch.Tensor)]
+    images = torch.stack([t for t, _ in kept]) if kept else torch.empty(0)  # (n, 3, H, W)
+    return LabelledBatch(images, torch.tensor([y for _, y in kept], dtype=torch.int64), failures)
+
+
+class TrainImages(Dataset):
+    """Sample `(epoch, index)` -> (augmented image, label); the augmentation's rng is keyed by both and the seed."""
+
+    def __init__(self, source: Source, transform: TrainTransform, seed: int) -> None:
+        self.paths, self.labels = source.paths, source.labels or []
+        self.transform, self.seed = transform, seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor | ImageFailure, int]:
+        epoch, index = key
+        path = self.paths[index]
+        try:
+            img = open_image(path)
+        except ImageError as exc:
+            return ImageFailure(path, str(exc)), self.labels[index]
+        rng = keyed_rng(self.seed, "augment", epoch, index)
+        return self.transform(img, rng), self.labels[index]
+
+
+class EvalImages(Dataset):
+    """Sample `index` -> (image through the evaluation transform, label)."""
+
+    def __init__(self, source: Source, transform: EvalTransform) -> None:
+        self.paths, self.labels, self.transform = source.paths, source.labels or [], transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | ImageFailure, int]:
+        try:
+            return self.transform(open_image(self.paths[index])), self.labels[index]
+        except ImageError as exc:
+            return ImageFailure(self.paths[index], str(exc)), self.labels[index]
+
+
+def official_eval_transform(size: tuple[int, int]) -> EvalTransform:
+    """The official evaluation transform at `size` (`util/datasets.build_transform`: resize by 256/224 up to 224,
+    none above, bicubic, centre crop; `augment.EvalTransform`); a non-square size keeps the aspect the same way
+    (`image.preprocess(crop="eval")`)."""
+    if size[0] == size[1]:
+        return augment.EvalTransform(size[0])
+    return _EvalCrop(size)
+
+
+@dataclass(frozen=True)
+class _EvalCrop:  # a class, not a closure: worker processes started by spawn pickle it
+    size: tuple[int, int]
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        return preprocess(img, self.size, "eval")
+
+
+def steps_per_epoch(samples: int, batch_size: int, world_size: int) -> int:
+    """Global steps of an epoch: whole global batches only (`drop_last`)."""
+    return samples // (batch_size * world_size)
+
+
+def epoch_batches(samples: int, batch_size: int, *, epoch: int, seed: int, rank: int = 0,
+                  world_size: int = 1) -> list[list[tuple[int, int]]]:
+    """Rank `rank`'s batches of `epoch`: lists of `(epoch, index)` keys (see the module docstring)."""
+    generator = torch.Generator().manual_seed(derive_seed(seed, "order", epoch))
+    perm = torch.randperm(samples, generator=generator).tolist()
+    glob = batch_size * world_size
+    return [[(epoch, i) for i in perm[s * glob + rank * batch_size:s * glob + (rank + 1) * batch_size]]
+            for s in range(steps_per_epoch(samples, batch_size, world_size))]
+
+
+def loader(dataset: Dataset, batches: Sequence[Sequence[object]], *, workers: int, pin_memory: bool) -> DataLoader:
+    """A `DataLoader` over the given batches in order, `workers` processes decoding ahead."""
+    extra = {"prefetch_factor": 2, "worker_init_fn": _worker_init} if workers else {}
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
+                      pin_memory=pin_memory, **extra)
+
+
+def raise_on_failures(batch: LabelledBatch) -> None:
+    """A training or evaluation batch with an unreadable file stops the run, naming the file."""
+    if batch.failures:
+        first = batch.failures[0]
+        raise ImageError(f"{first.path} cannot be read ({first.reason}); remove it from the tree or replace it, then "
+                         "run again (--resume continues from the last finished epoch)")

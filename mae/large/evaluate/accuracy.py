@@ -1,0 +1,148 @@
+"""A classifier's top-1 / top-5 accuracy and loss on a labelled ImageFolder tree, on one process or many.
+
+As the official `engine_finetune.evaluate` (facebookresearch/mae): the evaluation transform (resize 256/224,
+centre crop), plain cross-entropy (no label smoothing), autocast where the run uses it. Two differences, on
+purpose: the loss is the mean over *images* (the official code averages the per-batch means, which depends on
+the batch size; both agree when every batch is full), and a distributed evaluation gives rank `r` the
+positions `r::W`, each image counted exactly once (the official `DistributedSampler` pads the shares with
+repeated images, which shifts the numbers slightly), its sums all-reduced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoints.read import read_checkpoint
+from ..data.images import _check_size
+from ..data.labelled import EvalImages, EvalTransform, loader, official_eval_transform, raise_on_failures
+from ..data.loader import Source, default_workers
+from ..errors import IncompatibleCheckpointError, invalid_argument
+from ..jobs.reconstruct import autocast_context
+from ..models.vit import VisionTransformer, ViTConfig
+from ..utils.device import resolve_device
+from ..utils.distributed import DistContext
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Top-1 / top-5 in percent, the mean cross-entropy per image, and how many images were counted."""
+
+    top1: float
+    top5: float
+    loss: float
+    images: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "images": self.images}
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """`auto` -> bf16 on a GPU that has it, fp16 (with a gradient scaler) on one that does not, off on the CPU
+    (bf16 there is exact in its own way but slower without AMX); explicit choices are kept."""
+    if amp not in AMP_CHOICES:
+        raise invalid_argument("amp", f"amp must be {', '.join(AMP_CHOICES)}, got {amp!r}")
+    if amp != "auto":
+        return amp
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "off"
+
+
+_AMP_DTYPES: dict[str, torch.dtype] = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast region of a forward pass for a resolved `amp` (nothing for `off`): `pipeline.autocast_context`."""
+    return autocast_context(device, _AMP_DTYPES[amp])
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, source: Source, *, batch_size: int, device: torch.device, amp: str = "off",
+                   ctx: DistContext | None = None, workers: int = 0, transform: EvalTransform | None = None,
+                   on_batch: Callable[[int, int], None] | None = None) -> Accuracy:
+    """`model` (in eval mode for the pass, its mode restored) on this rank's share of `source`; sums all-reduced.
+
+    `transform` defaults to the official evaluation transform at the model's input size. `on_batch(done, total)`
+    follows this rank's batches."""
+    ctx = ctx or DistContext(device=device)
+    core = getattr(model, "module", model)
+    transform = transform or official_eval_transform(tuple(core.config.img_size))
+    mine = list(range(ctx.rank, len(source.paths), ctx.world_size))
+    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1 hits, top-5 hits, images
+    was_training = model.training
+    model.eval()
+    try:
+        # Iterated as it is (not `data.loader_batches`): the thread count stays the process's, as in training.
+        eval_loader = loader(EvalImages(source, transform), batches, workers=workers, pin_memory=device.type == "cuda")
+        for done, batch in enumerate(eval_loader, 1):
+            raise_on_failures(batch)
+            images = batch.images.to(device, non_blocking=True)
+            target = batch.labels.to(device, non_blocking=True)
+            with autocast(amp, device):
+                logits = model(images)
+            logits = logits.float()
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (n, k)
+            sums += torch.stack([F.cross_entropy(logits, target, reduction="sum").double(),
+                                 (top[:, 0] == target).sum().double(), (top == target[:, None]).any(1).sum().double(),
+                                 torch.tensor(float(target.numel()), dtype=torch.float64, device=device)])
+            if on_batch is not None:
+                on_batch(done, len(batches))
+    finally:
+        model.train(was_training)
+    if ctx.is_distributed:
+        import torch.distributed as dist
+
+        dist.all_reduce(sums)
+    loss, hit1, hit5, count = sums.tolist()
+    if count == 0:
+        return Accuracy(float("nan"), float("nan"), float("nan"), 0)
+    return Accuracy(100.0 * hit1 / count, 100.0 * hit5 / count, loss / count, int(count))
+
+
+def load_classifier(path: str | Path, *, size: int | tuple[int, int] | None = None, device: str | torch.device = "cpu",
+                    architecture: str | None = None, trust: bool = False) -> VisionTransformer:
+    """A fine-tuned classifier file (official or from `finetune`) as a `VisionTransformer` with its own head: the
+    number of classes and the pooling are read from the file."""
+    data = read_checkpoint(path, trust=trust)
+    head = data.classifier.get("head.weight")
+    if head is None or head.dim() != 2:
+        raise IncompatibleCheckpointError(f"{path} holds no trained classifier (no head.weight); evaluate a "
+                                          "fine-tuned checkpoint, or fine-tune this one first")
+    global_pool = any(k.startswith("fc_norm.") for k in data.classifier) and "norm.weight" not in data.state_dict
+    overrides: dict[str, object] = {"num_classes": int(head.shape[0]), "global_pool": global_pool}
+    if size is not None:
+        overrides["img_size"] = _check_size(size)
+    config = ViTConfig.from_architecture(architecture, **overrides)
+    return VisionTransformer.from_pretrained(path, config, head="file", trust=trust, device=device).eval()
+
+
+def evaluate_checkpoint(val: str | Path, checkpoint: str | Path, *, batch_size: int = 64, device: str = "auto",
+                        amp: str = "auto", workers: int | None = None, size: int | None = None,
+                        ctx: DistContext | None = None,
+                        on_batch: Callable[[int, int], None] | None = None) -> tuple[Accuracy, Source]:
+    """Evaluate a fine-tuned checkpoint on the ImageFolder tree `val` (its classes in folder order must be the
+    classifier's); returns the accuracy and the tree's `Source`."""
+    from ..data.labelled import labelled_folder
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise invalid_argument("batch_size", f"batch size must be a positive integer, got {batch_size!r}")
+    target = ctx.device if ctx is not None else resolve_device(device)
+    source = labelled_folder(val, "val")
+    model = load_classifier(checkpoint, size=size, device=target)
+    classes = model.config.num_classes
+    if len(source.classes or []) != classes:
+        raise invalid_argument("val", f"{val} has {len(source.classes or [])} class folders and the classifier "
+                                      f"{classes} classes; evaluate on a tree with one folder per class of the model")
+    workers = default_workers(device_type=target.type) if workers is None else workers
+    return evaluate_model(model, source, batch_size=batch_size, device=target, amp=resolve_amp(amp, target), ctx=ctx,
+                          workers=workers, on_batch=on_batch), source

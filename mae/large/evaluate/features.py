@@ -1,0 +1,225 @@
+"""Image embeddings from a (pre-trained) MAE encoder, and the safetensors file that stores them.
+
+Pooling, as the official fine-tuning model (`models_vit.VisionTransformer`) defines it:
+
+* `cls` (`global_pool=False`, the default of the official linear probe `main_linprobe.py`): the cls token
+  after the encoder's final `norm`, loaded from the checkpoint: exactly what the MAE encoder outputs at
+  position 0 with mask ratio 0. The default for a pre-training file (`load_feature_encoder`).
+* `mean` (`global_pool=True`, the fine-tuning default): the mean of the patch tokens after the last block,
+  then `fc_norm`. A pre-training checkpoint has no `fc_norm` (the official code starts it fresh, and
+  drops the encoder's final `norm`), so with such a file `fc_norm` is the identity-affine LayerNorm:
+  the feature is a *plain LayerNorm of the mean patch token* (zero mean, unit variance over D). A
+  fine-tuned classifier's own pooling, through its trained `fc_norm`.
+
+`classifier_for_pool` gives the config for either; `extract_features` runs the images through the
+model in batches (decoded by `data.image_loader`, in worker processes if asked).
+
+The files (`feature_store`, re-exported here): `save_features` writes one safetensors file (float32 `features`
+(N, D), the row names, labels and classes in its metadata); a shard folder (`feature_store.ShardWriter`,
+`write_index`) holds a data set's rows; `open_features` reads either lazily (`FeatureSet`: names, labels,
+classes, meta, `chunks`, `materialize`) and `load_features` whole.
+
+Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from .. import catalog
+from ..config import Size2D, to_2tuple
+from ..data.images import Crop, ImageFailure, check_crop
+from ..data.loader import image_loader, loader_batches
+from ..errors import invalid_argument
+from ..jobs.reconstruct import autocast_context, nonfinite_fix
+from ..models.intermediates import take_indices
+from ..models.vit import VisionTransformer, ViTConfig
+from ..utils.device import resolve_device
+from .store import FEATURES_FORMAT, SHARDS_FORMAT, FeatureSet, load_features, open_features, save_features
+
+__all__ = [
+    "FEATURES_FORMAT",
+    "POOLS",
+    "SHARDS_FORMAT",
+    "FeatureResult",
+    "FeatureSet",
+    "Pool",
+    "classifier_for_pool",
+    "extract_features",
+    "global_pool_for",
+    "load_feature_encoder",
+    "load_features",
+    "model_name",
+    "open_features",
+    "pooled_at_layer",
+    "save_features",
+]
+
+Pool = Literal["mean", "cls"]
+POOLS: tuple[str, ...] = catalog.POOLS
+
+
+@dataclass(frozen=True)
+class FeatureResult:
+    path: Path
+    index: int  # position in the `paths` given to extract_features
+    vector: torch.Tensor  # (D,) float32 on the CPU
+
+
+def global_pool_for(pool: str) -> bool:
+    """`mean` -> True (mean of patch tokens + fc_norm), `cls` -> False (normed cls token)."""
+    if pool not in POOLS:
+        raise invalid_argument("pool", f"pool must be 'mean' or 'cls', got {pool!r}")
+    return pool == "mean"
+
+
+def classifier_for_pool(pool: str, base: ViTConfig | None = None, **overrides: object) -> ViTConfig:
+    """A feature extractor's config: `base` (default ViT-L/16) with no head, no stochastic depth and
+    the pooling of `pool`."""
+    base = base if base is not None else ViTConfig()
+    return base.replace(**{"num_classes": 0, "drop_path_rate": 0.0, "global_pool": global_pool_for(pool), **overrides})
+
+
+def load_feature_encoder(
+    path: str | os.PathLike[str],
+    pool: str | None = None,
+    config: ViTConfig | None = None,
+    *,
+    trust: bool = False,
+    device: torch.device | str = "cpu",
+    allow_nonfinite: bool = False,
+) -> VisionTransformer:
+    """A feature extractor (no head, eval mode) over the encoder of a checkpoint, pooled as `pool`.
+
+    `pool=None` follows the file: a fine-tuned classifier (`checkpoint.classify` kind "fine-tuned", global
+    pool) gives its own pooling, the mean patch token through its *trained* `fc_norm`; any other file gives
+    `cls`, the cls token after the encoder's trained `norm` (the official linear probe's feature). A fine-tuned
+    file's trained `fc_norm` is always the one used (as `from_pretrained(head="file")` loads it; its head is
+    not); `pool="cls"` on it is an `InvalidArgumentError` (it has no final norm). `config` is the base
+    classifier config (default ViT-L/16; its head and pooling are replaced)."""
+    from ..checkpoints.read import classify, read_checkpoint
+    from ..models.mae import MaskedAutoencoderViT
+
+    if pool is not None:
+        global_pool_for(pool)  # a bad name fails before the file is read
+    base = config if config is not None else ViTConfig()
+    data = read_checkpoint(path, trust=trust)
+    result = classify(data.state_dict, MaskedAutoencoderViT.expected_state(base.mae_view()), data.classifier)
+    del data  # release the memory-mapped tensors before the load maps the file again
+    fine_tuned = result.kind == "fine-tuned"
+    if fine_tuned and pool == "cls":
+        raise invalid_argument("pool", f"{path} is a classifier fine-tuned with global pooling: it has no final norm, "
+                               "so no cls-token feature; use pool='mean' (its own pooling, through its trained fc_norm)")
+    chosen = pool if pool is not None else ("mean" if fine_tuned else "cls")
+    return VisionTransformer.from_pretrained(path, classifier_for_pool(chosen, base), trust=trust, device=device,
+                                             head="file" if fine_tuned else "fresh",
+                                             allow_nonfinite=allow_nonfinite).eval()
+
+
+def model_name(config: ViTConfig) -> str:
+    """`vit_large_patch16` for the official sizes, else a name spelling out the shape."""
+    return config.architecture_name
+
+
+def extract_features(
+    model: VisionTransformer,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    batch_size: int = 32,
+    size: int | Size2D | None = None,
+    crop: Crop = "eval",
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    layer: int | None = None,
+    workers: int = 0,
+    indices: Sequence[int] | None = None,
+) -> Iterator[FeatureResult | ImageFailure]:
+    """One pooled feature vector per image, in batches; yields a result or a failure per path, in order.
+
+    The pooling is the model's (`model.global_pool`; build it with `classifier_for_pool`). `layer` takes the
+    tokens of that block instead of the last (counted from 0, negative from the end; for probing by depth),
+    pooled the same way through the same final norm (`pooled_at_layer`); the blocks after it are not run. Images are
+    preprocessed by the official evaluation transform (`load_image`, `crop="eval"`: resize to size x 256/224, centre
+    crop; `"resize"` is the demo's squash) at `size`, which defaults to the model's `img_size` and must equal it.
+    `device` is where the batches go (default: the model's),
+    checked by `resolve_device` (one this machine lacks is a `DeviceError`); the model is not moved.
+    Each batch runs in eval mode under `torch.inference_mode` (a model left in train mode would drop
+    paths at random), and the mode is restored afterwards. A row does not depend
+    on the batch it lands in. Vectors are float32 on the CPU; `dtype=torch.bfloat16` runs the forward
+    pass under autocast. A row that is not finite (NaN or infinite values: a damaged checkpoint loaded
+    with `allow_nonfinite=True`, or an overflow in low precision) is yielded as an `ImageFailure` saying
+    so, never as a result.
+
+    Images are decoded by `data.image_loader`: in this process (`workers=0`) or in `workers` processes ahead of
+    the forward pass (pinned memory on CUDA); the rows are the same either way. `indices` picks the positions of
+    `paths` to embed, in that order (default: all; one rank's share, or what a resumed run has left);
+    `FeatureResult.index` is the position in `paths`.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:  # before any image
+        raise invalid_argument("batch_size", f"batch size must be a positive integer, got batch_size={batch_size!r}")
+    check_crop(crop)
+    if layer is not None:
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise invalid_argument("layer", f"layer must be a block index (an integer), got {layer!r}")
+        take_indices(model.config.depth, [layer], "layer")  # out of range: fail before any image is read
+    model_size = model.config.img_size
+    size = model_size if size is None else to_2tuple(size, "size")
+    if size != model_size:
+        raise invalid_argument("size", f"size {size[0]}x{size[1]} differs from the model's img_size "
+                               f"{model_size[0]}x{model_size[1]}; build the model at that size "
+                               "(from_pretrained(..., img_size=...)) instead")
+    target = resolve_device(device) if device is not None else next(model.parameters()).device
+    loader = image_loader(paths, size, crop, batch_size, indices=indices, workers=workers,
+                          pin_memory=target.type == "cuda")
+    for batch in loader_batches(loader):
+        feats = _forward(model, batch.images, target, dtype, layer) if batch.images is not None else None
+        bad = (~torch.isfinite(feats)).sum(dim=1) if feats is not None else None  # non-finite values per row
+        row = 0
+        for index, path, failure in batch.items:
+            if failure is not None:
+                yield failure
+                continue
+            assert feats is not None and bad is not None
+            if bad[row]:
+                yield ImageFailure(path, _nonfinite_reason(path, int(bad[row]), feats.shape[1], dtype))
+            else:
+                yield FeatureResult(path, index, feats[row].clone())  # clone: a row must not keep the batch alive
+            row += 1
+
+
+def _nonfinite_reason(path: Path, bad: int, dim: int, dtype: torch.dtype) -> str:
+    """One sentence for an image whose feature vector is not finite: what, and what to try."""
+    return (f"{path}: its feature vector is not finite ({bad} of its {dim} values are NaN or infinite), so it was not "
+            f"kept; {nonfinite_fix(dtype)}")
+
+
+def pooled_at_layer(model: VisionTransformer, imgs: torch.Tensor, layer: int) -> torch.Tensor:
+    """(N, D): the tokens after block `layer`, pooled as `forward_features` pools the last block's: the mean
+    patch token through `fc_norm` (global pool), or the cls token through `norm`. At the last block it is
+    `forward_features`."""
+    patches, prefix = model.forward_intermediates(imgs, [layer], return_prefix_tokens=True, stop_early=True,
+                                                  output_fmt="NLC", intermediates_only=True)[0]
+    if model.global_pool:
+        return model.fc_norm(patches.mean(dim=1))  # (N, L, D) -> (N, D)
+    return model.norm(prefix[:, 0])  # (N, 1, D) -> (N, D); a LayerNorm acts on each token alone
+
+
+def _forward(model: VisionTransformer, images: torch.Tensor, device: torch.device,
+             dtype: torch.dtype, layer: int | None = None) -> torch.Tensor:
+    """Pooled features (N, D) of one batch of images (N, 3, H, W), float32 on the CPU, computed in eval mode (the
+    mode is restored)."""
+    imgs = images.to(device, non_blocking=True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast_context(device, dtype):
+            feats = model.forward_features(imgs) if layer is None else pooled_at_layer(model, imgs, layer)
+    finally:
+        model.train(was_training)
+    return feats.float().cpu()

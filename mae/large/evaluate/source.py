@@ -1,0 +1,124 @@
+"""Feature sources for the evaluations (`evaluate.knn`, `probe.probe`): tensors or streamed blocks, their labels,
+and the check that train and val features come from the same embedding.
+
+A *feature source* is a `torch.Tensor` (N, D), or any object with `rows: int`, `dim: int` and
+`chunks(size) -> Iterator[Tensor]` yielding (<= size, D) float blocks in row order (what
+`features.open_features` returns for a file or a shard directory). Labels travel separately as int64
+tensors (`labels_of` takes them from a source that carries them, or says why it cannot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ..errors import MAEError, invalid_argument
+
+COMPATIBILITY_KEYS = ("checkpoint", "layer", "pool", "transform")
+
+
+@runtime_checkable
+class FeatureSource(Protocol):
+    """Rows of features read block by block, in row order."""
+
+    rows: int
+    dim: int
+
+    def chunks(self, size: int) -> Iterator[torch.Tensor]: ...
+
+
+class TensorSource:
+    """A feature source over an in-memory (N, D) tensor (`as_source` makes one)."""
+
+    labels: torch.Tensor | None = None
+    classes: list[str] | None = None
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        if tensor.ndim != 2 or not tensor.is_floating_point():
+            raise invalid_argument("features", f"features must be a floating-point (N, D) tensor, got {tuple(tensor.shape)} "
+                                   f"{tensor.dtype}; pass one row per sample")
+        self.tensor = tensor
+        self.rows, self.dim = tensor.shape
+        self.meta: dict[str, object] = {}
+
+    def chunks(self, size: int) -> Iterator[torch.Tensor]:
+        for start in range(0, self.rows, size):
+            yield self.tensor[start:start + size]
+
+
+def as_source(features: torch.Tensor | FeatureSource) -> FeatureSource:
+    """A tensor wrapped as a `TensorSource`; a source returned as it is; anything else refused."""
+    if isinstance(features, torch.Tensor):
+        return TensorSource(features)
+    if all(hasattr(features, name) for name in ("rows", "dim", "chunks")):
+        return features
+    raise invalid_argument("features", f"{type(features).__name__} is not a feature source; pass an (N, D) tensor or "
+                           "an object with rows, dim and chunks(size)")
+
+
+def iter_rows(source: FeatureSource, size: int) -> Iterator[torch.Tensor]:
+    """The source's blocks, checked: each (<= size, D), and together exactly `rows` rows."""
+    if size < 1:
+        raise invalid_argument("chunk_rows", f"chunk_rows={size} must be at least 1; pass a positive number of rows")
+    seen = 0
+    for block in source.chunks(size):
+        if block.ndim != 2 or block.shape[1] != source.dim or not 0 < block.shape[0] <= size:
+            raise MAEError(f"the feature source gave a block of shape {tuple(block.shape)} for chunks of at most {size} "
+                           f"rows of dimension {source.dim}; it is damaged, so write the features again")
+        seen += block.shape[0]
+        yield block
+    if seen != source.rows:
+        raise MAEError(f"the feature source gave {seen} rows but says it has {source.rows}; it is damaged, so write "
+                       "the features again")
+
+
+def labels_of(features: object, which: str = "train") -> torch.Tensor:
+    """The int64 labels a feature source carries (`labels`), or an error saying how to get some."""
+    labels = getattr(features, "labels", None)
+    if labels is None:
+        raise invalid_argument(which, f"the {which} features have no labels; embed an ImageFolder-style tree "
+                               "(root/CLASS/image) so that each row gets its class")
+    return torch.as_tensor(labels, dtype=torch.int64)
+
+
+def check_compatible(train_meta: Mapping[str, object], val_meta: Mapping[str, object]) -> None:
+    """Refuse train and val features from a different checkpoint, layer, pool or transform.
+
+    A key recorded on neither side is fine; recorded on one side only, or with different values
+    (compared as text), it is a mismatch.
+    """
+    for key in COMPATIBILITY_KEYS:
+        train_value, val_value = train_meta.get(key), val_meta.get(key)
+        if train_value is None and val_value is None:
+            continue
+        if train_value is None or val_value is None or str(train_value) != str(val_value):
+            shown = ["not recorded" if v is None else repr(str(v)) for v in (train_value, val_value)]
+            raise invalid_argument("val", f"the train and val features differ in {key} (train {shown[0]}, val {shown[1]}); "
+                                   "embed both with the same checkpoint, layer, pool and transform")
+
+
+def check_labels(labels: torch.Tensor, rows: int, name: str) -> torch.Tensor:
+    """`labels` as an int64 (rows,) tensor of non-negative classes, else a refusal naming `name`."""
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise invalid_argument(name, f"{name} must hold integer classes, got {labels.dtype}; pass an int64 tensor")
+    labels = labels.to(torch.int64).reshape(-1) if labels.ndim <= 1 else labels
+    if labels.ndim != 1 or labels.numel() != rows:
+        raise invalid_argument(name, f"{name} has shape {tuple(labels.shape)} but the features have {rows} rows; "
+                               "pass one label per row")
+    if rows and int(labels.min()) < 0:
+        raise invalid_argument(name, f"{name} holds a negative class {int(labels.min())}; classes are 0, 1, 2, ...")
+    return labels.cpu()
+
+
+def resolve_classes(num_classes: int | None, *labels: torch.Tensor) -> int:
+    """`num_classes`, or one more than the largest label; refuses a label outside it."""
+    largest = max((int(x.max()) for x in labels if x.numel()), default=-1)
+    if num_classes is None:
+        return max(largest + 1, 1)
+    if num_classes < 1 or largest >= num_classes:
+        raise invalid_argument("num_classes", f"num_classes={num_classes} does not cover the largest label {largest}; "
+                               f"pass at least {largest + 1} or leave it out")
+    return num_classes
