@@ -56,7 +56,7 @@ def variants(path: str) -> None:
     import torch
 
     from mae.large import MaskedAutoencoderViT
-    from mae.large.checkpoints.read import nonfinite_tensors
+    from mae.large.utils.nonfinite import nonfinite_tensors
 
     _no_scan()
     model = MaskedAutoencoderViT.from_pretrained(path)

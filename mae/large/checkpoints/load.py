@@ -32,16 +32,9 @@ from torch import nn
 from ..errors import IncompatibleCheckpointError, NonFiniteCheckpointError
 from ..utils.device import resolve_device
 from ..utils.nonfinite import describe_nonfinite, nonfinite_tensors
+from .classify import Classification, ExpectedState, Kind, Part, classify
 from .keys import HF_ACTIVATION, HF_CONFIG_SIZES, StateDict
-from .read import (
-    CheckpointData,
-    Classification,
-    ExpectedState,
-    Kind,
-    Part,
-    classify,
-    read_checkpoint,
-)
+from .read import CheckpointData, read_checkpoint
 
 log = logging.getLogger(__name__)
 

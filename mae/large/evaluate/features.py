@@ -103,7 +103,8 @@ def load_feature_encoder(
     file's trained `fc_norm` is always the one used (as `from_pretrained(head="file")` loads it; its head is
     not); `pool="cls"` on it is an `InvalidArgumentError` (it has no final norm). `config` is the base
     classifier config (default ViT-L/16; its head and pooling are replaced)."""
-    from ..checkpoints.read import classify, read_checkpoint
+    from ..checkpoints.classify import classify
+    from ..checkpoints.read import read_checkpoint
     from ..models.mae import MaskedAutoencoderViT
 
     if pool is not None:

@@ -25,8 +25,9 @@ import torch
 
 from ..checkpoints import containers as formats
 from ..checkpoints import keys as convert
+from ..checkpoints.classify import classify
 from ..checkpoints.containers import SaveReport
-from ..checkpoints.read import classify, read_checkpoint
+from ..checkpoints.read import read_checkpoint
 from ..config import MAEConfig
 from ..errors import CheckpointError, IncompatibleCheckpointError, invalid_argument, short_list
 from ..models.mae import DEFAULT_MASK_RATIO, MaskedAutoencoderViT

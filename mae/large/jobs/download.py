@@ -159,7 +159,8 @@ def file_md5(path: Path) -> str:
 def _check_structure(path: Path, spec: CheckpointSpec) -> tuple[bool, str]:
     # A helper of its own so every tensor (memory-mapped from `path`) is released when it returns:
     # the caller renames or deletes the file next, which must not happen under a live mapping.
-    from ..checkpoints.read import classify, read_checkpoint
+    from ..checkpoints.classify import classify
+    from ..checkpoints.read import read_checkpoint
     from ..models.mae import MaskedAutoencoderViT
 
     try:

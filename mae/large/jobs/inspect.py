@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import catalog
+from ..checkpoints.classify import Classification, classify
 from ..checkpoints.keys import LAYOUTS, UnknownKeyError, official_order
 from ..checkpoints.load import check_folder_config
-from ..checkpoints.read import Classification, classify, read_checkpoint
+from ..checkpoints.read import read_checkpoint
 from ..config import MAEConfig
 from ..errors import IncompatibleCheckpointError, UnsafeCheckpointError, short_list
 from ..models.mae import MaskedAutoencoderViT

@@ -21,8 +21,9 @@ from torch import nn
 
 from .. import catalog
 from ..checkpoints import load
+from ..checkpoints.classify import Classification, ExpectedState, is_regenerable, key_part
 from ..checkpoints.load import Fitted, LoadReport
-from ..checkpoints.read import CheckpointData, Classification, ExpectedState, is_regenerable, key_part
+from ..checkpoints.read import CheckpointData
 from ..config import MAEConfig
 from ..cost import warn_if_large
 from ..errors import IncompatibleCheckpointError, short_list

@@ -23,9 +23,10 @@ import torch.utils.checkpoint
 from torch import nn
 
 from ..checkpoints import load
+from ..checkpoints.classify import Classification, ExpectedState, Part
 from ..checkpoints.keys import CLASSIFIER_PREFIXES, DECODER_PREFIXES, StateDict
 from ..checkpoints.load import Fitted, LoadReport
-from ..checkpoints.read import CheckpointData, Classification, ExpectedState, Part
+from ..checkpoints.read import CheckpointData
 from ..config import EncoderConfig, MAEConfig
 from ..cost import warn_if_large
 from ..errors import IncompatibleCheckpointError

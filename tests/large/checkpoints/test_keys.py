@@ -9,6 +9,7 @@ import torch
 from safetensors import safe_open
 
 from mae.large import MaskedAutoencoderViT
+from mae.large.checkpoints.classify import classify
 from mae.large.checkpoints.keys import (
     LAYOUTS,
     UnknownKeyError,
@@ -19,7 +20,7 @@ from mae.large.checkpoints.keys import (
     to_huggingface,
     to_mmpretrain,
 )
-from mae.large.checkpoints.read import classify, read_checkpoint
+from mae.large.checkpoints.read import read_checkpoint
 from mae.large.errors import IncompatibleCheckpointError
 from tests.helpers import HF_FIXTURES, encoder_only, small_config, small_model, small_state_dict, tiny_config
 

@@ -17,8 +17,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from mae.large import MAEConfig, MaskedAutoencoderViT, VisionTransformer, ViTConfig
+from mae.large.checkpoints.classify import classify, key_part
 from mae.large.checkpoints.keys import to_huggingface
-from mae.large.checkpoints.read import classify, key_part, read_checkpoint
+from mae.large.checkpoints.read import read_checkpoint
 from mae.large.errors import (
     CheckpointError,
     CheckpointNotFoundError,

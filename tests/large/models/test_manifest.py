@@ -34,7 +34,7 @@ def test_keys_order_and_shapes(vit_l: MaskedAutoencoderViT) -> None:
 
 
 def test_encoder_decoder_split(vit_l: MaskedAutoencoderViT) -> None:
-    from mae.large.checkpoints.read import key_part
+    from mae.large.checkpoints.classify import key_part
 
     parts = {k["name"]: k["part"] for k in manifest()["keys"]}
     assert sum(p == "encoder" for p in parts.values()) == 294
@@ -63,7 +63,7 @@ def test_position_tables_are_bit_identical(vit_l: MaskedAutoencoderViT, name: st
 
 
 def test_parameter_counts(vit_l: MaskedAutoencoderViT) -> None:
-    from mae.large.checkpoints.read import key_part
+    from mae.large.checkpoints.classify import key_part
 
     sd = vit_l.state_dict()
     assert sum(v.numel() for v in sd.values()) == 329_541_888

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mae.large.checkpoints.read import classify, read_checkpoint
+from mae.large.checkpoints.classify import classify
+from mae.large.checkpoints.read import read_checkpoint
 from mae.large.data.images import preprocess
 from mae.large.data.labelled import epoch_batches
 from mae.large.errors import InvalidArgumentError, MAEError
