@@ -16,7 +16,7 @@ from cli.render import escape, human_bytes
 if TYPE_CHECKING:  # pragma: no cover
     from mae.large.jobs.convert import ConvertReport
 
-# What --to accepts (`convert.FORMATS`, spelled here so that --help does not import torch).
+# What --to accepts (`checkpoints.save.FORMATS`, spelled here so that --help does not import torch).
 FORMATS: tuple[str, ...] = ("official", "safetensors", "hf", "timm")
 
 

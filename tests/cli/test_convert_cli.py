@@ -83,6 +83,6 @@ def test_an_unknown_format_is_a_usage_error(runner, small_ckpts, tmp_path: Path)
 
 def test_the_cli_offers_the_librarys_formats() -> None:
     from cli import convert as command
-    from mae.large.checkpoints import keys as convert
+    from mae.large.checkpoints import save
 
-    assert command.FORMATS == convert.FORMATS
+    assert command.FORMATS == save.FORMATS

@@ -1,3 +1,3 @@
 """Checkpoint files: reading every layout safely, classifying, model folders, key tables, writing, and the loading chain."""
 
-__all__ = ['containers', 'folders', 'keys', 'load', 'read']
+__all__ = ['classify', 'containers', 'folders', 'keys', 'load', 'read', 'save']

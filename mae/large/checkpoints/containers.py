@@ -1,6 +1,6 @@
-"""The output containers of `convert.save_as`: a torch file, a safetensors file, a HuggingFace model folder.
+"""The output containers of `save.save_as`: a torch file, a safetensors file, a HuggingFace model folder.
 
-This module knows files, not key names: it is handed tensors already named for their target (`convert` renames
+This module knows files, not key names: it is handed tensors already named for their target (`save` renames
 them with its tables), writes them atomically (`atomic`), and describes what it wrote (`SaveReport`). It also
 states a transformers `ViTMAEConfig` (`config.json`) for a model configuration, as a table of fields.
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from ..config import EncoderConfig, MAEConfig
-from ..errors import invalid_argument, short_list
+from ..config import EncoderConfig
+from ..errors import invalid_argument
 from ..utils.atomic import atomic_dir, atomic_path
 
 StateDict = dict[str, torch.Tensor]
@@ -46,7 +46,7 @@ HF_PRETRAINING, HF_ENCODER = "ViTMAEForPreTraining", "ViTMAEModel"
 
 @dataclass(frozen=True)
 class SaveReport:
-    """What `convert.save_as` wrote."""
+    """What `save.save_as` wrote."""
 
     path: Path
     format: str
@@ -76,35 +76,6 @@ def check_target(path: Path, *, folder: bool, overwrite: bool) -> None:
         what, output = ("a folder", "file") if path.is_dir() else ("a file", "folder")
         raise invalid_argument("overwrite", f"{path} is {what}, which this {output} output cannot replace; choose "
                                             "another path")
-
-
-def check_sizes(sd: Mapping[str, torch.Tensor], config: EncoderConfig) -> None:
-    """The sizes a `config.json` will state must be those of the tensors (the number of heads cannot be checked:
-    no tensor has it). `InvalidArgumentError` about `config` otherwise."""
-    stated: dict[str, tuple[int, ...]] = {
-        "cls_token": (1, 1, config.embed_dim),
-        "pos_embed": (1, config.num_patches + 1, config.embed_dim),
-        "patch_embed.proj.weight": (config.embed_dim, config.in_chans, config.patch_size, config.patch_size),
-        "blocks.0.mlp.fc1.weight": (config.mlp_hidden_dim, config.embed_dim),
-    }
-    wrong = [f"{k} {list(sd[k].shape)}, config {list(v)}" for k, v in stated.items() if k in sd and tuple(sd[k].shape) != v]
-    wrong += [f"{k} missing" for k in stated if k not in sd]
-    depths = {"blocks": config.depth}
-    if "decoder_embed.weight" in sd:
-        if not isinstance(config, MAEConfig):
-            raise invalid_argument("config", "the weights hold a decoder but the config has none; pass an MAEConfig")
-        depths["decoder_blocks"] = config.decoder_depth
-        decoder = {"decoder_embed.weight": (config.decoder_embed_dim, config.embed_dim),
-                   "decoder_blocks.0.mlp.fc1.weight": (config.decoder_mlp_hidden_dim, config.decoder_embed_dim)}
-        wrong += [f"{k} {list(sd[k].shape)}, config {list(v)}" for k, v in decoder.items()
-                  if k in sd and tuple(sd[k].shape) != v]
-    for prefix, depth in depths.items():
-        found = {int(k.split(".")[1]) for k in sd if k.startswith(f"{prefix}.")}
-        if found != set(range(depth)):
-            wrong.append(f"{len(found)} {prefix.replace('_', ' ')}, config {depth}")
-    if wrong:
-        raise invalid_argument("config", f"the weights do not have the sizes of the config ({short_list(wrong)}); "
-                                         "pass the config of these weights")
 
 
 # ---- containers ---------------------------------------------------------------------------------

@@ -16,24 +16,18 @@ Layouts handled:
 
 `LAYOUTS` names every layout `checkpoint.read_checkpoint` tells apart.
 
-Writing (`save_as`) inverts the same tables: official names -> a `{"model": sd}` file in the official key
-order, a safetensors file, a HuggingFace model folder (4.x names, `config.json`) or a timm encoder file.
+Writing (`save.save_as`) inverts the same tables: official names -> a `{"model": sd}` file in the official key
+order (`official_order`), a safetensors file, a HuggingFace model folder (4.x names) or a timm encoder file (`to_timm`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Iterable
 
 import torch
 
-from ..config import EncoderConfig, MAEConfig
-from ..errors import NonFiniteCheckpointError, invalid_argument
-from ..utils.nonfinite import describe_nonfinite, nonfinite_tensors
 from . import containers as formats
-from .containers import SaveReport
 
 StateDict = dict[str, torch.Tensor]
 
@@ -332,11 +326,8 @@ HF_ACTIVATION = "gelu"
 
 
 # ================================================================================================
-# Writing
+# The official order; timm
 # ================================================================================================
-Format = Literal["official", "safetensors", "hf", "timm"]
-FORMATS: tuple[str, ...] = ("official", "safetensors", "hf", "timm")
-
 # The official key order is `MaskedAutoencoderViT(config).state_dict()`'s (a classifier's `head`, `fc_norm` where
 # `vit.VisionTransformer` registers them, after models_vit): a module's own tensors first, then its submodules in
 # registration order. Kept as ranks, so that any part (encoder-only, classifier) sorts alike.
@@ -381,112 +372,3 @@ def to_timm(sd: StateDict) -> tuple[StateDict, list[str]]:
     """
     kept = {k: v for k, v in sd.items() if not k.startswith(DECODER_PREFIXES)}
     return kept, [k for k in sd if k not in kept]
-
-
-def save_as(state: Mapping[str, torch.Tensor] | torch.nn.Module, path: str | Path, format: Format, *,
-            config: EncoderConfig | None = None, norm_pix_loss: bool | None = None, mask_ratio: float = 0.75,
-            overwrite: bool = False, allow_nonfinite: bool = False) -> SaveReport:
-    """Write a model, or a state dict in official names (a classifier's `head.*` / `fc_norm.*` included), as `format`.
-
-    * `official`: `torch.save({"model": sd})` in the official key order;
-    * `safetensors`: the official names in a `.safetensors` file;
-    * `hf`: a folder that `transformers.ViTMAEForPreTraining.from_pretrained(path)` loads with no missing or
-      unexpected key (`ViTMAEModel` for an encoder-only input): `config.json` (the sizes of `config`, its
-      `layer_norm_eps`, `norm_pix_loss`, `mask_ratio`) and `model.safetensors` under the 4.x names, which 4.x and
-      5.x both load. A classifier has no ViTMAE counterpart: refused;
-    * `timm`: a safetensors file of the encoder as timm's `vit_large_patch16_224.mae` holds it (`to_timm`).
-
-    `config` (default: a model's own, else `MAEConfig()`) gives the sizes of `config.json`, checked against the
-    tensors; `norm_pix_loss` defaults to the config's; 0.75 is the official pre-training mask ratio. The write is
-    atomic, an existing output is replaced only with `overwrite=True`, and tensors holding NaN or infinite values
-    are refused, named, unless `allow_nonfinite=True`. Tensors are written as they are (dtype and bits): reading
-    the output back (`checkpoint.read_checkpoint`) gives them equal bit for bit. Returns a `SaveReport`.
-    """
-    if format not in FORMATS:
-        raise invalid_argument("format", f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-    if isinstance(state, torch.nn.Module):
-        config = config or getattr(state, "config", None)
-        state = state.state_dict()
-    config = config or MAEConfig()
-    path = Path(path).expanduser()
-    formats.check_target(path, folder=format == "hf", overwrite=overwrite)
-    sd = {k: state[k] for k in official_order(state)}
-    decoder = [k for k in sd if k.startswith(DECODER_PREFIXES)]
-    classifier = any(k.startswith(CLASSIFIER_PREFIXES) for k in sd)
-    kind = "fine-tuned" if classifier else "full" if decoder else "encoder-only"
-    if kind == "fine-tuned" and decoder:
-        raise UnknownKeyError("the state dict holds both a decoder and a classifier head; write one model at a time")
-    dropped: list[str] = []
-    if format == "timm":
-        sd, dropped = to_timm(sd)
-    counts = nonfinite_tensors(sd)
-    if counts and not allow_nonfinite:
-        raise NonFiniteCheckpointError(
-            f"the weights hold NaN or infinite values ({describe_nonfinite(counts, sd)}), so nothing was written "
-            f"to {path}; pass allow_nonfinite=True to write them anyway")
-    sd = {k: formats.compact(v) for k, v in sd.items()}
-    hf_config: dict[str, Any] = {}
-    if format == "official":
-        formats.write_torch(sd, path)
-        notes = ["torch.save({'model': state_dict}) in the official key order"]
-    elif format == "safetensors":
-        formats.write_safetensors(sd, path)
-        notes = ["official key names in a safetensors file"]
-    elif format == "timm":
-        formats.write_safetensors(sd, path)
-        notes = [_timm_note(kind, sd, config)]
-    else:
-        hf_config, notes = _write_hf(sd, path, kind, config, norm_pix_loss, mask_ratio, overwrite)
-    return SaveReport(path, format, kind, len(sd), dropped, notes, formats.size_on_disk(path), counts, hf_config)
-
-
-def _write_hf(sd: StateDict, path: Path, kind: str, config: EncoderConfig, norm_pix_loss: bool | None,
-              mask_ratio: float, overwrite: bool) -> tuple[dict[str, Any], list[str]]:
-    """The HuggingFace folder of a pre-training model (`ViTMAEForPreTraining`) or an encoder (`ViTMAEModel`)."""
-    if kind == "fine-tuned":
-        raise invalid_argument("format", "a fine-tuned classifier has no HuggingFace ViTMAE counterpart (ViTMAE has no "
-                                         "classification head, and a global-pool classifier lacks the final norm); "
-                                         "write it as official, safetensors or timm")
-    formats.check_sizes(sd, config)
-    encoder_only = kind == "encoder-only"
-    if not encoder_only and config.img_size[0] != config.img_size[1]:
-        raise invalid_argument("format", f"transformers' ViTMAEForPreTraining builds square models only (its decoder's "
-                                         f"position table and patchify assume one), and this one is "
-                                         f"{config.img_size[0]}x{config.img_size[1]}; write it as official or "
-                                         "safetensors, or the encoder alone from an encoder-only file")
-    names = to_huggingface(sd, new_names=False)
-    if encoder_only:  # ViTMAEModel is the base model itself: its own keys carry no `vit.` prefix
-        names = {k.removeprefix("vit."): v for k, v in names.items()}
-    norm_pix = bool(getattr(config, "norm_pix_loss", False) if norm_pix_loss is None else norm_pix_loss)
-    data = formats.hf_config(config, encoder_only=encoder_only, norm_pix_loss=norm_pix, mask_ratio=mask_ratio)
-    formats.write_hf_folder(names, data, path, overwrite=overwrite)
-    if encoder_only:
-        notes = ["encoder-only source: a ViTMAEModel folder (there is no decoder to write); load it with "
-                 "transformers.ViTMAEModel.from_pretrained(path)"]
-    else:
-        notes = [f"a ViTMAEForPreTraining folder (norm_pix_loss={norm_pix}, mask_ratio={mask_ratio}); load it with "
-                 "transformers.ViTMAEForPreTraining.from_pretrained(path)"]
-    notes.append("tensors under the transformers 4.x names, which transformers 4.x and 5.x both load")
-    return data, notes
-
-
-# timm's model names with MAE weights (`default_cfgs` of the timm source cited at `to_timm`).
-_TIMM_MAE_MODELS: dict[str, str] = {"vit_base_patch16": "vit_base_patch16_224", "vit_large_patch16": "vit_large_patch16_224",
-                                    "vit_huge_patch14": "vit_huge_patch14_224"}
-
-
-def _timm_note(kind: str, sd: StateDict, config: EncoderConfig) -> str:
-    """How timm builds the model the file fits."""
-    name = _TIMM_MAE_MODELS.get(config.architecture_name) if config.img_size == (224, 224) else None
-    if name is None:
-        return ("timm VisionTransformer names (official keys); build a timm ViT of these sizes "
-                f"(embed_dim={config.embed_dim}, depth={config.depth}, patch_size={config.patch_size}) to load it")
-    if kind == "fine-tuned":
-        classes = sd["head.weight"].shape[0] if "head.weight" in sd else 0
-        pool = "avg" if "fc_norm.weight" in sd else "token"
-        # Not `pretrained=True` with a file overlay: the default tag of these models loads its own format (npz) or
-        # drops a head of another class count; a plain state-dict load takes the file as written.
-        return (f"timm classifier: model = timm.create_model('{name}', num_classes={classes}, global_pool='{pool}'); "
-                "model.load_state_dict(safetensors.torch.load_file(path))")
-    return (f"timm encoder: timm.create_model('{name}.mae', pretrained=True, pretrained_cfg_overlay=dict(file=path)) "
-            "(num_classes=0: the cls token after the final norm)")

@@ -1,4 +1,4 @@
-"""The convert job: a checkpoint of any layout -> one of the formats `convert.save_as` writes, checked by reading
+"""The convert job: a checkpoint of any layout -> one of the formats `save.save_as` writes, checked by reading
 it back.
 
     read (any layout) -> classify -> decide the decoder's target (hf) -> save_as -> read back, bit for bit
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..checkpoints import containers as formats
-from ..checkpoints import keys as convert
+from ..checkpoints import save
 from ..checkpoints.classify import classify
 from ..checkpoints.containers import SaveReport
 from ..checkpoints.read import read_checkpoint
@@ -64,7 +64,7 @@ class ConvertReport:
                 "dropped_reason": self.dropped_reason, "verified": self.verified, **self.saved.to_dict()}
 
 
-def convert_checkpoint(source: str | Path, out: str | Path, format: convert.Format, *, target: str = "auto",
+def convert_checkpoint(source: str | Path, out: str | Path, format: save.Format, *, target: str = "auto",
                        config: MAEConfig | None = None, overwrite: bool = False, allow_nonfinite: bool = False,
                        trust: bool = False) -> ConvertReport:
     """Write the checkpoint `source` (any layout `read_checkpoint` reads) as `format` at `out`.
@@ -96,9 +96,9 @@ def convert_checkpoint(source: str | Path, out: str | Path, format: convert.Form
     kind = "fine-tuned" if data.classifier else result.kind
     choice = _target(source, target, kind, config, trust, allow_nonfinite) if format == "hf" and kind == "full" else None
     try:
-        saved = convert.save_as(state, out, format, config=config, norm_pix_loss=choice.norm_pix if choice else None,
+        saved = save.save_as(state, out, format, config=config, norm_pix_loss=choice.norm_pix if choice else None,
                                 mask_ratio=DEFAULT_MASK_RATIO, overwrite=overwrite, allow_nonfinite=allow_nonfinite)
-    except convert.UnknownKeyError as exc:  # classifier tensors no format knows (pre_logits ...)
+    except save.UnknownKeyError as exc:  # classifier tensors no format knows (pre_logits ...)
         raise IncompatibleCheckpointError(f"{source}: {exc}; nothing was written") from None
     verified = _read_back(saved, state)
     log.info("%s -> %s (%s): %d tensors, %d read back equal", source, out, format, saved.written, verified)

@@ -1,6 +1,6 @@
 """NaN and infinite values in a set of tensors: counted with one read of each finite tensor, described in one line.
 
-A leaf: the loading chain (`load.scan`), `inspect` (`summary`) and the writers (`convert.save_as`) all ask it.
+A leaf: the loading chain (`load.scan`), `inspect` (`summary`) and the writers (`save.save_as`) all ask it.
 """
 
 from __future__ import annotations

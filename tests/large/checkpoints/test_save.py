@@ -1,4 +1,4 @@
-"""Writing checkpoints (`convert.save_as`): every format, read back bit for bit, key order, atomic writes, refusals."""
+"""Writing checkpoints (`save.save_as`): every format, read back bit for bit, key order, atomic writes, refusals."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import torch
 
 from mae.large import MaskedAutoencoderViT, VisionTransformer, ViTConfig
 from mae.large.checkpoints.containers import HF_CONFIG, HF_WEIGHTS
-from mae.large.checkpoints.keys import FORMATS, UnknownKeyError, official_order, save_as, to_timm
+from mae.large.checkpoints.keys import UnknownKeyError, official_order, to_timm
 from mae.large.checkpoints.read import read_checkpoint
+from mae.large.checkpoints.save import FORMATS, save_as
 from mae.large.errors import InvalidArgumentError, NonFiniteCheckpointError
 from tests.helpers import (
     MANIFEST,

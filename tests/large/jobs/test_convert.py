@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 
 from mae.large import MaskedAutoencoderViT, VisionTransformer, ViTConfig
 from mae.large.checkpoints.containers import HF_CONFIG
-from mae.large.checkpoints.keys import FORMATS, to_huggingface
+from mae.large.checkpoints.keys import to_huggingface
+from mae.large.checkpoints.save import FORMATS
 from mae.large.errors import IncompatibleCheckpointError, InvalidArgumentError
 from mae.large.jobs.convert import convert_checkpoint
 from tests.helpers import encoder_only, save_official, small_state_dict, use_small_architecture
