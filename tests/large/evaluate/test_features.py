@@ -15,15 +15,8 @@ from PIL import Image
 from mae.large import MaskedAutoencoderViT, VisionTransformer, ViTConfig
 from mae.large.data.images import ImageFailure, load_image
 from mae.large.errors import DeviceError, MAEError
-from mae.large.evaluate.features import (
-    FEATURES_FORMAT,
-    FeatureResult,
-    classifier_for_pool,
-    extract_features,
-    load_features,
-    model_name,
-    save_features,
-)
+from mae.large.evaluate.features import FeatureResult, classifier_for_pool, extract_features, model_name
+from mae.large.evaluate.store import FEATURES_FORMAT, load_features, save_features
 from mae.large.utils.distributed import (
     DistContext,
     context_from_env,
@@ -124,7 +117,10 @@ def test_cls_pool_is_the_normed_cls_token_computed_by_hand(encoder_file, tmp_pat
         # ... which is also what the MAE encoder itself puts at position 0 with nothing masked.
         mae = MaskedAutoencoderViT(small_config())
         mae.load_state_dict(small_state_dict())
-        latent, _, _ = mae.eval().forward_encoder(batch, 0.0)
+        # Increasing noise keeps the patches in their own order (unseeded noise would shuffle them, and the
+        # summation order with them): the same tokens in the same order as the classifier's forward.
+        in_order = torch.arange(mae.config.num_patches, dtype=torch.float32).expand(batch.shape[0], -1)
+        latent, _, _ = mae.eval().forward_encoder(batch, 0.0, noise=in_order)
     assert torch.allclose(cls, by_hand, atol=1e-6)
     assert torch.allclose(cls, latent[:, 0], atol=1e-6)
 
