@@ -54,8 +54,8 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from mae.large.evaluate.knn import knn, probe
-    from mae.large.evaluate.probe import build_head
+    from mae.large.evaluate.knn import knn
+    from mae.large.evaluate.probe import build_head, probe
     from mae.large.utils.optim import cosine_lr, set_lr
 
     print(machine_header())

@@ -29,9 +29,9 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from mae.large.data.labelled import LabelledBatch
-    from mae.large.evaluate.accuracy import autocast
     from mae.large.models.vit import apply_lr_scale, param_groups_lrd, vit_large_patch16
-    from mae.large.train.finetune import FinetuneConfig, _train_epoch
+    from mae.large.train.finetune import FinetuneConfig, train_epoch
+    from mae.large.utils.device import autocast
     from mae.large.utils.distributed import DistContext
     from mae.large.utils.optim import cosine_lr
 
@@ -55,7 +55,7 @@ def child(args: argparse.Namespace) -> None:
             num_workers = 0
 
         config = FinetuneConfig(epochs=1, warmup_epochs=0.5, mixup=0.0, cutmix=0.0, batch_size=args.batch)
-        run = lambda part: _train_epoch(  # noqa: E731
+        run = lambda part: train_epoch(  # noqa: E731
             model, model, Loader(part), optimizer, torch.amp.GradScaler(device.type, enabled=False), criterion, None,
             config, DistContext(device=device), epoch=0, steps=len(part), accum=1, lr=1e-3, amp=amp,
             notify=lambda *_: None)

@@ -97,7 +97,7 @@ def attention_command(
     torch_dtype = parse_dtype(dtype)
 
     from mae.large.data.images import ImageFailure
-    from mae.large.jobs.reconstruct import resolve_device
+    from mae.large.utils.device import resolve_device
 
     paths, failures = collect_inputs(images, "draw attention for", recursive=recursive, quiet=json_)
     checkpoint = encoder_view_checkpoint(checkpoint, quiet=json_)

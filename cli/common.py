@@ -406,7 +406,7 @@ def load_model(
     import torch
 
     from mae.large import MAEConfig, MaskedAutoencoderViT
-    from mae.large.jobs.reconstruct import resolve_device
+    from mae.large.utils.device import resolve_device
 
     target = resolve_device(device)
     config = MAEConfig.from_architecture(None, norm_pix_loss=norm_pix_loss, **({"img_size": size} if size else {}))

@@ -110,7 +110,7 @@ def features_command(
     from mae.large.data.images import ImageFailure
     from mae.large.data.loader import default_workers
     from mae.large.evaluate.features import FeatureResult, extract_features
-    from mae.large.jobs.reconstruct import resolve_device
+    from mae.large.utils.device import resolve_device
 
     source = _inputs(images, recursive, json_)
     paths, failures = source.paths, list(source.failures)
@@ -317,7 +317,8 @@ def _save(out_path: Path, rows: list, model: VisionTransformer, checkpoint: Path
           dtype: str, layer: int | None, source: Source) -> Path:
     import torch
 
-    from mae.large.evaluate.features import model_name, save_features
+    from mae.large.evaluate.features import model_name
+    from mae.large.evaluate.store import save_features
 
     features = torch.stack([r.vector for r in rows])
     size = model.config.img_size

@@ -30,9 +30,9 @@ def knn_command(
     if weighting not in ("softmax", "uniform"):
         raise typer.BadParameter(f"weighting must be softmax or uniform, got {weighting!r}", param_hint="--weighting")
 
-    from mae.large.evaluate.features import open_features
     from mae.large.evaluate.knn import knn
     from mae.large.evaluate.source import check_compatible, labels_of
+    from mae.large.evaluate.store import open_features
 
     train_set, val_set = open_features(train), open_features(val)
     check_compatible(train_set.meta, val_set.meta)

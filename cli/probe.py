@@ -35,9 +35,9 @@ def probe_command(
     if out_path.is_dir():
         raise typer.BadParameter(f"{out_path} is a folder; give a file name such as probe_head.pth", param_hint="--out")
 
-    from mae.large.evaluate.features import open_features
     from mae.large.evaluate.probe import probe, save_probe
     from mae.large.evaluate.source import check_compatible, labels_of
+    from mae.large.evaluate.store import open_features
 
     train_set, val_set = open_features(train), open_features(val)
     check_compatible(train_set.meta, val_set.meta)

@@ -144,7 +144,8 @@ def reconstruct_command(
     torch_dtype = parse_dtype(dtype)
 
     from mae.large.data.images import ImageFailure
-    from mae.large.jobs.reconstruct import require_decoder, resolve_device
+    from mae.large.jobs.reconstruct import require_decoder
+    from mae.large.utils.device import resolve_device
 
     paths, failures = collect_inputs(images, "reconstruct", recursive=recursive, quiet=json_)
     # Named from every input, so each rank names its figures as one process would.

@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.app import app
-from mae.large.evaluate.features import open_features
+from mae.large.evaluate.store import open_features
 from tests.helpers import encoder_only, save_official, small_state_dict, write_digits_tree
 
 runner = CliRunner()

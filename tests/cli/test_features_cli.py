@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from mae.large import MAEConfig, VisionTransformer, ViTConfig
-from mae.large.evaluate.features import classifier_for_pool, extract_features, load_features
+from mae.large.evaluate.features import classifier_for_pool, extract_features
+from mae.large.evaluate.store import load_features
 from tests.helpers import (
     REPO,
     encoder_only,

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from mae.large.data.loader import image_source
-from mae.large.evaluate.features import load_features, open_features
+from mae.large.evaluate.store import load_features, open_features
 from tests.cli.test_features_cli import _free_port, _gloo_works
 from tests.cli.test_reliability import child, error_lines, left_over, wait_for
 from tests.helpers import REPO, encoder_only, save_official, small_state_dict, write_digits_tree

@@ -15,7 +15,7 @@ re_mode='pixel', re_count=1, mean, std)`; in timm (huggingface/pytorch-image-mod
 (no colour jitter: timm uses it only without auto-augment). `TrainTransform` is that chain; `EvalTransform` is
 the evaluation chain of `util/datasets.py` (Resize(int(size / (224 / 256))) bicubic for sizes up to 224, else
 Resize(size); CenterCrop(size); ToTensor; Normalize), in torchvision's float32 arithmetic. Mixup / CutMix and
-the losses are in `mixup.py`, RandAugment in `rand_augment.py`; both re-exported here.
+the losses are in `mixup.py`, RandAugment in `rand_augment.py`.
 
 Determinism: nothing here touches the global `random`, `numpy` or `torch` generators. A training loop keys a
 `random.Random` by (seed, epoch, sample index) per image and by (seed, epoch, step) for mixup, and gets the
@@ -35,35 +35,15 @@ from PIL import Image
 
 from ..catalog import EVAL_RESIZE
 from ..errors import invalid_argument
-from .images import IMAGENET_MEAN, IMAGENET_STD, _to_rgb
+from .images import IMAGENET_MEAN, IMAGENET_STD, to_rgb_image
 from .mixup import (
-    LabelSmoothingCrossEntropy,
     Mixup,
-    SoftTargetCrossEntropy,
-    cutmix_box,
-    mixup_target,
     recipe_criterion,
 )
-from .rand_augment import RandAugment, keyed_rng, rand_augment_transform
+from .rand_augment import RandAugment, rand_augment_transform
 
-__all__ = [
-    "AugmentConfig",
-    "EvalTransform",
-    "LabelSmoothingCrossEntropy",
-    "Mixup",
-    "RandAugment",
-    "RandomErasing",
-    "SoftTargetCrossEntropy",
-    "TrainTransform",
-    "cutmix_box",
-    "eval_resize_size",
-    "keyed_rng",
-    "mixup_target",
-    "rand_augment_transform",
-    "random_resized_crop_box",
-    "recipe_criterion",
-    "to_tensor",
-]
+__all__ = ["AugmentConfig", "EvalTransform", "RandomErasing", "TrainTransform", "eval_resize_size",
+    "random_resized_crop_box", "to_tensor"]
 
 Box = tuple[int, int, int, int]  # (top, left, height, width), torchvision's (i, j, h, w)
 
@@ -243,7 +223,7 @@ class TrainTransform:
         if not isinstance(rng, random.Random):
             raise invalid_argument("rng", f"rng must be a random.Random, got {type(rng).__name__}")
         if img.mode != "RGB":
-            img = _to_rgb(img)
+            img = to_rgb_image(img)
         img, _ = self.crop(img, rng)
         if rng.random() < self.hflip:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -285,7 +265,7 @@ class EvalTransform:
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         if img.mode != "RGB":
-            img = _to_rgb(img)
+            img = to_rgb_image(img)
         w, h = img.size
         if w <= h:
             new_w, new_h = self.resize, int(self.resize * h / w)

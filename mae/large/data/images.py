@@ -176,7 +176,7 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
 
     The EXIF orientation is applied (phone photos come out upright) and every mode becomes RGB:
     transparency is composited over white, 16-bit and float grayscale are scaled to 0-255 (see
-    `_to_rgb`). Pillow's decompression-bomb warning is treated as an error.
+    `to_rgb_image`). Pillow's decompression-bomb warning is treated as an error.
 
     Raises `ImageError`, with one sentence naming the file and the problem, for a missing file, a
     folder, an empty file, a file Pillow cannot read, a truncated or damaged file, and a bomb.
@@ -201,7 +201,7 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
                 # Image.open only reads the header; load() decodes every byte, which is where
                 # truncated and damaged files fail.
                 src.load()
-                return _to_rgb(_upright(src))
+                return to_rgb_image(_upright(src))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             limit = Image.MAX_IMAGE_PIXELS
             raise ImageError(
@@ -242,7 +242,7 @@ _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _WIDE_GRAY_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb_image(img: Image.Image) -> Image.Image:
     """Any Pillow mode to a new 8-bit RGB image.
 
     * alpha (RGBA, LA, PA, RGBa, La) and palette or grayscale images with a `transparency` entry:
@@ -287,7 +287,7 @@ def _wide_gray_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
 
 
 # ---- tensors ------------------------------------------------------------------------------------
-def _check_size(size: int | tuple[int, int]) -> tuple[int, int]:
+def check_size(size: int | tuple[int, int]) -> tuple[int, int]:
     if isinstance(size, int) and not isinstance(size, bool):
         size = (size, size)
     if (
@@ -315,12 +315,12 @@ def preprocess(
       H x W times 256/224 (at 224: the shorter side becomes 256), then cut the centre H x W, with
       torchvision's `Resize` / `CenterCrop` rounding (`eval_resize`).
     """
-    h, w = _check_size(size)
+    h, w = check_size(size)
     check_crop(crop)
     if not isinstance(img, Image.Image):
         raise TypeError(f"img must be a PIL.Image.Image, got {type(img).__name__}")
     if img.mode != "RGB":
-        img = _to_rgb(img)
+        img = to_rgb_image(img)
 
     if crop == "resize":
         img = img.resize((w, h), Image.Resampling.BICUBIC)

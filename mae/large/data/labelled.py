@@ -27,7 +27,7 @@ from ..errors import ImageError, invalid_argument
 from ..utils.keyed import derive_seed, keyed_rng
 from . import augment
 from .images import ImageFailure, open_image, preprocess
-from .loader import Source, _worker_init, image_folder
+from .loader import Source, image_folder, worker_init
 
 TrainTransform = Callable[[Image.Image, random.Random], torch.Tensor]  # (PIL image, keyed rng) -> (3, H, W)
 EvalTransform = Callable[[Image.Image], torch.Tensor]
@@ -143,7 +143,7 @@ def epoch_batches(samples: int, batch_size: int, *, epoch: int, seed: int, rank:
 
 def loader(dataset: Dataset, batches: Sequence[Sequence[object]], *, workers: int, pin_memory: bool) -> DataLoader:
     """A `DataLoader` over the given batches in order, `workers` processes decoding ahead."""
-    extra = {"prefetch_factor": 2, "worker_init_fn": _worker_init} if workers else {}
+    extra = {"prefetch_factor": 2, "worker_init_fn": worker_init} if workers else {}
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
                       pin_memory=pin_memory, **extra)
 

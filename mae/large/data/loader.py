@@ -189,7 +189,7 @@ def collate(samples: list[Sample]) -> Batch:
     return Batch(items, torch.stack(tensors) if tensors else None)  # (n, 3, H, W)
 
 
-def _worker_init(_: int) -> None:
+def worker_init(_: int) -> None:
     """In each worker: signals are the main process's business. A terminal's Ctrl-C reaches the whole process
     group; the worker ignores it (the main process stops and shuts the workers down) and does not report it
     through the main process's wake-up socket, which it inherited."""
@@ -222,7 +222,7 @@ def image_loader(
     dataset = ImageDataset(paths, size, crop)
     order = range(len(dataset)) if indices is None else indices  # lazy: a range stays a range
     batches = BatchSampler(order, batch_size, drop_last=False)  # type: ignore[arg-type]
-    extra = {"prefetch_factor": prefetch_factor, "worker_init_fn": _worker_init} if workers else {}
+    extra = {"prefetch_factor": prefetch_factor, "worker_init_fn": worker_init} if workers else {}
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
                       pin_memory=pin_memory, **extra)
 

@@ -32,19 +32,9 @@ from typing import Any
 from PIL import Image, ImageEnhance, ImageOps
 
 from ..errors import invalid_argument
-from ..utils.keyed import keyed_rng  # re-exported: the generator the plans are drawn from
 
-__all__ = [
-    "INCREASING_OPS",
-    "MAX_LEVEL",
-    "OpDraw",
-    "RAND_OPS",
-    "AugmentOp",
-    "RandAugment",
-    "apply_op",
-    "keyed_rng",
-    "rand_augment_transform",
-]
+__all__ = ["INCREASING_OPS", "MAX_LEVEL", "OpDraw", "RAND_OPS", "AugmentOp", "RandAugment", "apply_op",
+    "rand_augment_transform"]
 
 MAX_LEVEL = 10.0  # timm's _MAX_LEVEL: a magnitude of 10 is an op's full strength
 _FILL = (128, 128, 128)  # timm's default fill when hparams name no img_mean

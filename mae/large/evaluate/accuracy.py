@@ -10,7 +10,6 @@ repeated images, which shifts the numbers slightly), its sums all-reduced.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,16 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoints.read import read_checkpoint
-from ..data.images import _check_size
+from ..data.images import check_size
 from ..data.labelled import EvalImages, EvalTransform, loader, official_eval_transform, raise_on_failures
 from ..data.loader import Source, default_workers
 from ..errors import IncompatibleCheckpointError, invalid_argument
-from ..jobs.reconstruct import autocast_context
 from ..models.vit import VisionTransformer, ViTConfig
-from ..utils.device import resolve_device
+from ..utils.device import autocast, resolve_amp, resolve_device
 from ..utils.distributed import DistContext
-
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 
 @dataclass(frozen=True)
@@ -43,26 +39,6 @@ class Accuracy:
 
     def as_dict(self) -> dict[str, float | int]:
         return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "images": self.images}
-
-
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """`auto` -> bf16 on a GPU that has it, fp16 (with a gradient scaler) on one that does not, off on the CPU
-    (bf16 there is exact in its own way but slower without AMX); explicit choices are kept."""
-    if amp not in AMP_CHOICES:
-        raise invalid_argument("amp", f"amp must be {', '.join(AMP_CHOICES)}, got {amp!r}")
-    if amp != "auto":
-        return amp
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "off"
-
-
-_AMP_DTYPES: dict[str, torch.dtype] = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """The autocast region of a forward pass for a resolved `amp` (nothing for `off`): `pipeline.autocast_context`."""
-    return autocast_context(device, _AMP_DTYPES[amp])
 
 
 @torch.no_grad()
@@ -121,7 +97,7 @@ def load_classifier(path: str | Path, *, size: int | tuple[int, int] | None = No
     global_pool = any(k.startswith("fc_norm.") for k in data.classifier) and "norm.weight" not in data.state_dict
     overrides: dict[str, object] = {"num_classes": int(head.shape[0]), "global_pool": global_pool}
     if size is not None:
-        overrides["img_size"] = _check_size(size)
+        overrides["img_size"] = check_size(size)
     config = ViTConfig.from_architecture(architecture, **overrides)
     return VisionTransformer.from_pretrained(path, config, head="file", trust=trust, device=device).eval()
 

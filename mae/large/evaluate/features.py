@@ -14,8 +14,8 @@ Pooling, as the official fine-tuning model (`models_vit.VisionTransformer`) defi
 `classifier_for_pool` gives the config for either; `extract_features` runs the images through the
 model in batches (decoded by `data.image_loader`, in worker processes if asked).
 
-The files (`feature_store`, re-exported here): `save_features` writes one safetensors file (float32 `features`
-(N, D), the row names, labels and classes in its metadata); a shard folder (`feature_store.ShardWriter`,
+The files are `store.py`'s: `save_features` writes one safetensors file (float32 `features`
+(N, D), the row names, labels and classes in its metadata); a shard folder (`ShardWriter`,
 `write_index`) holds a data set's rows; `open_features` reads either lazily (`FeatureSet`: names, labels,
 classes, meta, `chunks`, `materialize`) and `load_features` whole.
 
@@ -37,29 +37,12 @@ from ..config import Size2D, to_2tuple
 from ..data.images import Crop, ImageFailure, check_crop
 from ..data.loader import image_loader, loader_batches
 from ..errors import invalid_argument
-from ..jobs.reconstruct import autocast_context, nonfinite_fix
 from ..models.intermediates import take_indices
 from ..models.vit import VisionTransformer, ViTConfig
-from ..utils.device import resolve_device
-from .store import FEATURES_FORMAT, SHARDS_FORMAT, FeatureSet, load_features, open_features, save_features
+from ..utils.device import autocast_context, nonfinite_fix, resolve_device
 
-__all__ = [
-    "FEATURES_FORMAT",
-    "POOLS",
-    "SHARDS_FORMAT",
-    "FeatureResult",
-    "FeatureSet",
-    "Pool",
-    "classifier_for_pool",
-    "extract_features",
-    "global_pool_for",
-    "load_feature_encoder",
-    "load_features",
-    "model_name",
-    "open_features",
-    "pooled_at_layer",
-    "save_features",
-]
+__all__ = ["POOLS", "FeatureResult", "Pool", "classifier_for_pool", "extract_features", "global_pool_for",
+    "load_feature_encoder", "model_name", "pooled_at_layer"]
 
 Pool = Literal["mean", "cls"]
 POOLS: tuple[str, ...] = catalog.POOLS

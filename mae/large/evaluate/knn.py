@@ -1,8 +1,8 @@
-"""What features are worth: cosine k-NN (here) and the linear probe (`probe.py`, re-exported), on cached
-features, in bounded memory.
+"""What features are worth: cosine k-NN, on cached features, in bounded memory (the linear
+probe is `probe.py`).
 
-Both take feature sources (`feature_source.py`: an (N, D) tensor or an object streaming (<= size, D)
-blocks, as `features.open_features` returns) and labels as int64 tensors; `check_compatible` refuses
+Both take feature sources (`source.py`: an (N, D) tensor or an object streaming (<= size, D)
+blocks, as `store.open_features` returns) and labels as int64 tensors; `check_compatible` refuses
 train and val features that do not come from the same checkpoint, layer, pool and transform.
 
 `knn` never builds the (Nval, Ntrain) similarity matrix: it keeps a running top-k per validation row while
@@ -18,16 +18,11 @@ import torch.nn.functional as F
 
 from ..errors import invalid_argument
 from ..utils.device import resolve_device
-from .probe import ProbeResult, probe, save_probe
 from .source import (
-    COMPATIBILITY_KEYS,
     FeatureSource,
-    TensorSource,
     as_source,
-    check_compatible,
     check_labels,
     iter_rows,
-    labels_of,
     resolve_classes,
 )
 
@@ -165,5 +160,4 @@ def knn(
                      per_class=per_class, predictions=predictions, counts=counts, k=k)
 
 
-__all__ = ["COMPATIBILITY_KEYS", "FeatureSource", "KnnResult", "ProbeResult", "TensorSource", "as_source",
-           "check_compatible", "check_labels", "iter_rows", "knn", "labels_of", "probe", "save_probe"]
+__all__ = ["KnnResult", "knn"]

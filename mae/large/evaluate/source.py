@@ -3,7 +3,7 @@ and the check that train and val features come from the same embedding.
 
 A *feature source* is a `torch.Tensor` (N, D), or any object with `rows: int`, `dim: int` and
 `chunks(size) -> Iterator[Tensor]` yielding (<= size, D) float blocks in row order (what
-`features.open_features` returns for a file or a shard directory). Labels travel separately as int64
+`store.open_features` returns for a file or a shard directory). Labels travel separately as int64
 tensors (`labels_of` takes them from a source that carries them, or says why it cannot).
 """
 

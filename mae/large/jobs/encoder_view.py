@@ -22,10 +22,9 @@ from ..data.images import Crop, ImageFailure, image_batches
 from ..errors import invalid_argument
 from ..models.intermediates import take_indices
 from ..models.mae import MaskedAutoencoderViT
-from ..utils.device import resolve_device
+from ..utils.device import autocast_context, nonfinite_fix, resolve_device
 from ..viz.attention import AttentionMaps, attention_maps
 from ..viz.pca import CovarianceAccumulator, PCABasis, fit_pca, foreground, project, to_rgb
-from .reconstruct import autocast_context, nonfinite_fix
 
 __all__ = ["AttentionResult", "PCAResult", "attention_files", "pca_files"]
 

@@ -28,7 +28,7 @@ from ..models.mae import MaskedAutoencoderViT, check_mask_ratio
 from ..models.masks import MaskSpec, build_mask, check_mask, mask_ratio_of
 from ..models.target import TargetChoice, detect_target
 from ..utils import cancel
-from ..utils.device import resolve_device
+from ..utils.device import autocast_context, nonfinite_fix, resolve_device
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,13 +38,6 @@ def mask_noise(seed: int, num_patches: int, count: int = 1) -> torch.Tensor:
     """(count, L) masking noise, every row the one `torch.manual_seed(seed); torch.rand(1, L)` gives."""
     row = torch.rand(1, num_patches, generator=torch.Generator().manual_seed(seed))
     return row.expand(count, -1).clone()
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """Mixed precision for the forward pass when a dtype below float32 is asked for."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -288,13 +281,6 @@ def detect_target_on_noise(model: MaskedAutoencoderViT, *, seed: int = 0, mask_r
     return detect_target(out.pred, out.mask, model.patchify(imgs.to(device)))
 
 
-def nonfinite_fix(dtype: torch.dtype) -> str:
-    """The fix to suggest for a result that is not finite, computed in `dtype`."""
-    precision = (f"run with dtype=torch.float32 (the {str(dtype).removeprefix('torch.')} forward pass may overflow) or "
-                 if dtype != torch.float32 else "")
-    return f"{precision}check the checkpoint's weights for NaN or infinite values (summarize or inspect it)"
-
-
 def _nonfinite_reason(path: Path, loss: float, bad: int, numel: int, dtype: torch.dtype) -> str:
     """One sentence for an image whose reconstruction is not finite: what, and what to try."""
     what = f"{bad} of its {numel} predicted values are NaN or infinite" if bad else f"its loss is {loss}"
@@ -468,8 +454,5 @@ def require_decoder(model: MaskedAutoencoderViT, allow_random_decoder: bool) -> 
         )
 
 
-__all__ = [
-    "EXPECTED_NOISE_LOSS", "NOISE_LOSS_TOLERANCE", "ImageFailure", "ImageResult", "LossResult", "autocast_context",
-    "checkpoint_kind", "detect_target_on_files", "detect_target_on_noise", "image_loss", "mask_noise", "noise_loss",
-    "nonfinite_fix", "reconstruct_files", "require_decoder", "resolve_device",
-]
+__all__ = ["ImageResult", "LossResult", "checkpoint_kind", "detect_target_on_files", "detect_target_on_noise",
+    "image_loss", "mask_noise", "noise_loss", "reconstruct_files", "require_decoder"]

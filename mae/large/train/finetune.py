@@ -46,9 +46,9 @@ from ..data.labelled import (
 )
 from ..data.loader import default_workers
 from ..errors import MAEError, invalid_argument
-from ..evaluate.accuracy import AMP_CHOICES, autocast, evaluate_model, resolve_amp
+from ..evaluate.accuracy import evaluate_model
 from ..models.vit import VisionTransformer, ViTConfig, apply_lr_scale, param_groups_lrd
-from ..utils.device import resolve_device
+from ..utils.device import AMP_CHOICES, autocast, resolve_amp, resolve_device
 from ..utils.distributed import DistContext, destroy, init_distributed
 from ..utils.keyed import derive_seed, keyed_rng
 from ..utils.optim import cosine_lr
@@ -143,7 +143,7 @@ class FinetuneConfig:
             raise invalid_argument("clip_grad", f"clip_grad must be > 0 or None (no clipping), got {self.clip_grad!r}")
         if self.amp not in AMP_CHOICES:
             raise invalid_argument("amp", f"amp must be {', '.join(AMP_CHOICES)}, got {self.amp!r}")
-        if self.mixup_mode != "batch":  # the recipe's mode, the one `augment.Mixup` implements
+        if self.mixup_mode != "batch":  # the recipe's mode, the one `mixup.Mixup` implements
             raise invalid_argument("mixup_mode", f"mixup_mode must be 'batch' (the official recipe's), got {self.mixup_mode!r}")
         if self.save_every < 0:
             raise invalid_argument("save_every", f"save_every must be >= 0 (0: last and best only), got {self.save_every}")
@@ -335,7 +335,7 @@ def _finetune(train: Path, val: Path, out_dir: Path, config: FinetuneConfig, pre
         batches = epoch_batches(len(train_source.paths), config.batch_size, epoch=epoch, seed=config.seed,
                                 rank=ctx.rank, world_size=world)
         batch_loader = loader(dataset, batches, workers=workers, pin_memory=device.type == "cuda")
-        loss_mean, last_lr = _train_epoch(net, model, batch_loader, optimizer, scaler, criterion, mixup, config, ctx,
+        loss_mean, last_lr = train_epoch(net, model, batch_loader, optimizer, scaler, criterion, mixup, config, ctx,
                                           epoch=epoch, steps=steps, accum=accum, lr=lr, amp=amp, notify=notify)
         seconds = time.perf_counter() - began
         accuracy = evaluate_model(net, val_source, batch_size=config.eval_batch_size or config.batch_size,
@@ -367,7 +367,7 @@ def _build_model(config: FinetuneConfig, classes: int, pretrained: Any, device: 
         return VisionTransformer.from_pretrained(pretrained, vit, device=device, head="fresh")
 
 
-def _train_epoch(net: nn.Module, model: VisionTransformer, batches: Any, optimizer: torch.optim.Optimizer,
+def train_epoch(net: nn.Module, model: VisionTransformer, batches: Any, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, criterion: nn.Module, mixup: Any, config: FinetuneConfig,
                  ctx: DistContext, *, epoch: int, steps: int, accum: int, lr: float, amp: str,
                  notify: Callable[[str, dict[str, Any]], None]) -> tuple[float, float]:

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import invalid_argument
 from ..utils.atomic import atomic_path
-from .figures import ReconstructionPanels, _panel, _to_pil
+from .figures import ReconstructionPanels, panel_of, pil_image
 
 __all__ = ["ANIMATION_FORMATS", "ANIMATION_FRAME_MS", "ANIMATION_RATIOS", "animation_frame", "save_animation"]
 
@@ -61,7 +61,7 @@ def animation_frame(panels: ReconstructionPanels, label: str, *, scale: int | No
     _centred_text(draw, frame.width / 2, pad, _latin1_text(label), label_font, (0, 0, 0))
     for i, (name, caption) in enumerate(_FRAME_PANELS):
         x = pad + i * (w + pad)
-        image = _to_pil(_panel(panels, name))
+        image = pil_image(panel_of(panels, name))
         if scale != 1:
             image = image.resize((w, h), Image.Resampling.NEAREST)
         frame.paste(image, (x, band))

@@ -406,7 +406,7 @@ def _draw_row(
             assert error is not None  # checked by the callers
             _draw_error(container, ax, error, error_max, fontsize)
         else:
-            ax.imshow(_panel(panels, name).detach().float().cpu().clamp(0.0, 1.0).numpy())
+            ax.imshow(panel_of(panels, name).detach().float().cpu().clamp(0.0, 1.0).numpy())
         if titles:
             ax.set_title(_TITLE_OF[name], fontsize=fontsize)
         ax.set_axis_off()
@@ -414,7 +414,7 @@ def _draw_row(
     return axes
 
 
-def _panel(panels: ReconstructionPanels, name: str) -> torch.Tensor:
+def panel_of(panels: ReconstructionPanels, name: str) -> torch.Tensor:
     return {"original": panels.original, "masked": panels.masked, "reconstruction": panels.reconstruction,
             "visible": panels.reconstruction_visible}[name]
 
@@ -473,13 +473,13 @@ def save_panel(image_hw3: torch.Tensor, path: str | os.PathLike[str]) -> Path:
     ):
         shape = tuple(image_hw3.shape) if isinstance(image_hw3, torch.Tensor) else type(image_hw3).__name__
         raise ValueError(f"a panel must be an (H, W, 3) or (H, W) tensor in [0, 1], got {shape}")
-    img = _to_pil(image_hw3)
+    img = pil_image(image_hw3)
     path = Path(path)
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
     return path
 
 
-def _to_pil(image_hw3: torch.Tensor) -> Image.Image:
+def pil_image(image_hw3: torch.Tensor) -> Image.Image:
     pixels = (image_hw3.detach().float().cpu().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
     return Image.fromarray(pixels.contiguous().numpy())

@@ -17,17 +17,16 @@ from PIL import Image
 from mae.large.data.augment import (
     AugmentConfig,
     EvalTransform,
-    Mixup,
     RandomErasing,
-    SoftTargetCrossEntropy,
     TrainTransform,
     eval_resize_size,
-    keyed_rng,
     random_resized_crop_box,
     to_tensor,
 )
 from mae.large.data.images import IMAGENET_MEAN, IMAGENET_STD, preprocess
+from mae.large.data.mixup import Mixup, SoftTargetCrossEntropy
 from mae.large.errors import InvalidArgumentError
+from mae.large.utils.keyed import keyed_rng
 from tests.helpers import REPO
 
 
@@ -204,7 +203,7 @@ def test_keyed_rng_is_a_function_of_its_keys() -> None:
     others = {keyed_rng(0, 3, 18).random(), keyed_rng(0, 4, 17).random(), keyed_rng(1, 3, 17).random(),
               keyed_rng(0, 3, "17").random(), keyed_rng(0, 31, 7).random()}
     assert draws[0] not in others and len(others) == 5
-    code = "from mae.large.data.rand_augment import keyed_rng; print(repr(keyed_rng(0, 3, 17).random()))"
+    code = "from mae.large.utils.keyed import keyed_rng; print(repr(keyed_rng(0, 3, 17).random()))"
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
     assert float(done.stdout) == draws[0]  # another process, another hash salt: the same stream

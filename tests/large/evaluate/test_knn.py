@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from mae.large.errors import InvalidArgumentError, MAEError
-from mae.large.evaluate.knn import as_source, check_compatible, knn, labels_of, probe, save_probe
-from mae.large.evaluate.probe import build_head
+from mae.large.evaluate.knn import knn
+from mae.large.evaluate.probe import build_head, probe, save_probe
+from mae.large.evaluate.source import as_source, check_compatible, labels_of
 from mae.large.utils.optim import LARS, cosine_lr
 
 sklearn = pytest.importorskip("sklearn")

@@ -11,8 +11,9 @@ from PIL import Image
 
 from mae.large.data.images import ImageFailure
 from mae.large.errors import DeviceError, MAEError
-from mae.large.jobs.reconstruct import ImageResult, image_loss, mask_noise, noise_loss, reconstruct_files, resolve_device
+from mae.large.jobs.reconstruct import ImageResult, image_loss, mask_noise, noise_loss, reconstruct_files
 from mae.large.utils import device as device_module
+from mae.large.utils.device import resolve_device
 from tests.helpers import small_model
 
 
