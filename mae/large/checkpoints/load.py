@@ -140,7 +140,7 @@ class _Lazy(Sequence):
 def from_pretrained(
     model_cls: type[M],
     config: Any,
-    path: str | Path,
+    path: str | Path | CheckpointData,
     *,
     reference: ExpectedState,
     fit: FitFn,
@@ -172,7 +172,7 @@ def from_pretrained(
     return model.to(target)
 
 
-def load_into(model: M, path: str | Path, *, reference: ExpectedState, fit: FitFn, trust: bool = False,
+def load_into(model: M, path: str | Path | CheckpointData, *, reference: ExpectedState, fit: FitFn, trust: bool = False,
               allow_nonfinite: bool = False) -> LoadReport:
     """Load a checkpoint into an existing model (copying), all or nothing: the filter and the scan for
     NaN / infinite values raise before a single tensor is copied; what the file does not hold keeps the
@@ -192,8 +192,11 @@ def load_into(model: M, path: str | Path, *, reference: ExpectedState, fit: FitF
 
 
 # ---- the steps ----------------------------------------------------------------------------------------
-def read(path: str | Path, *, trust: bool) -> CheckpointData:
-    """read + convert, each fix logged (by `read_checkpoint`)."""
+def read(path: str | Path | CheckpointData, *, trust: bool) -> CheckpointData:
+    """read + convert, each fix logged (by `read_checkpoint`); a `CheckpointData` already read is used as it is
+    (a caller that classified a file first to choose the model does not read it twice)."""
+    if isinstance(path, CheckpointData):
+        return path
     data = read_checkpoint(path, trust=trust)
     log.info("%s: read %d tensors (%s, %s)", data.path.name, len(data.state_dict), data.source_format, data.container)
     return data

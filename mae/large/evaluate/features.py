@@ -92,16 +92,16 @@ def load_feature_encoder(
 
     if pool is not None:
         global_pool_for(pool)  # a bad name fails before the file is read
+    device = resolve_device(device)  # and so does a device this machine lacks
     base = config if config is not None else ViTConfig()
-    data = read_checkpoint(path, trust=trust)
+    data = read_checkpoint(path, trust=trust)  # read once: classified here to choose the pooling, loaded below
     result = classify(data.state_dict, MaskedAutoencoderViT.expected_state(base.mae_view()), data.classifier)
-    del data  # release the memory-mapped tensors before the load maps the file again
     fine_tuned = result.kind == "fine-tuned"
     if fine_tuned and pool == "cls":
         raise invalid_argument("pool", f"{path} is a classifier fine-tuned with global pooling: it has no final norm, "
                                "so no cls-token feature; use pool='mean' (its own pooling, through its trained fc_norm)")
     chosen = pool if pool is not None else ("mean" if fine_tuned else "cls")
-    return VisionTransformer.from_pretrained(path, classifier_for_pool(chosen, base), trust=trust, device=device,
+    return VisionTransformer.from_pretrained(data, classifier_for_pool(chosen, base), trust=trust, device=device,
                                              head="file" if fine_tuned else "fresh",
                                              allow_nonfinite=allow_nonfinite).eval()
 

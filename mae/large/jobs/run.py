@@ -1,25 +1,65 @@
-"""Running a command over many inputs, as one process or as several under torchrun.
+"""Running a job: what it reports while it works (`Events`), and its inputs shared over torchrun (`run_sharded`).
 
-`run_sharded` is the one place that joins the process group, hands each rank its round-robin share of
-the inputs, shows the progress on rank 0 and passes every result to a per-rank *sink*, in the rank's
-input order. The sink decides what happens to results: `GatherSink` (today's) sends them to rank 0,
-which gets them all in input order; a sink that writes its rank's results as they come (sharded
-outputs) needs no gathering at all.
+A job never prints. What a person running it wants to see as it happens (a note, an input that failed, the
+progress, the loaded model's report) goes to the `Events` it is given; the defaults do nothing, so a Python
+caller gets the same files and return value in silence, and the command line renders the same events.
+
+`run_sharded` is the one place that joins the process group, hands each rank its round-robin share of the
+inputs, reports the progress on rank 0 and passes every result to a per-rank *sink*, in the rank's input
+order. The sink decides what happens to results: `GatherSink` sends them to rank 0, which gets them all in
+input order; a sink that writes its rank's results as they come (sharded outputs) needs no gathering at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from cli.common import progress, record_result
-
 if TYPE_CHECKING:  # pragma: no cover
-    from mae.large.utils.distributed import DistContext
+    from ..data.images import ImageFailure
+    from ..utils.distributed import DistContext
 
 T = TypeVar("T")
 S = TypeVar("S")
+
+Advance = Callable[[], None]
+Progress = Callable[[int, str], contextlib.AbstractContextManager[Advance]]
+
+
+@contextlib.contextmanager
+def no_progress(total: int, label: str) -> Iterator[Advance]:
+    """A progress report that shows nothing."""
+    yield lambda: None
+
+
+def _ignore(*_: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Events:
+    """What a job reports while it runs; every field defaults to doing nothing.
+
+    `note(text)`: a one-line remark (sub-folders not walked, an input given twice, the decoder target chosen);
+    `failure(f)`: an input that gave no result, as soon as it is known (`ImageFailure`); `progress(total, label)`:
+    a context manager giving the `advance()` to call per input; `loaded(model)`: a model was loaded (its
+    `load_report` says from what); `result(item)`: each per-input result as it comes (a row or a failure).
+    Off rank 0 of a distributed run, jobs use `quiet()`."""
+
+    note: Callable[[str], None] = _ignore
+    failure: Callable[[ImageFailure], None] = _ignore
+    progress: Progress = no_progress
+    loaded: Callable[[Any], None] = _ignore
+    result: Callable[[Any], None] = _ignore
+
+    def quiet(self) -> Events:
+        """These events without the ones a person reads (for the ranks other than 0)."""
+        return replace(self, note=_ignore, failure=_ignore, progress=no_progress, loaded=_ignore)
+
+
+QUIET = Events()
 
 
 class Sink(Protocol):
@@ -43,7 +83,7 @@ class GatherSink:
         self.items.append(item)
 
     def close(self) -> list[Any] | None:
-        from mae.large.utils.distributed import gather_to_main
+        from ..utils.distributed import gather_to_main
 
         return gather_to_main(self.ctx, self.items)
 
@@ -53,6 +93,7 @@ class ShardedRun(Generic[S]):
     state: S  # what `setup` returned (the model)
     results: list[Any] | None  # what the sink's close returned (rank 0: every result, in input order)
     ctx: DistContext
+    events: Events = field(default=QUIET)  # the events of this rank (quiet off rank 0)
 
 
 def run_sharded(
@@ -60,29 +101,29 @@ def run_sharded(
     device: Any,
     *,
     label: str,
-    quiet: bool,
-    setup: Callable[[DistContext, bool], S],
-    work: Callable[[S, list[T], DistContext], Iterable[Any]],
+    events: Events,
+    setup: Callable[[DistContext, Events], S],
+    work: Callable[[S, list[T], DistContext, Events], Iterable[Any]],
     sink: Callable[[DistContext], Sink] = GatherSink,
     record: bool = True,
 ) -> ShardedRun[S]:
-    """`setup(ctx, quiet)` once per process (load the model; `quiet` is True off rank 0), then every result
-    of `work(state, this rank's items, ctx)` into the sink, with a progress bar on rank 0. `record=False` keeps
-    no per-result row for a failure's JSON report (`record_result`): memory stays flat over any number of inputs."""
-    from mae.large.utils.distributed import distributed_run, shard
+    """`setup(ctx, events)` once per process (load the model), then every result of `work(state, this rank's items,
+    ctx, events)` into the sink, with the progress on rank 0. `record=False` reports no per-result `events.result`
+    (a sink that writes as it goes keeps memory flat over any number of inputs)."""
+    from ..utils.distributed import distributed_run, shard
 
     with distributed_run(device) as ctx:
-        quiet_here = quiet or not ctx.is_main
-        state = setup(ctx, quiet_here)
+        here = events if ctx.is_main else events.quiet()
+        state = setup(ctx, here)
         local = shard(items, ctx.rank, ctx.world_size)
         if ctx.is_distributed:
             label = f"{label} (rank 0's {len(local)} of {len(items)})"
         rank_sink = sink(ctx)
-        with progress(len(local), label, quiet=quiet_here) as advance:
-            for result in work(state, local, ctx):
+        with here.progress(len(local), label) as advance:
+            for result in work(state, local, ctx, here):
                 rank_sink.add(result)
                 if record:
-                    record_result(result)
+                    here.result(result)
                 advance()
         merged = rank_sink.close()
-    return ShardedRun(state, merged, ctx)
+    return ShardedRun(state, merged, ctx, here)

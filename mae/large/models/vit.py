@@ -244,7 +244,7 @@ class VisionTransformer(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        path: str | Path,
+        path: str | Path | CheckpointData,
         config: ViTConfig | None = None,
         *,
         trust: bool = False,
@@ -254,8 +254,8 @@ class VisionTransformer(nn.Module):
         **overrides: Any,
     ) -> VisionTransformer:
         """A classifier whose encoder comes from an MAE checkpoint (encoder-only or full, any layout
-        `read_checkpoint` knows). `overrides` change config fields, e.g. `num_classes=10, img_size=320`.
-        The load report is kept as `model.load_report`.
+        `read_checkpoint` knows, or what it returned). `overrides` change config fields, e.g. `num_classes=10,
+        img_size=320`. The load report is kept as `model.load_report`.
 
         `head="fresh"` (fine-tuning, as main_finetune.py): the head and `fc_norm` start fresh; a trained
         classifier in the file is not used, and the report warns about it. `head="file"` (evaluating a
