@@ -24,7 +24,7 @@ from _common import PYTHON, bench_checkpoint, image_folder, machine_header, medi
 # The CLI with the pipeline's overlap switched off (each batch computed only when the loop asks for it).
 SERIAL = r"""
 import functools, sys
-import mae.large.jobs.reconstruct as pipeline
+import mae.large.jobs.forward as pipeline
 pipeline.reconstruct_files = functools.partial(pipeline.reconstruct_files, overlap=False)
 from cli.app import app
 sys.argv[0] = "mae-large"

@@ -33,7 +33,7 @@ def main() -> None:
     import torch
 
     from mae.large import mae_vit_large_patch16
-    from mae.large.jobs.reconstruct import maskings_for, reconstruct_files, sweep_files
+    from mae.large.jobs.forward import maskings_for, reconstruct_files, sweep_files
     from mae.large.viz.figures import SweepRow, make_panels, reconstruction_figure, save_figure, sweep_figure
 
     print(machine_header())

@@ -93,7 +93,7 @@ def quality(model, count: int, batch: int) -> None:
     import torch
 
     from mae.large.data.images import collect_images, denormalize
-    from mae.large.jobs.reconstruct import reconstruct_files
+    from mae.large.jobs.forward import reconstruct_files
 
     folder = image_folder(count)
     paths, _ = collect_images([folder])

@@ -11,9 +11,10 @@ from typer.core import TyperGroup
 
 from cli import (
     attention,
-    common,
+    console,
     convert,
     download,
+    errors,
     evaluate,
     export_onnx,
     features,
@@ -34,7 +35,7 @@ class JsonAwareGroup(TyperGroup):
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         ctx.meta["mae_large.json"] = "--json" in args
-        common.STATE["json_printed"] = False
+        console.STATE["json_printed"] = False
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: typer.Context) -> Any:
@@ -44,8 +45,8 @@ class JsonAwareGroup(TyperGroup):
             # A usage error (click's UsageError interface: format_message, exit_code 2), raised while the
             # command's options are parsed or by the command itself (typer.BadParameter).
             usage = callable(getattr(exc, "format_message", None)) and getattr(exc, "exit_code", None) == 2
-            if usage and ctx.meta.get("mae_large.json") and not common.STATE.get("json_printed"):
-                common.print_json({"error": " ".join(exc.format_message().split()),  # type: ignore[attr-defined]
+            if usage and ctx.meta.get("mae_large.json") and not console.STATE.get("json_printed"):
+                errors.print_json({"error": " ".join(exc.format_message().split()),  # type: ignore[attr-defined]
                                    "exit_code": 2, "written": []})
             raise
 
@@ -71,24 +72,24 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     debug: Annotated[bool, typer.Option(
-        "--debug", help=f"Show tracebacks and log records (or set {common.DEBUG_ENV}=1).")] = False,
+        "--debug", help=f"Show tracebacks and log records (or set {errors.DEBUG_ENV}=1).")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ) -> None:
     """MAE ViT-Large: inspect checkpoints, reconstruct masked images, measure the loss."""
-    common.STATE["debug"] = debug
+    console.STATE["debug"] = debug
     # Warnings of the libraries underneath (matplotlib's missing glyphs, torch's notices) become log records:
     # shown with --debug, never printed raw otherwise. The command prints what the user needs to know.
     logging.captureWarnings(True)
     py_warnings = logging.getLogger("py.warnings")
-    py_warnings.propagate = common.debug_enabled()
+    py_warnings.propagate = errors.debug_enabled()
     if not py_warnings.handlers:
         py_warnings.addHandler(logging.NullHandler())
-    if common.debug_enabled():
+    if errors.debug_enabled():
         # With --debug, show the library's log records (each loading fix, the load summary).
         from rich.logging import RichHandler
 
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s",
-                            handlers=[RichHandler(console=common.err, show_time=False)])
+                            handlers=[RichHandler(console=console.err, show_time=False)])
 
 
 app.command("inspect")(inspect.inspect_command)
@@ -123,4 +124,4 @@ def main() -> None:
         # The interrupt was swallowed on the way (a library's cleanup); the run still did not finish as asked.
         sys.stderr.write(f"interrupted by {interrupt.describe(signum)}\n")
         code = interrupt.exit_code(signum)
-    common.exit_process(code)
+    errors.exit_process(code)

@@ -7,14 +7,16 @@ each process draws its share; rank 0 prints the summary.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from cli.common import (
+from cli.console import err, failures_summary, out, report_encoder_view
+from cli.errors import handle_errors, print_json
+from cli.events import events
+from cli.options import (
     AllowNonfiniteOpt,
     BatchSizeOpt,
     CropOpt,
@@ -30,26 +32,17 @@ from cli.common import (
     check_output_folder,
     check_size_budget,
     choice,
-    collect_inputs,
-    encoder_view_checkpoint,
-    err,
-    failures_summary,
-    handle_errors,
-    load_encoder_view,
-    out,
-    output_stems,
+    model_source,
     parse_dtype,
     parse_layers,
+    parse_mask_option,
     parse_size,
-    print_json,
 )
 from cli.render import escape
-from cli.sharded import run_sharded
 from mae.large import catalog
 from mae.large.cost import DEFAULT_MAX_PATCHES
 
-HEAD_CHOICES = ("all", "mean")  # = attention_figures.HEADS (a test keeps them equal; this module stays torch-free)
-SUFFIX = ".attention.png"
+HEAD_CHOICES = ("all", "mean")  # = encoder_figures.HEADS (a test keeps them equal; this module stays torch-free)
 CheckpointOpt = Annotated[Path | None, typer.Option(
     "--checkpoint", "-c", show_default=False,
     help="MAE checkpoint, full or encoder-only (only the encoder is used). Default: the first present of "
@@ -92,98 +85,35 @@ def attention_command(
     layers = parse_layers(layer)
     hw = parse_size(size)
     check_size_budget(hw, max_patches, decoder=False)
-    spec = _mask_spec(mask)
+    spec = parse_mask_option(mask)
     check_output_folder(out_dir)
     torch_dtype = parse_dtype(dtype)
 
-    from mae.large.data.images import ImageFailure
-    from mae.large.utils.device import resolve_device
+    from mae.large.jobs.attention import attention
+    from mae.large.jobs.models import encoder_view_checkpoint
 
-    paths, failures = collect_inputs(images, "draw attention for", recursive=recursive, quiet=json_)
-    checkpoint = encoder_view_checkpoint(checkpoint, quiet=json_)
-    stems = output_stems(paths, out_dir, SUFFIX)
-
-    def setup(ctx, quiet: bool):
-        from mae.large.models.masks import build_mask
-
-        model = load_encoder_view(checkpoint, size=hw, device=str(ctx.device), trust=trust,
-                                  allow_nonfinite=allow_nonfinite, quiet=quiet)
-        removed = None
-        if spec is not None or mask_ratio > 0:
-            kind = spec if spec is not None else _mask_spec("random")
-            removed = build_mask(kind, model.config.img_size, model.config.patch_size,
-                                 ratio=mask_ratio if mask_ratio > 0 else 0.75, seed=seed)
-        return model, removed
-
-    def work(state, local: list[Path], ctx):
-        from mae.large.jobs.encoder_view import attention_files
-
-        model, removed = state
-        for item in attention_files(model, local, layers=layers, rollout=rollout, mask=removed,
-                                    batch_size=batch_size, crop=crop, dtype=torch_dtype, device=ctx.device):  # type: ignore[arg-type]
-            if isinstance(item, ImageFailure):
-                if not json_ and not ctx.is_distributed:
-                    err.print(f"[red]skipped[/] {escape(item.reason)}")
-                yield {"image": str(item.path), "error": item.reason}
-                continue
-            yield _render(item, out_dir / f"{stems[item.path]}{SUFFIX}", heads, top_k, removed)
-
-    started = time.perf_counter()
-    run = run_sharded(paths, resolve_device(device), label="attention", quiet=json_, setup=setup, work=work)
-    if run.results is None:  # not rank 0
+    checkpoint, note = encoder_view_checkpoint(checkpoint)
+    if note and not json_:
+        err.print(f"[dim]{escape(note)}[/]")
+    model = model_source(checkpoint, hw, trust=trust, allow_nonfinite=allow_nonfinite)
+    run = attention(images, model, out_dir, layers=layers, heads=heads,
+                    rollout=rollout, mask_ratio=mask_ratio, mask=spec, seed=seed, top_k=top_k, crop=crop,  # type: ignore[arg-type]
+                    batch_size=batch_size, dtype=torch_dtype, device=device, recursive=recursive,
+                    events=events(json_, loaded=report_encoder_view))
+    if run is None:  # not rank 0
         return
-    model, removed = run.state
-    rows = [{"image": str(f.path), "error": f.reason} for f in failures] + run.results
-    bad = [r for r in rows if "error" in r]
-    ok = [r for r in rows if "error" not in r]
-    if run.ctx.is_distributed and not json_:
-        for r in run.results:
-            if "error" in r:
-                err.print(f"[red]skipped[/] {escape(r['error'])}")
+    bad = [r for r in run.rows if "error" in r]
+    ok = [r for r in run.rows if "error" not in r]
     if json_:
-        print_json({"checkpoint": str(checkpoint), "kind": model.load_report.kind if model.load_report else "random-init",
+        print_json({"checkpoint": str(checkpoint), "kind": run.kind,
                     "layers": [int(k) for k in ok[0]["layers"]] if ok else layers, "heads": heads, "rollout": rollout,
-                    "mask": None if removed is None else [int(i) for i in removed.nonzero().flatten().tolist()],
-                    "seconds": round(time.perf_counter() - started, 3), "images": rows, "failed": len(bad)})
+                    "mask": run.mask, "seconds": round(run.seconds, 3), "images": run.rows, "failed": len(bad)})
     else:
-        out.print(_table(rows))
+        out.print(_table(run.rows))
     if bad:
         if not json_:
             err.print(f"[red]{failures_summary(len(bad), len(ok))}")
         raise typer.Exit(1)
-
-
-def _mask_spec(value: str | None):  # -> MaskSpec | None
-    if value is None:
-        return None
-    from mae.large.models.masks import parse_mask
-
-    try:
-        return parse_mask(value)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--mask") from None
-
-
-def _render(item, path: Path, heads: str, top_k: int, removed) -> dict:
-    """Draw and save one image's figure; its JSON row (per layer: each head's entropy, the top patches)."""
-    from mae.large.viz.attention import head_entropy, top_patches
-    from mae.large.viz.encoder_figures import attention_figure
-    from mae.large.viz.figures import save_figure
-
-    maps = item.maps
-    note = None if removed is None else f"{int(removed.sum())} of {removed.numel()} patches removed (grey)"
-    written = save_figure(attention_figure(item.image, maps, heads=heads, title=item.path.name, note=note), path)
-    layers = {}
-    for layer in maps.layers:
-        weights, where = top_patches(maps, layer, top_k)
-        layers[str(layer)] = {"entropy": [round(float(e), 5) for e in head_entropy(maps, layer)[0]],
-                              "top": [{"patch": int(p), "weight": round(float(w), 6)} for w, p in zip(weights[0], where[0])]}
-    row = {"image": str(item.path), "output": str(written), "layers": layers}
-    if maps.rollout is not None:
-        values, order = maps.rollout[0, 1:].topk(min(top_k, maps.patches.shape[1]))
-        row["rollout_top"] = [{"patch": int(maps.patches[0, i]), "weight": round(float(v), 6)}
-                              for v, i in zip(values, order)]
-    return row
 
 
 def _table(rows: list[dict]) -> Table:

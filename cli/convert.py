@@ -10,7 +10,9 @@ import typer
 from rich.panel import Panel
 from rich.table import Table
 
-from cli.common import AllowNonfiniteOpt, JsonOpt, TargetOpt, TrustOpt, choice, handle_errors, out, print_json
+from cli.console import out
+from cli.errors import handle_errors, print_json
+from cli.options import AllowNonfiniteOpt, JsonOpt, TargetOpt, TrustOpt, choice
 from cli.render import escape, human_bytes
 
 if TYPE_CHECKING:  # pragma: no cover

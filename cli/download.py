@@ -9,7 +9,9 @@ import typer
 from rich import box
 from rich.table import Table
 
-from cli.common import JsonOpt, err, handle_errors, out, print_json
+from cli.console import err, out
+from cli.errors import handle_errors, print_json
+from cli.options import JsonOpt
 from cli.render import escape
 from mae.large import catalog
 

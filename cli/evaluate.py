@@ -12,7 +12,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import BatchSizeOpt, DeviceOpt, JsonOpt, choice, err, handle_errors, out, print_json, progress
+from cli.console import err, out, progress
+from cli.errors import handle_errors, print_json
+from cli.options import BatchSizeOpt, DeviceOpt, JsonOpt, choice
 from cli.render import escape
 from mae.large import catalog
 

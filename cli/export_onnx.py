@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from cli.common import (
+from cli.console import err, out, report_encoder, report_load
+from cli.errors import handle_errors, print_json
+from cli.events import events
+from cli.options import (
     DEFAULT_CHECKPOINT,
     AllowNonfiniteOpt,
     JsonOpt,
@@ -24,12 +27,8 @@ from cli.common import (
     check_output_folder,
     check_size_budget,
     choice,
-    err,
-    handle_errors,
-    load_model,
-    out,
+    model_source,
     parse_size,
-    print_json,
 )
 from cli.render import escape
 from mae.large import catalog
@@ -88,21 +87,14 @@ def export_onnx_command(
     from mae.large.jobs.onnx import export_onnx, require_onnx
 
     require_onnx()  # a missing extra is said before the model is read
-    if what == "features":
-        from cli.features import _load_encoder  # the loading (and its messages) of `mae-large features`
-
-        source = checkpoint or catalog.ENCODER_ONLY.default_path
-        model = _load_encoder(source, hw, None, "cpu", trust=trust, quiet=json_, allow_nonfinite=allow_nonfinite)
-    else:
-        from mae.large.jobs.reconstruct import require_decoder
-
-        source = checkpoint or DEFAULT_CHECKPOINT
-        model = load_model(source, size=hw, device="cpu", trust=trust, allow_nonfinite=allow_nonfinite, quiet=json_)
-        require_decoder(model, allow_random_decoder)
+    source = checkpoint or (catalog.ENCODER_ONLY.default_path if what == "features" else DEFAULT_CHECKPOINT)
     if not json_:
         err.print(f"[dim]exporting {what} (torch.onnx, dynamo) and checking it with onnxruntime ...[/]")
-    report = export_onnx(model, out_path, what, dynamic_batch=dynamic_batch, mask_ratio=mask_ratio,  # type: ignore[arg-type]
-                         target=target, opset=opset, overwrite=force)
+    model = model_source(source, hw, trust=trust, allow_nonfinite=allow_nonfinite)
+    report = export_onnx(model, out_path, what, size=hw, dynamic_batch=dynamic_batch,  # type: ignore[arg-type]
+                         mask_ratio=mask_ratio, target=target, opset=opset, trust=trust, allow_nonfinite=allow_nonfinite,
+                         allow_random_decoder=allow_random_decoder, overwrite=force,
+                         events=events(json_, loaded=report_encoder if what == "features" else report_load))
     if json_:
         print_json({**report.to_dict(), "checkpoint": str(source)})
     else:

@@ -14,7 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.common import DeviceOpt, JsonOpt, choice, err, handle_errors, out, print_json, progress
+from cli.console import err, out, progress
+from cli.errors import handle_errors, print_json
+from cli.options import DeviceOpt, JsonOpt, choice
 from cli.render import escape
 
 AMP = ("auto", "bf16", "fp16", "off")

@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from cli.common import JsonOpt, TrustOpt, handle_errors, out, print_json
+from cli.console import out
+from cli.errors import handle_errors, print_json
+from cli.options import JsonOpt, TrustOpt
 
 
 @handle_errors

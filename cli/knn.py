@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import JsonOpt, handle_errors, out, print_json
+from cli.console import out
+from cli.errors import handle_errors, print_json
+from cli.options import JsonOpt
 
 
 @handle_errors

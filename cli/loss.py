@@ -8,7 +8,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import (
+from cli.console import err, out, report_load
+from cli.errors import fail, handle_errors, print_json
+from cli.events import events
+from cli.options import (
     DEFAULT_CHECKPOINT,
     AllowNonfiniteOpt,
     BatchSizeOpt,
@@ -22,14 +25,9 @@ from cli.common import (
     TargetOpt,
     TrustOpt,
     check_size_budget,
-    err,
-    fail,
-    handle_errors,
-    load_model,
-    out,
+    model_source,
     parse_dtype,
     parse_size,
-    print_json,
     resolve_target_option,
 )
 from cli.render import escape
@@ -74,71 +72,44 @@ def loss_command(
     hw = parse_size(size)
     check_size_budget(hw, max_patches, decoder=True, mask_ratio=mask_ratio)
     torch_dtype = parse_dtype(dtype)
-    if random_init:
-        chosen = None
-    elif checkpoint is not None:
-        chosen = checkpoint
-    else:
-        chosen = DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.exists() else None
-        if chosen is None and not json_:
-            err.print(f"[yellow]no checkpoint at {DEFAULT_CHECKPOINT}[/]: measuring a random init instead "
-                      "(`mae-large download visualize` fetches the full checkpoint)")
 
-    from mae.large.data.images import collect_images
-    from mae.large.jobs.reconstruct import (
-        checkpoint_kind,
-        detect_target_on_files,
-        detect_target_on_noise,
-        image_loss,
-        maskings_for,
-        noise_loss,
-    )
-    from mae.large.models.target import resolve_target
+    from mae.large.jobs.loss import loss
 
-    model = load_model(chosen, size=hw, device=device, trust=trust, quiet=json_, seed=seed,
-                       allow_nonfinite=allow_nonfinite)
-    kind = checkpoint_kind(model)
-    choice = resolve_target(target, chosen, kind)
-    if choice is None:  # a full file the catalogue does not know: measure what its decoder predicts
-        choice = (detect_target_on_noise(model, seed=seed, mask_ratio=mask_ratio, dtype=torch_dtype) if noise else
-                  detect_target_on_files(model, collect_images(images or [], recursive=recursive)[0],
-                                         maskings_for(model, ratios=[mask_ratio], seeds=[seed])[0], dtype=torch_dtype))
-    model.norm_pix_loss = choice.norm_pix
-    if not json_:
-        err.print(f"  [dim]- decoder target: {escape(choice.target)} ({escape(choice.how)})[/]")
-    failed = 0
-    if noise:
-        result = noise_loss(model, kind, samples=samples, seed=seed, mask_ratio=mask_ratio, batch_size=batch_size,
-                            dtype=torch_dtype)
-    else:
-        result, unread = image_loss(model, kind, images or [], seed=seed, mask_ratio=mask_ratio, batch_size=batch_size,
-                                    dtype=torch_dtype, recursive=recursive)
-        failed = len(unread)
-        for f in unread:
-            err.print(f"[red]skipped[/] {escape(f.reason)}")
+    model = model_source(checkpoint, hw, trust=trust, allow_nonfinite=allow_nonfinite, seed=seed)
+    run = loss(None if noise else images, model, random_init=random_init,
+               samples=samples, seed=seed, mask_ratio=mask_ratio, target=target, batch_size=batch_size, dtype=torch_dtype,
+               device=device, recursive=recursive,
+               events=events(json_, loaded=lambda model: report_load(model, seed), failures=True))
+    result, choice = run.result, run.target
     verdict = _verdict(result)
     if json_:
-        print_json({"checkpoint": str(chosen) if chosen else None, "kind": kind, "source": result.source,
-                    "samples": len(result.losses), "mean": result.mean, "std": result.std, "losses": result.losses,
-                    "mask_ratio": mask_ratio, "norm_pix_loss": choice.norm_pix, "target": choice.target,
-                    "target_how": choice.how, "expected": result.expected,
+        print_json({"checkpoint": str(run.checkpoint) if run.checkpoint else None, "kind": result.kind,
+                    "source": result.source, "samples": len(result.losses), "mean": result.mean, "std": result.std,
+                    "losses": result.losses, "mask_ratio": mask_ratio, "norm_pix_loss": choice.norm_pix,
+                    "target": choice.target, "target_how": choice.how, "expected": result.expected,
                     "tolerance": result.tolerance if result.expected is not None else None, "verdict": verdict,
                     "dtype": dtype})
     else:
-        out.print(_table(result, chosen, verdict))
+        out.print(_table(result, run.checkpoint, verdict))
     if check:
-        if result.expected is None and noise and mask_ratio == 0.75 and target == "auto" and choice.norm_pix:
-            # The targets were measured for pixel decoders; a norm-pix decoder has none: report, do not gate.
-            err.print("[yellow]not gated[/]: no expected noise loss is known for a decoder that predicts normalised "
-                      "pixels; the value above is reported only")
-        elif result.expected is None:
-            fail("--check needs the noise benchmark's conditions (--noise, mask ratio 0.75, pixel targets)")
-        if not result.within_tolerance:
-            fail(f"mean loss {result.mean:.4f} is outside {result.expected} +- {result.tolerance} expected for a "
-                 f"{kind} model")
-    if failed:
-        fail(f"{failed} input(s) could not be read or gave no finite loss (listed above); the loss is over the other "
-             f"{len(result.losses)}")
+        _gate(result, noise and mask_ratio == 0.75 and target == "auto" and choice.norm_pix)
+    if run.failures:
+        fail(f"{len(run.failures)} input(s) could not be read or gave no finite loss (listed above); the loss is over "
+             f"the other {len(result.losses)}")
+
+
+def _gate(result, norm_pix_benchmark: bool) -> None:  # noqa: ANN001
+    """--check: exit 1 when the mean is outside the tolerance of the expected value."""
+    if result.expected is None and norm_pix_benchmark:
+        # The targets were measured for pixel decoders; a norm-pix decoder has none: report, do not gate.
+        err.print("[yellow]not gated[/]: no expected noise loss is known for a decoder that predicts normalised "
+                  "pixels; the value above is reported only")
+        return
+    if result.expected is None:
+        fail("--check needs the noise benchmark's conditions (--noise, mask ratio 0.75, pixel targets)")
+    if not result.within_tolerance:
+        fail(f"mean loss {result.mean:.4f} is outside {result.expected} +- {result.tolerance} expected for a "
+             f"{result.kind} model")
 
 
 def _verdict(result) -> str:

@@ -3,7 +3,6 @@ as RGB) beside each image; a folder gets one joint PCA, so its images share one 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +10,10 @@ import typer
 from rich.table import Table
 
 from cli.attention import CheckpointOpt
-from cli.common import (
+from cli.console import err, failures_summary, out, report_encoder_view
+from cli.errors import handle_errors, print_json
+from cli.events import events
+from cli.options import (
     AllowNonfiniteOpt,
     BatchSizeOpt,
     CropOpt,
@@ -24,22 +26,12 @@ from cli.common import (
     TrustOpt,
     check_output_folder,
     check_size_budget,
-    collect_inputs,
-    encoder_view_checkpoint,
-    err,
-    failures_summary,
-    handle_errors,
-    load_encoder_view,
-    out,
-    output_stems,
+    model_source,
     parse_dtype,
     parse_size,
-    print_json,
 )
 from cli.render import escape
 from mae.large.cost import DEFAULT_MAX_PATCHES
-
-SUFFIX = ".pca.png"
 
 
 @handle_errors
@@ -75,57 +67,30 @@ def pca_command(
     check_size_budget(hw, max_patches, decoder=False)
     check_output_folder(out_dir)
     torch_dtype = parse_dtype(dtype)
-    joint = any(Path(i).is_dir() for i in images) if joint is None else joint
 
-    from mae.large.data.images import ImageFailure
-    from mae.large.jobs.encoder_view import PCAResult, pca_files
+    from mae.large.jobs.models import encoder_view_checkpoint
+    from mae.large.jobs.pca import pca
 
-    paths, failures = collect_inputs(images, "draw patch features for", recursive=recursive, quiet=json_)
-    checkpoint = encoder_view_checkpoint(checkpoint, quiet=json_)
-    stems = output_stems(paths, out_dir, SUFFIX)
-    model = load_encoder_view(checkpoint, size=hw, device=device, trust=trust, allow_nonfinite=allow_nonfinite,
-                              quiet=json_)
-    started = time.perf_counter()
-    rows: list[dict] = [{"image": str(f.path), "error": f.reason} for f in failures]
-    variance = None
-    for item in pca_files(model, paths, layer=layer, joint=joint, with_foreground=foreground, batch_size=batch_size,
-                          crop=crop, dtype=torch_dtype):  # type: ignore[arg-type]
-        if isinstance(item, ImageFailure):
-            if not json_:
-                err.print(f"[red]skipped[/] {escape(item.reason)}")
-            rows.append({"image": str(item.path), "error": item.reason})
-            continue
-        assert isinstance(item, PCAResult)
-        rows.append(_render(item, out_dir / f"{stems[item.path]}{SUFFIX}", joint))
-        variance = [round(float(v), 6) for v in item.basis.variance] if joint else None
-    bad = [r for r in rows if "error" in r]
-    ok = [r for r in rows if "error" not in r]
+    checkpoint, note = encoder_view_checkpoint(checkpoint)
+    if note and not json_:
+        err.print(f"[dim]{escape(note)}[/]")
+    model = model_source(checkpoint, hw, trust=trust, allow_nonfinite=allow_nonfinite)
+    run = pca(images, model, out_dir, layer=layer, joint=joint,
+              foreground=foreground, crop=crop, batch_size=batch_size, dtype=torch_dtype, device=device,  # type: ignore[arg-type]
+              recursive=recursive, events=events(json_, loaded=report_encoder_view))
+    bad = [r for r in run.rows if "error" in r]
+    ok = [r for r in run.rows if "error" not in r]
     if json_:
-        print_json({"checkpoint": str(checkpoint), "layer": ok[0]["layer"] if ok else layer, "joint": joint,
-                    "variance": variance, "seconds": round(time.perf_counter() - started, 3), "images": rows,
-                    "failed": len(bad)})
+        print_json({"checkpoint": str(checkpoint), "layer": ok[0]["layer"] if ok else layer, "joint": run.joint,
+                    "variance": run.variance, "seconds": round(run.seconds, 3), "images": run.rows, "failed": len(bad)})
     else:
-        table = Table(title=f"patch-feature maps ({'joint PCA' if joint else 'a PCA per image'})")
+        table = Table(title=f"patch-feature maps ({'joint PCA' if run.joint else 'a PCA per image'})")
         table.add_column("image", overflow="fold")
         table.add_column("output", overflow="fold")
-        for r in rows:
+        for r in run.rows:
             table.add_row(escape(r["image"]), f"[red]failed[/] {escape(r['error'])}" if "error" in r else escape(r["output"]))
         out.print(table)
     if bad:
         if not json_:
             err.print(f"[red]{failures_summary(len(bad), len(ok))}")
         raise typer.Exit(1)
-
-
-def _render(item, path: Path, joint: bool) -> dict:
-    from mae.large.viz.encoder_figures import pca_figure
-    from mae.large.viz.figures import save_figure
-
-    note = f"joint PCA of {item.basis.count} patches" if joint else None
-    fig = pca_figure(item.image, item.rgb, layer=item.layer, foreground=item.foreground, title=item.path.name, note=note)
-    row = {"image": str(item.path), "output": str(save_figure(fig, path)), "layer": item.layer}
-    if item.foreground is not None:
-        row["foreground_fraction"] = round(float(item.foreground.float().mean()), 4)
-    if not joint:
-        row["variance"] = [round(float(v), 6) for v in item.basis.variance]
-    return row

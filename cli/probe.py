@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import JsonOpt, err, handle_errors, out, print_json, progress
+from cli.console import err, out, progress
+from cli.errors import handle_errors, print_json
+from cli.options import JsonOpt
 from cli.render import escape
 
 

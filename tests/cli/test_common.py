@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cli.common import with_flag
+from cli.errors import with_flag
 
 
 @pytest.mark.parametrize(("message", "argument", "expected"), [

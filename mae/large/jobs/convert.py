@@ -126,7 +126,7 @@ def _target(source: Path, requested: str, kind: str, config: MAEConfig, trust: b
     choice = resolve_target(requested, source, kind)
     if choice is not None:
         return choice
-    from .reconstruct import detect_target_on_noise
+    from .forward import detect_target_on_noise
 
     model = MaskedAutoencoderViT.from_pretrained(source, config, trust=trust, allow_nonfinite=allow_nonfinite)
     choice = detect_target_on_noise(model)

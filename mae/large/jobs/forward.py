@@ -1,7 +1,8 @@
-"""The jobs behind the commands: reconstruct image files, and measure the loss on noise or images.
+"""Masked forward passes of the autoencoder over image files: seeded maskings, batches, the next batch computed
+while the caller draws the last one.
 
-Each job is a function from inputs to result records; it never prints or writes files (the CLI
-renders and saves). Masks are reproducible: every image's noise is drawn from a generator seeded with
+Each function goes from inputs to result records; it never prints or writes files (the jobs `reconstruct`,
+`loss` and the figures draw and save). Masks are reproducible: every image's noise is drawn from a generator seeded with
 `seed` alone, as the official demo does with `torch.manual_seed(seed)` before each image, so an
 image gets the same mask whatever the batch size or its position in the batch.
 """
@@ -20,10 +21,8 @@ from typing import NamedTuple, TypeVar
 
 import torch
 
-from .. import catalog
-from ..catalog import EXPECTED_NOISE_LOSS, NOISE_LOSS_TOLERANCE
-from ..data.images import Crop, ImageFailure, check_crop, collect_images, image_batches
-from ..errors import EncoderOnlyCheckpointError, ImageError, MAEError, invalid_argument
+from ..data.images import Crop, ImageFailure, check_crop, image_batches
+from ..errors import invalid_argument
 from ..models.mae import MaskedAutoencoderViT, check_mask_ratio
 from ..models.masks import MaskSpec, build_mask, check_mask, mask_ratio_of
 from ..models.target import TargetChoice, detect_target
@@ -345,114 +344,5 @@ def _run_ahead(items: Iterator[T], depth: int) -> Iterator[T]:
             worker.join()
 
 
-@dataclass(frozen=True)
-class LossResult:
-    source: str  # "noise" or "images"
-    kind: str  # full | encoder-only | random-init | partial
-    losses: list[float]  # one per sample
-    mask_ratio: float
-    norm_pix_loss: bool
-    expected: float | None  # the requirements' value for this kind (noise only)
-    tolerance: float
-
-    @property
-    def mean(self) -> float:
-        return sum(self.losses) / len(self.losses)
-
-    @property
-    def std(self) -> float:
-        if len(self.losses) < 2:
-            return 0.0
-        m = self.mean
-        return math.sqrt(sum((x - m) ** 2 for x in self.losses) / (len(self.losses) - 1))
-
-    @property
-    def within_tolerance(self) -> bool | None:
-        if self.expected is None:
-            return None
-        return abs(self.mean - self.expected) <= self.tolerance
-
-
-def noise_loss(
-    model: MaskedAutoencoderViT,
-    kind: str,
-    *,
-    samples: int = 8,
-    seed: int = 0,
-    mask_ratio: float = 0.75,
-    batch_size: int = 8,
-    dtype: torch.dtype = torch.float32,
-) -> LossResult:
-    """The requirements' benchmark: loss on `randn` images (ImageNet-normalised space), seeded.
-
-    Raises `MAEError` when a sample's loss is not finite (the noise is finite, so the weights or the
-    precision are at fault)."""
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise invalid_argument("samples", f"samples must be a positive integer, got {samples!r}")
-    c = model.config
-    device = next(model.parameters()).device
-    g = torch.Generator().manual_seed(seed)
-    imgs = torch.randn(samples, c.in_chans, *c.img_size, generator=g)  # (S, C, H, W)
-    noise = torch.rand(samples, c.num_patches, generator=g)  # (S, L)
-    losses: list[float] = []
-    for start in range(0, samples, batch_size):
-        batch = imgs[start:start + batch_size].to(device)
-        with torch.inference_mode(), autocast_context(device, dtype):
-            out = model.reconstruct(batch, mask_ratio, noise[start:start + batch_size].to(device))
-        losses.extend(out.per_image_loss.float().cpu().tolist())
-    bad = [i for i, loss in enumerate(losses) if not math.isfinite(loss)]
-    if bad:
-        raise MAEError(
-            f"the loss on noise is not finite for {len(bad)} of {samples} samples (sample {bad[0]}: "
-            f"{losses[bad[0]]}), so there is no mean to report; {nonfinite_fix(dtype)}"
-        )
-    benchmark = mask_ratio == catalog.NOISE_MASK_RATIO and not model.norm_pix_loss
-    expected = EXPECTED_NOISE_LOSS.get(kind) if benchmark else None
-    return LossResult("noise", kind, losses, mask_ratio, model.norm_pix_loss, expected, NOISE_LOSS_TOLERANCE)
-
-
-def image_loss(
-    model: MaskedAutoencoderViT,
-    kind: str,
-    images: Sequence[str | Path],
-    *,
-    seed: int = 0,
-    mask_ratio: float = 0.75,
-    batch_size: int = 8,
-    dtype: torch.dtype = torch.float32,
-    recursive: bool = False,
-) -> tuple[LossResult, list[ImageFailure]]:
-    """The loss on image files and folders (each image masked with `seed`'s mask): the result over the
-    images that gave a finite loss, and the failures: inputs that could not be read and images whose loss
-    or prediction is not finite (`reconstruct_files`). Raises `ImageError` when no image gave a loss."""
-    paths, failures = collect_images(images, recursive=recursive)
-    losses: list[float] = []
-    for item in reconstruct_files(model, paths, mask_ratio=mask_ratio, seed=seed, batch_size=batch_size, dtype=dtype):
-        if isinstance(item, ImageFailure):
-            failures.append(item)
-        else:
-            losses.append(item.loss)
-    if not losses:
-        raise ImageError("no image gave a loss: " + "; ".join(f.reason for f in failures))
-    result = LossResult("images", kind, losses, mask_ratio, model.norm_pix_loss, None, NOISE_LOSS_TOLERANCE)
-    return result, failures
-
-
-def checkpoint_kind(model: MaskedAutoencoderViT) -> str:
-    """full / encoder-only / partial from the model's load report, or random-init when nothing was loaded."""
-    report = model.load_report
-    return "random-init" if report is None else report.kind
-
-
-def require_decoder(model: MaskedAutoencoderViT, allow_random_decoder: bool) -> None:
-    """Refuse to reconstruct with an encoder-only checkpoint unless explicitly allowed."""
-    report = model.load_report
-    if report is not None and report.kind == "encoder-only" and not allow_random_decoder:
-        raise EncoderOnlyCheckpointError(
-            f"{report.path} holds the encoder only, so the decoder would be random and the reconstruction "
-            f"meaningless; {catalog.full_checkpoint_advice()}, or pass allow_random_decoder=True to draw it anyway"
-        )
-
-
-__all__ = ["ImageResult", "LossResult", "checkpoint_kind", "detect_target_on_files", "detect_target_on_noise",
-    "image_loss", "mask_noise", "noise_loss", "reconstruct_files", "require_decoder"]
+__all__ = ["ImageResult", "Masking", "SweepResult", "detect_target_on_files",
+           "detect_target_on_noise", "mask_noise", "maskings_for", "reconstruct_files", "sweep_files"]

@@ -35,11 +35,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..config import MAEConfig, Size2D, to_2tuple
+from ..config import Size2D, to_2tuple
 from ..errors import MAEError, invalid_argument
 from ..models.mae import DEFAULT_MASK_RATIO, MaskedAutoencoderViT, check_mask_ratio
 from ..models.vit import VisionTransformer, ViTConfig
 from ..utils.atomic import atomic_path, staging_folder
+from .models import ModelSource, require_decoder
+from .run import QUIET, Events
 
 __all__ = ["DEFAULT_TOLERANCE", "WHATS", "OnnxReport", "OnnxTensor", "export_onnx", "graph_for", "require_onnx"]
 
@@ -172,7 +174,7 @@ def _cls_extractor(model: MaskedAutoencoderViT) -> VisionTransformer:
 
 
 def export_onnx(
-    model_or_checkpoint: VisionTransformer | MaskedAutoencoderViT | str | os.PathLike[str],
+    model_or_checkpoint: VisionTransformer | MaskedAutoencoderViT | ModelSource | str | os.PathLike[str],
     path: str | os.PathLike[str],
     what: What = "features",
     *,
@@ -188,6 +190,7 @@ def export_onnx(
     allow_nonfinite: bool = False,
     allow_random_decoder: bool = False,
     overwrite: bool = False,
+    events: Events = QUIET,
 ) -> OnnxReport:
     """Export `what` ("features" or "mae", see the module) of a model, or of a checkpoint file, to the ONNX file
     `path`, check it with onnxruntime, and return the report.
@@ -222,7 +225,7 @@ def export_onnx(
 
     choice = resolve_target(target, None, None) if target != "auto" else None  # a bad name fails before loading
     model = _model_for(model_or_checkpoint, what, size, trust=trust, allow_nonfinite=allow_nonfinite,
-                       allow_random_decoder=allow_random_decoder)
+                       allow_random_decoder=allow_random_decoder, events=events)
     graph = graph_for(model, what, mask_ratio)
     inner: nn.Module = graph.model  # type: ignore[assignment]
     was_training, norm_pix = inner.training, getattr(inner, "norm_pix_loss", None)
@@ -251,7 +254,7 @@ def _check_what(what: str) -> None:
 
 
 def _model_for(source: Any, what: str, size: int | Size2D | None, *, trust: bool, allow_nonfinite: bool,
-               allow_random_decoder: bool) -> VisionTransformer | MaskedAutoencoderViT:
+               allow_random_decoder: bool, events: Events) -> VisionTransformer | MaskedAutoencoderViT:
     """The model to export: `source` itself (its size checked against `size`), or loaded from the file `source`."""
     hw = None if size is None else to_2tuple(size, "size")
     if isinstance(source, (VisionTransformer, MaskedAutoencoderViT)):
@@ -260,19 +263,17 @@ def _model_for(source: Any, what: str, size: int | Size2D | None, *, trust: bool
                                    f"{source.config.img_size[0]}x{source.config.img_size[1]}; build the model at that "
                                    "size (from_pretrained(..., img_size=...)) or leave size out")
         return source
-    if not isinstance(source, (str, os.PathLike)):
-        raise invalid_argument("model_or_checkpoint", "give a VisionTransformer, a MaskedAutoencoderViT or a "
-                               f"checkpoint path, got {type(source).__name__}")
-    overrides = {"img_size": hw} if hw else {}
+    if isinstance(source, (str, os.PathLike)):
+        source = ModelSource(Path(source), hw, trust, allow_nonfinite)
+    if not isinstance(source, ModelSource):
+        raise invalid_argument("model_or_checkpoint", "give a VisionTransformer, a MaskedAutoencoderViT, a ModelSource "
+                               f"or a checkpoint path, got {type(source).__name__}")
     if what == "features":
-        from ..evaluate.features import load_feature_encoder
-
-        return load_feature_encoder(source, None, ViTConfig.from_architecture(None, **overrides), trust=trust,
-                                    allow_nonfinite=allow_nonfinite)
-    from .reconstruct import require_decoder
-
-    model = MaskedAutoencoderViT.from_pretrained(source, MAEConfig.from_architecture(None, **overrides), trust=trust,
-                                                 allow_nonfinite=allow_nonfinite)
+        model = source.encoder("cpu")
+        events.loaded(model)
+        return model
+    model = source.mae("cpu")
+    events.loaded(model)
     require_decoder(model, allow_random_decoder)
     return model
 

@@ -127,3 +127,27 @@ def run_sharded(
                 advance()
         merged = rank_sink.close()
     return ShardedRun(state, merged, ctx, here)
+
+
+def collect_inputs(inputs: Sequence[Any], purpose: str, *, recursive: bool, events: Events
+                   ) -> tuple[list[Any], list[ImageFailure]]:
+    """Image files from files and folders (`images.collect_images`), in order: a note for what was passed over on
+    purpose (sub-folders not walked, inputs given twice), and one `ImageError` when no image is left to `purpose`."""
+    from ..data.images import collect_images
+    from ..errors import ImageError
+
+    collected = collect_images(inputs, recursive=recursive)
+    paths, failures = list(collected[0]), list(collected[1])
+    skipped = collected.skipped_folders
+    walk = (f"{len(skipped)} sub-folder(s) were not walked ({', '.join(p.name for p in skipped[:3])}"
+            f"{' ...' if len(skipped) > 3 else ''}); pass recursive=True to include them") if skipped else ""
+    if not paths:
+        reasons = "; ".join(f.reason for f in failures) or "no inputs"
+        error = ImageError(f"no image to {purpose}: {reasons}" + (f"; {walk}" if walk else ""))
+        error.argument = "recursive" if walk else None
+        raise error
+    if walk:
+        events.note(walk)
+    for path in collected.duplicates:
+        events.note(f"{path} was given more than once; it is processed once")
+    return paths, failures

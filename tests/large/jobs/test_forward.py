@@ -11,7 +11,8 @@ from PIL import Image
 
 from mae.large.data.images import ImageFailure
 from mae.large.errors import DeviceError, MAEError
-from mae.large.jobs.reconstruct import ImageResult, image_loss, mask_noise, noise_loss, reconstruct_files
+from mae.large.jobs.forward import ImageResult, mask_noise, reconstruct_files
+from mae.large.jobs.loss import image_loss, noise_loss
 from mae.large.utils import device as device_module
 from mae.large.utils.device import resolve_device
 from tests.helpers import small_model
@@ -191,7 +192,7 @@ def test_reconstruct_files_on_cuda_without_cuda_is_a_device_error(tmp_path: Path
 
 # ---- sweeps and chosen masks ------------------------------------------------------------------------------
 def test_a_sweep_equals_separate_runs_and_its_masks_are_nested(tmp_path: Path) -> None:
-    from mae.large.jobs.reconstruct import maskings_for, sweep_files
+    from mae.large.jobs.forward import maskings_for, sweep_files
 
     model = small_model()
     paths = _images(tmp_path, 3)
@@ -207,7 +208,7 @@ def test_a_sweep_equals_separate_runs_and_its_masks_are_nested(tmp_path: Path) -
 
 
 def test_maskings_refuse_what_cannot_be_swept() -> None:
-    from mae.large.jobs.reconstruct import maskings_for
+    from mae.large.jobs.forward import maskings_for
     from mae.large.models.masks import parse_mask
 
     model = small_model()

@@ -11,7 +11,7 @@ from PIL import Image
 
 from mae.large.data.images import ImageFailure
 from mae.large.errors import MAEError
-from mae.large.jobs.reconstruct import _run_ahead, reconstruct_files
+from mae.large.jobs.forward import _run_ahead, reconstruct_files
 from tests.helpers import small_model
 
 

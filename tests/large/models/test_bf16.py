@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from mae.large import MAEConfig, MaskedAutoencoderViT
-from mae.large.jobs.reconstruct import reconstruct_files
+from mae.large.jobs.forward import reconstruct_files
 from mae.large.models.layers import Linear
 from tests.helpers import relative_error, small_model, vectors
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mae.large.jobs.reconstruct import detect_target_on_files, maskings_for
+from mae.large.jobs.forward import detect_target_on_files, maskings_for
 from mae.large.models.target import TargetChoice, detect_target, known_target, resolve_target
 from tests.cli.conftest import write_image
 from tests.helpers import HF_FIXTURES, small_model

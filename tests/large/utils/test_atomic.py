@@ -100,7 +100,7 @@ def test_a_failed_write_names_the_target_and_is_not_completed(tmp_path: Path) ->
 
 
 def test_a_stop_request_ends_the_worker_without_waiting(monkeypatch) -> None:
-    from mae.large.jobs.reconstruct import _run_ahead
+    from mae.large.jobs.forward import _run_ahead
 
     release = threading.Event()
 
