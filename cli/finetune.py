@@ -93,49 +93,18 @@ def finetune_command(
     """Fine-tune a pre-trained MAE encoder as a classifier with the official recipe (FINETUNE.md, ViT-L): AdamW,
     layer-wise lr decay, per-iteration cosine schedule with warm-up, mixup / cutmix, RandAugment, random erasing,
     label smoothing, drop path. Evaluates and saves a checkpoint every epoch; --resume continues bit for bit."""
-    from mae.large.train.finetune import FinetuneConfig, finetune, resumed_config
+    from mae.large.train.finetune import finetune
     from mae.large.utils.distributed import context_from_env
 
-    values = {name: value for name, value in ctx.params.items()
-              if name not in ("train", "val", "checkpoint", "out_dir", "resume", "json_")}
-    values["aa"] = _none_if(values["aa"], "none", "")
-    fields = {FIELDS.get(name, name): value for name, value in values.items()}
-    if resume is not None:
-        given = {FIELDS.get(name, name): value for name, value in values.items()
-                 if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
-        config = resumed_config(resume, **given)
-    else:
-        if checkpoint is None:
-            raise typer.BadParameter("name the pre-trained checkpoint to fine-tune (or --resume a run)",
-                                     param_hint="--checkpoint")
-        config = FinetuneConfig(**fields)
+    config = _config(ctx, checkpoint, resume)
     main = context_from_env().is_main
-    quiet = json_ or not main
-    bar: dict[str, Any] = {}
-
-    def on_progress(event: str, info: dict[str, Any]) -> None:
-        if quiet:
-            return
-        if event == "start":
-            _print_settings(info)
-        elif event == "epoch_start":
-            bar["ctx"] = progress(info["steps"], f"epoch {info['epoch'] + 1}/{config.epochs}", quiet=False)
-            bar["advance"] = bar["ctx"].__enter__()
-        elif event == "step":
-            bar["advance"]()
-        elif event == "epoch":
-            bar.pop("ctx").__exit__(None, None, None)
-            err.print(f"epoch {info['epoch'] + 1}/{config.epochs}: train loss {info['train_loss']:.4f}, lr "
-                      f"{info['lr']:.2e}, val loss {info['val_loss']:.4f}, top-1 {info['val_top1']:.2f}%, top-5 "
-                      f"{info['val_top5']:.2f}% (best {info['best_top1']:.2f}%), {info['images_per_s']:.1f} images/s")
-
+    report = _EpochReport(config.epochs, quiet=json_ or not main)
     if out_dir is None:  # a resumed run goes on writing where it began
         out_dir = (resume if resume.is_dir() else resume.parent) if resume is not None else Path("finetune_run")
     try:
-        result = finetune(train, val, out_dir, config, pretrained=checkpoint, resume=resume, on_progress=on_progress)
+        result = finetune(train, val, out_dir, config, pretrained=checkpoint, resume=resume, on_progress=report)
     finally:
-        if "ctx" in bar:
-            bar.pop("ctx").__exit__(None, None, None)
+        report.close()
     if not main:
         return
     if json_:
@@ -148,6 +117,53 @@ def finetune_command(
         return
     out.print(f"fine-tuned {len(result.history)} epochs: top-1 {last['val_top1']:.2f}%, top-5 {last['val_top5']:.2f}%, "
               f"best top-1 {result.best_top1:.2f}%; checkpoints and log.jsonl in {escape(str(out_dir))}")
+
+
+def _config(ctx: typer.Context, checkpoint: Path | None, resume: Path | None) -> Any:  # -> FinetuneConfig
+    """The run's settings: the options given (a resumed run keeps its own and takes only those typed)."""
+    from mae.large.train.finetune import FinetuneConfig, resumed_config
+
+    values = {name: value for name, value in ctx.params.items()
+              if name not in ("train", "val", "checkpoint", "out_dir", "resume", "json_")}
+    values["aa"] = _none_if(values["aa"], "none", "")
+    if resume is not None:
+        given = {FIELDS.get(name, name): value for name, value in values.items()
+                 if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+        return resumed_config(resume, **given)
+    if checkpoint is None:
+        raise typer.BadParameter("name the pre-trained checkpoint to fine-tune (or --resume a run)",
+                                 param_hint="--checkpoint")
+    return FinetuneConfig(**{FIELDS.get(name, name): value for name, value in values.items()})
+
+
+class _EpochReport:
+    """The run's progress on stderr: every setting at the start, a bar per epoch, a line per epoch (rank 0)."""
+
+    def __init__(self, epochs: int, *, quiet: bool) -> None:
+        self.epochs, self.quiet = epochs, quiet
+        self.bar: Any = None
+        self.advance: Any = None
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        if event == "start":
+            _print_settings(info)
+        elif event == "epoch_start":
+            self.bar = progress(info["steps"], f"epoch {info['epoch'] + 1}/{self.epochs}", quiet=False)
+            self.advance = self.bar.__enter__()
+        elif event == "step":
+            self.advance()
+        elif event == "epoch":
+            self.close()
+            err.print(f"epoch {info['epoch'] + 1}/{self.epochs}: train loss {info['train_loss']:.4f}, lr "
+                      f"{info['lr']:.2e}, val loss {info['val_loss']:.4f}, top-1 {info['val_top1']:.2f}%, top-5 "
+                      f"{info['val_top5']:.2f}% (best {info['best_top1']:.2f}%), {info['images_per_s']:.1f} images/s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
 
 
 def _print_settings(info: dict[str, Any]) -> None:
