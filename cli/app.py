@@ -92,19 +92,12 @@ def root(
                             handlers=[RichHandler(console=console.err, show_time=False)])
 
 
-app.command("inspect")(inspect.inspect_command)
-app.command("reconstruct")(reconstruct.reconstruct_command)
-app.command("loss")(loss.loss_command)
-app.command("download")(download.download_command)
-app.command("features")(features.features_command)
-app.command("attention")(attention.attention_command)
-app.command("pca")(pca.pca_command)
-app.command("knn")(knn.knn_command)
-app.command("probe")(probe.probe_command)
-app.command("export-onnx")(export_onnx.export_onnx_command)
-app.command("convert")(convert.convert_command)
-app.command("finetune")(finetune.finetune_command)
-app.command("evaluate")(evaluate.evaluate_command)
+# Each command is the `<name>_command` function of the module of its name (`-` spelled `_`), in `--help` order.
+COMMANDS = (inspect, reconstruct, loss, download, features, attention, pca, knn, probe, export_onnx, convert, finetune,
+            evaluate)
+for module in COMMANDS:
+    name = module.__name__.rpartition(".")[2]
+    app.command(name.replace("_", "-"))(getattr(module, f"{name}_command"))
 
 
 def main() -> None:

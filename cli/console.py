@@ -50,13 +50,17 @@ def report_encoder(model: Any) -> None:
     r = model.load_report
     if r is None:
         return
-    err.print(f"[green]encoder[/] from {escape(str(r.path))} ({r.kind}, {r.source_format}, {r.container}): "
-              f"{r.num_loaded} tensors, {r.num_parameters / 1e6:.1f} M parameters")
+    _encoder_line(r, f"{r.num_parameters / 1e6:.1f} M parameters")
     report_details(r)
     if r.kind == "fine-tuned":
         err.print("  [dim]- pool mean: the fine-tuned classifier's own pooling, through its trained fc_norm[/]")
     elif model.global_pool:
         err.print("  [dim]- pool mean: mean patch token through a fresh fc_norm, i.e. a plain LayerNorm[/]")
+
+
+def _encoder_line(r: LoadReport, tail: str, sep: str = ", ") -> None:
+    err.print(f"[green]encoder[/] from {escape(str(r.path))} ({r.kind}, {r.source_format}, {r.container}): "
+              f"{r.num_loaded} tensors{sep}{tail}")
 
 
 ENCODER_ONLY_NOTE = catalog.random_decoder_warning(0).split("(")[0].rstrip()
@@ -67,8 +71,7 @@ def report_encoder_view(model: Any) -> None:
     r = model.load_report
     if r is None:
         return
-    err.print(f"[green]encoder[/] from {escape(str(r.path))} ({r.kind}, {r.source_format}, {r.container}): "
-              f"{r.num_loaded} tensors; only the encoder is used")
+    _encoder_line(r, "only the encoder is used", sep="; ")
     for fix in r.fixes:
         err.print(f"  [dim]- {escape(fix)}[/]")
     for message in r.warnings:

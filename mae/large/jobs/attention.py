@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +26,19 @@ from ..viz.encoder_figures import attention_figure
 from ..viz.figures import save_figure
 from .encoder_view import AttentionResult, attention_files
 from .models import ModelSource, as_source, checkpoint_kind
-from .run import QUIET, Events, collect_inputs, run_sharded
+from .run import QUIET, Events, JobRun, collect_inputs, run_sharded
 
 __all__ = ["SUFFIX", "AttentionRun", "attention"]
 
 SUFFIX = ".attention.png"
 
 
-@dataclass(frozen=True)
-class AttentionRun:
+@dataclass(frozen=True, kw_only=True)
+class AttentionRun(JobRun):
     """One row per input, in input order (`{"image", "output", "layers"[, "rollout_top"]}` or `{"image", "error"}`)."""
 
-    rows: list[dict[str, Any]]
     kind: str
     mask: list[int] | None  # the removed patches, when the encoder saw a masked image
-    seconds: float
-    model: nn.Module = field(repr=False)
 
 
 def attention(
@@ -114,9 +111,8 @@ def attention(
             if "error" in r:
                 events.failure(ImageFailure(Path(r["image"]), r["error"]))
     rows = [{"image": str(f.path), "error": f.reason} for f in failures] + run.results
-    return AttentionRun(rows, checkpoint_kind(net),
-                        None if removed is None else [int(i) for i in removed.nonzero().flatten().tolist()],
-                        time.perf_counter() - started, net)
+    mask = None if removed is None else [int(i) for i in removed.nonzero().flatten().tolist()]
+    return AttentionRun(rows=rows, kind=checkpoint_kind(net), mask=mask, seconds=time.perf_counter() - started, model=net)
 
 
 def _draw(item: AttentionResult, path: Path, heads: str, top_k: int, removed: torch.Tensor | None) -> dict[str, Any]:

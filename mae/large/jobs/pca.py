@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +19,20 @@ from ..viz.encoder_figures import pca_figure
 from ..viz.figures import save_figure
 from .encoder_view import PCAResult, pca_files
 from .models import ModelSource, as_source
-from .run import QUIET, Events, collect_inputs
+from .run import QUIET, Events, JobRun, collect_inputs
 
 __all__ = ["SUFFIX", "PCARun", "pca"]
 
 SUFFIX = ".pca.png"
 
 
-@dataclass(frozen=True)
-class PCARun:
+@dataclass(frozen=True, kw_only=True)
+class PCARun(JobRun):
     """One row per input, in input order (`{"image", "output", "layer"[, "foreground_fraction", "variance"]}` or
     `{"image", "error"}`), and the joint PCA's explained variance."""
 
-    rows: list[dict[str, Any]]
     joint: bool
     variance: list[float] | None
-    seconds: float
-    model: nn.Module = field(repr=False)
 
 
 def pca(
@@ -85,7 +82,7 @@ def pca(
                 variance = [round(float(v), 6) for v in item.basis.variance] if joint else None
             events.result(rows[-1])
             advance()
-    return PCARun(rows, joint, variance, time.perf_counter() - started, net)
+    return PCARun(rows=rows, joint=joint, variance=variance, seconds=time.perf_counter() - started, model=net)
 
 
 def _draw(item: PCAResult, path: Path, joint: bool) -> dict[str, Any]:

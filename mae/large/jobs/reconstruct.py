@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +39,7 @@ from ..viz.figures import (
 from ..viz.gallery import write_gallery
 from .forward import Masking, SweepResult, detect_target_on_files, maskings_for, sweep_files
 from .models import ModelSource, as_source, checkpoint_kind, require_decoder
-from .run import QUIET, Events, collect_inputs, run_sharded
+from .run import QUIET, Events, JobRun, collect_inputs, run_sharded
 
 __all__ = ["ANIMATION_SEEDS", "PANEL_FILES", "ReconstructRun", "reconstruct"]
 
@@ -48,12 +48,11 @@ ANIMATION_SEEDS = 12  # --animate-over seeds: seeds 0..11
 DEFAULT_PANELS = ("original", "masked", "reconstruction", "visible")
 
 
-@dataclass(frozen=True)
-class ReconstructRun:
+@dataclass(frozen=True, kw_only=True)
+class ReconstructRun(JobRun):
     """What a reconstruct job did: one row per input in input order (`{"image", "loss", "output", "files", "note",
     "mask"[, "sweep"]}`, or `{"image", "error"}` for an input that gave nothing), and the settings it used."""
 
-    rows: list[dict[str, Any]]
     failures: list[ImageFailure]
     kind: str  # the checkpoint's kind (full, encoder-only, random-init, ...)
     mask: str  # the mask as given (random, block:0.6, ...)
@@ -61,12 +60,6 @@ class ReconstructRun:
     seed: int
     target: TargetChoice
     gallery: Path | None
-    seconds: float
-    model: nn.Module = field(repr=False)
-
-    @property
-    def ok(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if "error" not in r]
 
 
 def reconstruct(
@@ -168,8 +161,8 @@ def reconstruct(
     wants_gallery = any(Path(i).is_dir() for i in inputs) if gallery is None else gallery
     written = write_gallery(out_dir, [(Path(r["image"]).name, r["loss"], r["output"], r.get("note")) for r in ok]) \
         if ok and wants_gallery else None
-    return ReconstructRun(rows, failures, checkpoint_kind(net), spec.text, ratios, seed, choice, written,
-                          time.perf_counter() - started, net)
+    return ReconstructRun(rows=rows, failures=failures, kind=checkpoint_kind(net), mask=spec.text, ratios=ratios, seed=seed,
+                          target=choice, gallery=written, seconds=time.perf_counter() - started, model=net)
 
 
 def _ratios(mask_ratios: Sequence[float] | None, spec: MaskSpec) -> list[float]:

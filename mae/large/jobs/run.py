@@ -62,6 +62,26 @@ class Events:
 QUIET = Events()
 
 
+@dataclass(frozen=True, kw_only=True)
+class JobRun:
+    """What every job that writes a result per input returns: one row per input, in input order (a failed input is
+    `{"image", "error"}`), the seconds it took, and the model it ran (for a caller that goes on with it)."""
+
+    rows: list[dict[str, Any]]
+    seconds: float
+    model: Any = field(repr=False)
+
+    @property
+    def ok(self) -> list[dict[str, Any]]:
+        """The rows of the inputs that gave a result."""
+        return [r for r in self.rows if "error" not in r]
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        """The rows of the inputs that gave none."""
+        return [r for r in self.rows if "error" in r]
+
+
 class Sink(Protocol):
     """Where one rank's results go, one at a time, in the rank's input order."""
 
