@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test test-fast lint demo bench clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,10 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	MPLBACKEND=Agg $(BIN)/python -m pytest -q
 	$(BIN)/mae-large loss --noise --check
+
+# The quick loop while working: every test but the full-size ViT-L ones (marked slow). CI runs `make test`.
+test-fast: install
+	MPLBACKEND=Agg $(BIN)/python -m pytest -q -m "not slow"
 
 # From a fresh clone to a reconstruction of a real photograph by the real pretrained model.
 # The photograph (Grace Hopper, U.S. Navy, public domain) ships with matplotlib. Offline, the download

@@ -34,7 +34,8 @@ def main() -> None:
 
     from mae.large import mae_vit_large_patch16
     from mae.large.jobs.forward import maskings_for, reconstruct_files, sweep_files
-    from mae.large.viz.figures import SweepRow, make_panels, reconstruction_figure, save_figure, sweep_figure
+    from mae.large.viz.figures import SweepRow, reconstruction_figure, save_figure, sweep_figure
+    from mae.large.viz.panels import make_panels
 
     print(machine_header())
     torch.manual_seed(0)

@@ -106,6 +106,7 @@ def test_mismatched_or_unlabelled_features_are_refused(embedded, small_arch, spl
     assert not (tmp_path / "h.pth").exists()
 
 
+@pytest.mark.slow
 def test_vit_large_features_feed_knn(vit_l_files, split, tmp_path) -> None:
     """The full-size path: a few dozen digits embedded by ViT-L at a small size, then k-NN."""
     _, encoder, _ = vit_l_files

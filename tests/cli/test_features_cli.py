@@ -290,6 +290,7 @@ def _gloo_works() -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(vit_l_files, tmp_path) -> None:
     reason = _gloo_works()
     if reason:
@@ -323,6 +324,7 @@ def test_torchrun_two_processes_match_one(vit_l_files, tmp_path) -> None:
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp file from either run
 
 
+@pytest.mark.slow
 def test_reconstruct_under_torchrun_shards_the_images(vit_l_files, tmp_path) -> None:
     """Each rank draws its own share of the figures; rank 0 reports every image, in input order."""
     reason = _gloo_works()

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from cli.app import app
 
 
+@pytest.mark.slow
 def test_noise_random_init_vit_large_check_passes(runner, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # no data/ here: the default falls back to a random init, said clearly
     result = runner.invoke(app, ["loss", "--noise", "--check", "--samples", "4"])

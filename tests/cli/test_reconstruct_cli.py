@@ -168,6 +168,7 @@ def test_interrupted_write_leaves_no_partial_file(runner, small_arch, small_ckpt
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_vit_large_end_to_end(runner, vit_l_files, images, tmp_path: Path) -> None:
     """The real architecture once: the full ViT-L checkpoint, a real image, the default 224 size."""
     full, _, _ = vit_l_files

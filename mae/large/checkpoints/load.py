@@ -156,6 +156,17 @@ def from_pretrained(
     `resolve_device` (an unavailable one is a `DeviceError` before the file is read). A tensor holding NaN
     or infinite values raises `NonFiniteCheckpointError` unless `allow_nonfinite=True` (then the report
     warns, naming them).
+
+    Args:
+        model_cls: the model class to build; it provides `init_missing_` and takes the report as `load_report`.
+        config: the config `model_cls` is built from; a model folder's config.json is checked against it
+            (`check_folder_config`).
+        path: a checkpoint file or model folder (`read_checkpoint`), or a `CheckpointData` already read (used as it is).
+        reference: the masked autoencoder's `ExpectedState` (`expected_state_of`) the file is classified against.
+        fit: the model's filter: picks and fixes the tensors to load (`FitFn`).
+        trust: read a pickle file with `weights_only=False` (its pickle may run code); safetensors need no trust.
+        device: where the built model goes (`resolve_device`).
+        allow_nonfinite: load tensors holding NaN or infinite values (the report then names them) instead of raising.
     """
     target = resolve_device(device)
     data = read(path, trust=trust)
@@ -176,7 +187,17 @@ def load_into(model: M, path: str | Path | CheckpointData, *, reference: Expecte
               allow_nonfinite: bool = False) -> LoadReport:
     """Load a checkpoint into an existing model (copying), all or nothing: the filter and the scan for
     NaN / infinite values raise before a single tensor is copied; what the file does not hold keeps the
-    model's current values."""
+    model's current values.
+
+    Args:
+        model: the model to load into; its `config` (if any) is checked against a model folder's config.json.
+        path: a checkpoint file or model folder (`read_checkpoint`), or a `CheckpointData` already read (used as it is).
+        reference: the masked autoencoder's `ExpectedState` (`expected_state_of`) the file is classified against.
+        fit: the model's filter: picks and fixes the tensors to load (`FitFn`).
+        trust: read a pickle file with `weights_only=False` (its pickle may run code); safetensors need no trust.
+        allow_nonfinite: load tensors holding NaN or infinite values (the report then names them) instead of raising.
+
+    Returns the `LoadReport`, also kept as `model.load_report`."""
     data = read(path, trust=trust)
     notes = check_folder_config(data, getattr(model, "config", None))
     result = classify(data.state_dict, reference, data.classifier)

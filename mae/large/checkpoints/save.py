@@ -65,11 +65,20 @@ def save_as(state: Mapping[str, torch.Tensor] | torch.nn.Module, path: str | Pat
       5.x both load. A classifier has no ViTMAE counterpart: refused;
     * `timm`: a safetensors file of the encoder as timm's `vit_large_patch16_224.mae` holds it (`to_timm`).
 
-    `config` (default: a model's own, else `MAEConfig()`) gives the sizes of `config.json`, checked against the
-    tensors; `norm_pix_loss` defaults to the config's; 0.75 is the official pre-training mask ratio. The write is
-    atomic, an existing output is replaced only with `overwrite=True`, and tensors holding NaN or infinite values
-    are refused, named, unless `allow_nonfinite=True`. Tensors are written as they are (dtype and bits): reading
-    the output back (`checkpoint.read_checkpoint`) gives them equal bit for bit. Returns a `SaveReport`.
+    The write is atomic. Tensors are written as they are (dtype and bits): reading the output back
+    (`checkpoint.read_checkpoint`) gives them equal bit for bit. Returns a `SaveReport`.
+
+    Args:
+        state: a model (its `state_dict()`, and its `config` unless `config` is given) or a state dict in official names.
+        path: the file to write, or the folder for `hf`.
+        format: `official`, `safetensors`, `hf` or `timm` (above).
+        config: the sizes `hf` states in `config.json`, checked against the tensors, and that the `timm` note names
+            (default: a model's own, else `MAEConfig()`).
+        norm_pix_loss: `config.json`'s `norm_pix_loss` (`hf` only; default: the config's, else False).
+        mask_ratio: `config.json`'s `mask_ratio` (`hf` only); 0.75 is the official pre-training mask ratio.
+        overwrite: replace an existing output (else it is refused).
+        allow_nonfinite: write tensors holding NaN or infinite values (else they are refused, named, and nothing is
+            written).
     """
     if format not in FORMATS:
         raise invalid_argument("format", f"format must be one of {', '.join(FORMATS)}, got {format!r}")

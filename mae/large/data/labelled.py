@@ -133,7 +133,15 @@ def steps_per_epoch(samples: int, batch_size: int, world_size: int) -> int:
 
 def epoch_batches(samples: int, batch_size: int, *, epoch: int, seed: int, rank: int = 0,
                   world_size: int = 1) -> list[list[tuple[int, int]]]:
-    """Rank `rank`'s batches of `epoch`: lists of `(epoch, index)` keys (see the module docstring)."""
+    """Rank `rank`'s batches of `epoch`: lists of `(epoch, index)` keys (see the module docstring).
+
+    Args:
+        samples: how many samples the dataset holds (indices `0..samples - 1`).
+        batch_size: samples per batch on each rank; a global batch is `batch_size * world_size`.
+        epoch: the epoch, which keys the order and appears in every key.
+        seed: the run's seed; the order is drawn from `derive_seed(seed, "order", epoch)`.
+        rank, world_size: this process's rank among `world_size` processes (default one process).
+    """
     generator = torch.Generator().manual_seed(derive_seed(seed, "order", epoch))
     perm = torch.randperm(samples, generator=generator).tolist()
     glob = batch_size * world_size

@@ -213,8 +213,18 @@ def image_loader(
     prefetch_factor: int = 2,
 ) -> DataLoader:
     """A `DataLoader` over `ImageDataset(paths)` taking the positions `indices` (default all) in that order, in
-    batches of `batch_size` inputs; `workers` processes (0: in this process) each `prefetch_factor` batches
-    ahead; `pin_memory` for a CUDA device."""
+    batches of `batch_size` inputs (the last one may be short); each batch is a `Batch`.
+
+    Args:
+        paths: the image files; a file that cannot be read is an `ImageFailure` in its batch, not an exception.
+        size: the model's input size, (H, W) or one int for a square (`image.preprocess`).
+        crop: `eval`, `resize` or `center` (`image.preprocess`).
+        batch_size: inputs per batch, a positive integer.
+        indices: the positions of `paths` to load, in this order (e.g. one rank's share; default all of them).
+        workers: processes decoding ahead (0: in this process).
+        pin_memory: page-locked batches, for a CUDA device.
+        prefetch_factor: batches each worker loads ahead (only with `workers`).
+    """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise invalid_argument("batch_size", f"batch size must be a positive integer, got batch_size={batch_size!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:

@@ -47,8 +47,18 @@ def evaluate_model(model: nn.Module, source: Source, *, batch_size: int, device:
                    on_batch: Callable[[int, int], None] | None = None) -> Accuracy:
     """`model` (in eval mode for the pass, its mode restored) on this rank's share of `source`; sums all-reduced.
 
-    `transform` defaults to the official evaluation transform at the model's input size. `on_batch(done, total)`
-    follows this rank's batches."""
+    Args:
+        model: the classifier, already on `device` (a DDP wrapper's `module` gives the config); it returns logits.
+        source: the labelled images (`Source` with `labels`); an unreadable file raises `ImageError`.
+        batch_size: images per batch on this rank.
+        device: where the images go (a `torch.device`, already resolved).
+        amp: `off`, `bf16` or `fp16`, already resolved (`resolve_amp`; `auto` is not accepted here).
+        ctx: this process's place in the run (default one process on `device`); rank `r` counts positions `r::W`.
+        workers: processes decoding images ahead (0: in this process).
+        transform: the image transform (default the official evaluation transform at the model's input size).
+        on_batch: called as `on_batch(done, total)` after each of this rank's batches.
+
+    Returns the `Accuracy` over every rank's images (NaN with 0 images when there were none)."""
     ctx = ctx or DistContext(device=device)
     core = getattr(model, "module", model)
     transform = transform or official_eval_transform(tuple(core.config.img_size))
@@ -107,7 +117,19 @@ def evaluate_checkpoint(val: str | Path, checkpoint: str | Path, *, batch_size: 
                         ctx: DistContext | None = None,
                         on_batch: Callable[[int, int], None] | None = None) -> tuple[Accuracy, Source]:
     """Evaluate a fine-tuned checkpoint on the ImageFolder tree `val` (its classes in folder order must be the
-    classifier's); returns the accuracy and the tree's `Source`."""
+    classifier's); returns the accuracy and the tree's `Source`.
+
+    Args:
+        val: the ImageFolder tree `val/CLASS/image`, one class folder per class of the classifier.
+        checkpoint: a fine-tuned classifier file; its number of classes and pooling are read from it (`load_classifier`).
+        batch_size: images per batch on each rank, a positive integer.
+        device: `auto`, `cpu`, `cuda`, `cuda:N` or `mps` (`resolve_device`); ignored when `ctx` is given (its device is used).
+        amp: `auto` (bf16 on a GPU that has it, else fp16; off on the CPU), `bf16`, `fp16` or `off` (`resolve_amp`).
+        workers: processes decoding images ahead (default: by device, `loader.default_workers`).
+        size: the input size the classifier is built at (default the architecture's, 224).
+        ctx: this process's place in a distributed run (default one process).
+        on_batch: called as `on_batch(done, total)` after each of this rank's batches.
+    """
     from ..data.labelled import labelled_folder
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -84,8 +84,16 @@ def load_feature_encoder(
     pool) gives its own pooling, the mean patch token through its *trained* `fc_norm`; any other file gives
     `cls`, the cls token after the encoder's trained `norm` (the official linear probe's feature). A fine-tuned
     file's trained `fc_norm` is always the one used (as `from_pretrained(head="file")` loads it; its head is
-    not); `pool="cls"` on it is an `InvalidArgumentError` (it has no final norm). `config` is the base
-    classifier config (default ViT-L/16; its head and pooling are replaced)."""
+    not); `pool="cls"` on it is an `InvalidArgumentError` (it has no final norm).
+
+    Args:
+        path: a checkpoint file or model folder (any layout `read_checkpoint` knows); it is read once.
+        pool: `cls`, `mean`, or None to follow the file (above).
+        config: the base classifier config (default ViT-L/16; its head and pooling are replaced).
+        trust: read a pickle file with `weights_only=False` (its pickle may run code).
+        device: where the model goes (`resolve_device`; one this machine lacks fails before the file is read).
+        allow_nonfinite: load tensors holding NaN or infinite values (the load report warns) instead of raising.
+    """
     from ..checkpoints.classify import classify
     from ..checkpoints.read import read_checkpoint
     from ..models.mae import MaskedAutoencoderViT
@@ -131,8 +139,7 @@ def extract_features(
     pooled the same way through the same final norm (`pooled_at_layer`); the blocks after it are not run. Images are
     preprocessed by the official evaluation transform (`load_image`, `crop="eval"`: resize to size x 256/224, centre
     crop; `"resize"` is the demo's squash) at `size`, which defaults to the model's `img_size` and must equal it.
-    `device` is where the batches go (default: the model's),
-    checked by `resolve_device` (one this machine lacks is a `DeviceError`); the model is not moved.
+    The model is not moved.
     Each batch runs in eval mode under `torch.inference_mode` (a model left in train mode would drop
     paths at random), and the mode is restored afterwards. A row does not depend
     on the batch it lands in. Vectors are float32 on the CPU; `dtype=torch.bfloat16` runs the forward
@@ -141,9 +148,22 @@ def extract_features(
     so, never as a result.
 
     Images are decoded by `data.image_loader`: in this process (`workers=0`) or in `workers` processes ahead of
-    the forward pass (pinned memory on CUDA); the rows are the same either way. `indices` picks the positions of
-    `paths` to embed, in that order (default: all; one rank's share, or what a resumed run has left);
-    `FeatureResult.index` is the position in `paths`.
+    the forward pass (pinned memory on CUDA); the rows are the same either way. `FeatureResult.index` is the
+    position in `paths`.
+
+    Args:
+        model: the feature extractor (`load_feature_encoder`, or a model built with `classifier_for_pool`).
+        paths: the image files; one that cannot be read is yielded as an `ImageFailure` in its place.
+        batch_size: images per forward pass, a positive integer.
+        size: the input size, (H, W) or one int; default the model's `img_size`, and any other is refused.
+        crop: `eval` (the official evaluation transform), `resize` (the demo's squash) or `center`.
+        dtype: the forward pass's precision: `torch.float32`, or a lower one run under autocast.
+        device: where the batches go (default: the model's), checked by `resolve_device` (one this machine lacks is a
+            `DeviceError`).
+        layer: the block whose tokens are pooled (counted from 0, negative from the end; default the last).
+        workers: processes decoding images ahead (0: in this process).
+        indices: the positions of `paths` to embed, in that order (default: all; one rank's share, or what a resumed
+            run has left).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:  # before any image
         raise invalid_argument("batch_size", f"batch size must be a positive integer, got batch_size={batch_size!r}")

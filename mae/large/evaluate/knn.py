@@ -100,8 +100,20 @@ def knn(
     Memory: the training set streams in chunks of `chunk_rows`; `val_block_rows` validation rows are held
     at once (the training set streams once per such block) with their running top-k; a similarity block
     holds at most max(chunk_rows ** 2, 2 ** 24) values (64 MiB in float32 with the default 4096).
-    Computed in `dtype` (float32; float64 for reference comparisons) on `device`.
-    """
+
+    Args:
+        train, val: the features, an (N, D) tensor or a feature source (`store.open_features`); the same D.
+        train_labels, val_labels: one class per row, non-negative integers (int64 tensors).
+        k: how many nearest training rows vote, from 1 to the number of training rows.
+        temperature: the softmax vote's temperature, > 0 (0.07 as DINO's).
+        weighting: `softmax` or `uniform` (above).
+        num_classes: the number of classes (default one more than the largest label); must cover every label.
+        chunk_rows: training rows per streamed chunk (at least 1).
+        val_block_rows: validation rows held at once (at least 1).
+        dtype: the precision of the computation (float32; float64 for reference comparisons).
+        device: where it is computed (`resolve_device`).
+
+    Returns a `KnnResult` (top-1 / top-5 over the val rows, per-class accuracy, the predictions)."""
     train, val = as_source(train), as_source(val)
     if train.dim != val.dim:
         raise invalid_argument("val", f"the train features have {train.dim} dimensions and the val features {val.dim}; "

@@ -135,8 +135,26 @@ def probe(
     Deterministic given `seed` (a `torch.Generator` draws the head init and each epoch's shuffle). A
     tensor `train` is indexed; another source is materialised when it fits in `memory_bytes`, else each
     epoch gathers its shuffled batches in sequential passes over the source, `memory_bytes` at a time.
-    `on_epoch` receives each epoch's record as soon as it is done.
-    """
+
+    Args:
+        train, val: the features, an (N, D) tensor or a feature source (`store.open_features`); the same D, and at
+            least 2 training rows (batch norm).
+        train_labels, val_labels: one class per row, non-negative integers (int64 tensors).
+        epochs: training epochs, at least 1 (50: the official ViT-L probe).
+        batch_size: rows per step, at least 2, capped at the training rows; lr = blr x this batch / 256.
+        blr: the base learning rate, > 0 (official 0.1).
+        weight_decay: LARS weight decay (official 0; never applied to the bias).
+        warmup_epochs: epochs of linear warmup before the half-cycle cosine, >= 0 (official 10; may be fractional).
+        momentum: LARS momentum.
+        min_lr: the learning rate the cosine ends at.
+        seed: draws the head's init and each epoch's shuffle.
+        num_classes: the head's classes (default one more than the largest label); must cover every label.
+        device: where the head trains (`resolve_device`).
+        memory_bytes: how much float32 training data may be held at once (above).
+        chunk_rows: rows per block read from a source (the val features are always read in such blocks).
+        on_epoch: called with each epoch's record (epoch, lr, train_loss, top1, top5) as soon as it is done.
+
+    Returns a `ProbeResult`: the head in official key names, the per-epoch history and the settings."""
     train, val = as_source(train), as_source(val)
     if train.dim != val.dim:
         raise invalid_argument("val", f"the train features have {train.dim} dimensions and the val features {val.dim}; "

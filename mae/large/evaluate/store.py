@@ -85,7 +85,17 @@ def save_features(path: str | os.PathLike[str], features: torch.Tensor, names: S
                   classes: Sequence[str] | None = None) -> Path:
     """Write `features` (N, D) and the `names` of its rows (optionally their integer `labels` and the `classes`
     they index) to one safetensors file, atomically: it appears complete or not at all, and an error or
-    interrupt leaves no temporary file. Returns the path written."""
+    interrupt leaves no temporary file. Returns the path written.
+
+    Args:
+        path: the `.safetensors` file to write (replaced if it exists).
+        features: the (N, D) tensor; written as float32 on the CPU.
+        names: one name per row (stored as the `files` metadata entry).
+        metadata: the writer's own str -> str entries (checkpoint, pool, layer ...); `files`, `labels` and `classes`
+            are reserved.
+        labels: one integer class per row, or None (unlabelled).
+        classes: the class names the labels index, or None.
+    """
     if not isinstance(features, torch.Tensor) or features.dim() != 2:
         shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
         raise ValueError(f"features must be a 2-D tensor (N, D), got {shape}")
@@ -209,7 +219,17 @@ class ShardWriter:
 def write_index(folder: str | os.PathLike[str], names: Sequence[str], *, world_size: int,
                 labels: bool, classes: Sequence[str] | None, settings: Mapping[str, Any]) -> dict[str, Any]:
     """Write `index.json` (atomically) from the shard files of ranks 0..world_size-1; `names[p]` is the name of
-    input position p. Returns the index."""
+    input position p. Returns the index.
+
+    Args:
+        folder: the shard folder; `index.json` is written in it.
+        names: the name of every input position, over all ranks (failed inputs included: only stored rows are named).
+        world_size: how many ranks wrote shards; shards of higher ranks are left out.
+        labels: read the shards' `labels` into the index (else its `labels` is null).
+        classes: the class names the labels index, or None.
+        settings: the run's JSON-able entries added to the index (the features job gives checkpoint, pool, layer,
+            transform, size, dtype, world_size, shard_size, model).
+    """
     folder = Path(folder)
     shards = [(r, p) for r, _, p in _shards_in(folder) if r < world_size]
     entries, positions, label_parts, dim = [], [], [], None

@@ -69,12 +69,22 @@ def convert_checkpoint(source: str | Path, out: str | Path, format: save.Format,
                        trust: bool = False) -> ConvertReport:
     """Write the checkpoint `source` (any layout `read_checkpoint` reads) as `format` at `out`.
 
-    `config` (default: the catalogue's architecture) is what the file is classified against and what an hf
-    `config.json` states. For an hf folder of a full model, `target` ("auto", "pixels", "norm-pix") decides
-    `norm_pix_loss`: asked for, else the catalogue's entry for the file name, else measured on the noise benchmark
-    (`pipeline.detect_target_on_noise`, which loads the model once). The output is read back and compared with
-    the source bit for bit (`verified`). Raises `IncompatibleCheckpointError` for a file that does not fit, and
-    `InvalidArgumentError` for an output that exists (without `overwrite`), is the source or contains it.
+    The output is read back and compared with the source bit for bit (`verified`). Raises
+    `IncompatibleCheckpointError` for a file that does not fit, and `InvalidArgumentError` for an output that
+    exists (without `overwrite`), is the source or contains it.
+
+    Args:
+        source: the checkpoint file or model folder; only read, never written.
+        out: the file to write, or the folder for `hf`; it may be neither the source nor contain it.
+        format: `official`, `safetensors`, `hf` or `timm` (`save.save_as`).
+        target: `auto`, `pixels` or `norm-pix`: for an hf folder of a full model, decides `norm_pix_loss`: asked for,
+            else the catalogue's entry for the file name, else measured on the noise benchmark
+            (`forward.detect_target_on_noise`, which loads the model once). Other outputs do not use it.
+        config: what the file is classified against and what an hf `config.json` states (default: the catalogue's
+            architecture).
+        overwrite: replace an existing output (checked before any work).
+        allow_nonfinite: read and write tensors holding NaN or infinite values instead of refusing them.
+        trust: read a pickle file with `weights_only=False` (its pickle may run code).
     """
     source = Path(source).expanduser()
     out = Path(out).expanduser()

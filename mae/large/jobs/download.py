@@ -250,8 +250,16 @@ def download(
 
     Returns at once with status `present` when a verified copy is already there (unless `force`).
     Raises `DownloadError` naming the URL and the fix on network errors (the `.part` file is kept so
-    the next call resumes) and on verification failure (the `.part` file is removed). `timeout`
-    bounds the connection and every read, so a hanging server cannot hang the caller.
+    the next call resumes) and on verification failure (the `.part` file is removed).
+
+    Args:
+        spec: the checkpoint to fetch (`REGISTRY` / `resolve_names`, or one of your own).
+        dest_dir: the folder for `<filename>` (and its `.part` while downloading).
+        base_url: a mirror holding the files flat (`{base_url}/{filename}`); default `MAE_LARGE_BASE_URL`, and
+            an empty value means Meta's URL.
+        force: fetch again from byte 0 even when a verified copy is there (a stale `.part` is removed).
+        timeout: seconds that bound the connection and every read, so a hanging server cannot hang the caller.
+        progress: called as `progress(bytes_done, total_bytes or None)` as the file streams in.
     """
     start = time.monotonic()
     dest_dir = Path(dest_dir).expanduser()

@@ -91,7 +91,22 @@ def attention_files(
     device: torch.device | str | None = None,
 ) -> Iterator[AttentionResult | ImageFailure]:
     """The cls rows (and the rollout) of `attention_maps` for each image file. Masking as `attention_maps`,
-    with `noise` or `mask` one (L,) row used for every image."""
+    with `noise` or `mask` one (L,) row used for every image.
+
+    Args:
+        model: the masked autoencoder whose encoder is read; it is not moved.
+        paths: the image files; one that cannot be read is yielded as an `ImageFailure` in its place.
+        layers: the blocks whose cls rows are kept: an int n for the last n, block indices (negative from the end),
+            or None for all (default the last).
+        rollout: also compute the attention rollout through every block.
+        mask_ratio: the share of patches removed before the blocks (default none: every patch).
+        noise, mask: one (L,) noise row or bool mask row (True = removed) used for every image, not both
+            (`MaskedAutoencoderViT.encoder_tokens`).
+        batch_size: images per forward pass.
+        crop: `resize` (the demo's squash), `center` or `eval` (`image.preprocess`); images come at the model's size.
+        dtype: the forward pass's precision: `torch.float32`, or a lower one run under autocast.
+        device: where the batches go (default: the model's; `resolve_device`).
+    """
     take_indices(len(model.blocks), layers, "layers")  # fail before any image is read
     target = _target(model, device)
     run = _EvalRun(model, target, dtype)
@@ -149,7 +164,19 @@ def pca_files(
 ) -> Iterator[PCAResult | ImageFailure]:
     """The patch tokens of block `layer` (through the encoder's final norm) of each image, along their first
     three principal components, as colours. `joint=True`: one PCA over every image (a first pass sums the
-    D x D covariance, a second projects), so all share one colour space; `joint=False`: a PCA per image."""
+    D x D covariance, a second projects), so all share one colour space; `joint=False`: a PCA per image.
+
+    Args:
+        model: the masked autoencoder whose encoder is read (every patch, no masking); it is not moved.
+        paths: the image files; one that cannot be read is yielded as an `ImageFailure` in its place.
+        layer: the block whose tokens are used (counted from 0, negative from the end; default the last).
+        joint: one PCA over every image's finite tokens (True) or one per image (False).
+        with_foreground: also give each result a foreground mask (`viz.pca.foreground` of the first component).
+        batch_size: images per forward pass.
+        crop: `resize` (the demo's squash), `center` or `eval` (`image.preprocess`); images come at the model's size.
+        dtype: the forward pass's precision: `torch.float32`, or a lower one run under autocast.
+        device: where the batches go (default: the model's; `resolve_device`).
+    """
     if isinstance(layer, bool) or not isinstance(layer, int):
         raise invalid_argument("layer", f"layer must be a block index (an integer), got {layer!r}")
     block = take_indices(len(model.blocks), [layer], "layer")[0]

@@ -143,13 +143,25 @@ def reconstruct_files(
 
     A failure is an input that gave no result: a file that could not be read, or an image whose loss or
     prediction is not finite (NaN or infinite: a damaged checkpoint loaded with `allow_nonfinite=True`, or
-    an overflow in a low-precision `dtype`); its `reason` says which. `device` is where the batches run
-    (default: the model's), checked by `resolve_device`; the model is not moved.
+    an overflow in a low-precision `dtype`); its `reason` says which. The model is not moved.
 
     With `overlap` the batches are computed in a worker thread, one batch ahead of the caller: while
     the caller handles a batch's results (the CLI draws and saves a figure per image), the next batch's
     forward pass runs (torch releases the GIL in its kernels). The results
     are the same either way; `overlap=False` computes each batch only when the caller asks for it.
+
+    Args:
+        model: the masked autoencoder (its decoder predicts the patches).
+        paths: the image files; one that cannot be read is yielded as an `ImageFailure` in its place.
+        mask_ratio: the share of patches removed, for a random mask or a `mask` kind without its own ratio.
+        seed: the masking seed, the same noise for every image (the official demo's is 2).
+        crop: `resize` (the demo's squash), `center` or `eval` (`image.preprocess`); images come at the model's size.
+        batch_size: images per forward pass, a positive integer.
+        device: where the batches run (default: the model's), checked by `resolve_device`.
+        dtype: the forward pass's precision: `torch.float32`, or a lower one run under autocast.
+        overlap: compute the next batch in a worker thread while the caller handles this one (above).
+        mask: a `masks.MaskSpec` or an (L,) bool tensor (True = removed) instead of the random mask (default None).
+        workers: processes decoding images ahead (`data.image_loader`; 0: in this process).
     """
     maskings = maskings_for(model, ratios=[mask_ratio], seeds=[seed], mask=mask)
     return _run(model, paths, maskings, crop=crop, batch_size=batch_size, device=device, dtype=dtype, overlap=overlap,
@@ -169,8 +181,15 @@ def sweep_files(
     workers: int = 0,
 ) -> Iterator[SweepResult | ImageFailure]:
     """Reconstruct every file under each of `maskings` (`maskings_for`): one forward pass of the batch per
-    masking, nothing recomputed per figure; one `SweepResult` or failure per file, in order. `workers` > 0
-    decodes the images in that many processes (`data.image_loader`) ahead of the model."""
+    masking, nothing recomputed per figure; one `SweepResult` or failure per file, in order.
+
+    Args:
+        model: the masked autoencoder (its decoder predicts the patches); it is not moved.
+        paths: the image files; one that cannot be read is yielded as an `ImageFailure` in its place.
+        maskings: the maskings, in order (`maskings_for`).
+        crop, batch_size, device, dtype, overlap: as for `reconstruct_files`.
+        workers: > 0 decodes the images in that many processes (`data.image_loader`) ahead of the model.
+    """
     return _run(model, paths, list(maskings), crop=crop, batch_size=batch_size, device=device, dtype=dtype,
                 overlap=overlap, sweep=True, workers=workers)
 
@@ -257,7 +276,17 @@ def _reconstruct_batches(
 def detect_target_on_files(model: MaskedAutoencoderViT, paths: Sequence[Path], masking: Masking, *, crop: Crop = "resize",
                            dtype: torch.dtype = torch.float32, count: int = 4) -> TargetChoice:
     """What the decoder predicts (`target.detect_target`), measured on the first `count` images that can be
-    read, when neither the caller nor the catalogue says."""
+    read, when neither the caller nor the catalogue says.
+
+    Args:
+        model: the masked autoencoder; it runs where its weights are.
+        paths: the image files; only the first `count` are read (an unreadable one is left out, not replaced).
+        masking: the one masking to measure under (`maskings_for`).
+        crop: `resize`, `center` or `eval` (`image.preprocess`).
+        dtype: the forward pass's precision: `torch.float32`, or a lower one run under autocast.
+        count: how many of the first paths to use.
+
+    Returns pixels, said so, when none of them could be read."""
     done = [r for r in sweep_files(model, paths[:count], [masking], crop=crop, dtype=dtype, overlap=False)
             if isinstance(r, SweepResult)]
     if not done:

@@ -201,14 +201,32 @@ def export_onnx(
     A model given is exported as it is, at its own `img_size` (`size`, if given, must equal it); it is put in eval
     mode for the export and its mode restored.
 
-    The batch is 1 unless `dynamic_batch` (then any batch size, named `batch` in the file). `mask_ratio` (`mae`):
-    the fraction of patches removed, fixed in the file. `target` (`mae`): what the loss measures the prediction
-    against, "pixels" or "norm-pix" (`norm_pix_loss`); "auto" takes the catalogue's entry for the name of the file
-    the model was loaded from (`target.resolve_target`), else keeps the model's own (the report says which and
-    why). An existing `path` is replaced only with `overwrite=True`.
-    `opset` None: the exporter's default. `check` (default True) runs the file with onnxruntime on random
-    inputs drawn from `seed` and compares every output with PyTorch's: a largest absolute difference over
-    `tolerance`, a mask that differs, or an output that is not finite raises `MAEError` and nothing is written."""
+    With `check`, a largest absolute difference over `tolerance`, a mask that differs, or an output that is not
+    finite raises `MAEError` and nothing is written.
+
+    Args:
+        model_or_checkpoint: a `VisionTransformer` or `MaskedAutoencoderViT` (exported as it is), a checkpoint path,
+            or a `ModelSource` (loaded with its own size and options: `size`, `trust` and `allow_nonfinite` are
+            not applied to it).
+        path: the `.onnx` file to write (weights over 1.5 GiB go to `NAME.data` beside it).
+        what: `features` or `mae` (see the module).
+        size: the input size, (H, W) or one int: a checkpoint is built at it (default the architecture's); a model
+            given must already have it.
+        dynamic_batch: any batch size, named `batch` in the file (else the batch is 1).
+        mask_ratio: `mae`: the fraction of patches removed, fixed in the file.
+        target: `mae`: what the loss measures the prediction against, `pixels` or `norm-pix` (`norm_pix_loss`);
+            `auto` takes the catalogue's entry for the name of the file the model was loaded from
+            (`target.resolve_target`), else keeps the model's own (the report says which and why). The model's own
+            `norm_pix_loss` is restored afterwards.
+        opset: the ONNX opset (None: the exporter's default).
+        check: run the file with onnxruntime on random inputs and compare every output with PyTorch's (default True).
+        tolerance: the largest absolute difference the check accepts, >= 0.
+        seed: draws the example and check inputs.
+        trust, allow_nonfinite: as for `from_pretrained`, when a checkpoint path is loaded.
+        allow_random_decoder: `mae` from an encoder-only file, whose decoder is then random (else refused).
+        overwrite: replace an existing `path` (else refused, before the model is loaded).
+        events: what to report while it runs (`run.Events`).
+    """
     _check_what(what)
     if not isinstance(dynamic_batch, bool):
         raise invalid_argument("dynamic_batch", f"dynamic_batch must be True or False, got {dynamic_batch!r}")

@@ -26,17 +26,9 @@ from ..models.target import TargetChoice, resolve_target
 from ..utils.device import resolve_device
 from ..utils.outputs import output_stems
 from ..viz.animation import ANIMATION_RATIOS, save_animation
-from ..viz.figures import (
-    SweepRow,
-    check_panel_names,
-    error_map,
-    make_panels,
-    panels_figure,
-    save_figure,
-    save_panel,
-    sweep_figure,
-)
+from ..viz.figures import SweepRow, check_panel_names, panels_figure, save_figure, sweep_figure
 from ..viz.gallery import write_gallery
+from ..viz.panels import error_map, make_panels, save_panel
 from .forward import Masking, SweepResult, detect_target_on_files, maskings_for, sweep_files
 from .models import ModelSource, as_source, checkpoint_kind, require_decoder
 from .run import QUIET, Events, JobRun, collect_inputs, run_sharded

@@ -128,8 +128,22 @@ def run_sharded(
     record: bool = True,
 ) -> ShardedRun[S]:
     """`setup(ctx, events)` once per process (load the model), then every result of `work(state, this rank's items,
-    ctx, events)` into the sink, with the progress on rank 0. `record=False` reports no per-result `events.result`
-    (a sink that writes as it goes keeps memory flat over any number of inputs)."""
+    ctx, events)` into the sink, with the progress on rank 0.
+
+    Args:
+        items: every input of the run; rank `r` of `W` works on `items[r::W]`, in order.
+        device: this process's device, already resolved (a `torch.device` or a name such as `cuda`; not `auto`): a
+            CUDA device without an index becomes `cuda:LOCAL_RANK` under torchrun (`distributed.context_from_env`).
+        label: the progress bar's label (under torchrun, with rank 0's share added).
+        events: what to report; the ranks other than 0 get `events.quiet()`.
+        setup: called once per process as `setup(ctx, events)`; what it returns (the model) is handed to `work`.
+        work: yields this rank's results, one per item, in order: `work(state, local_items, ctx, events)`.
+        sink: builds this rank's `Sink` from the `DistContext` (default `GatherSink`: every result on rank 0).
+        record: report each result with `events.result`; False reports none (a sink that writes as it goes keeps
+            memory flat over any number of inputs).
+
+    Returns a `ShardedRun`: the state, what the sink's `close` returned (None off rank 0 for `GatherSink`), the
+    context and this rank's events."""
     from ..utils.distributed import distributed_run, shard
 
     with distributed_run(device) as ctx:

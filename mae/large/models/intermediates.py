@@ -134,7 +134,22 @@ def collect_intermediates(
     checkpointing: bool = False,
 ) -> list | tuple[torch.Tensor, list]:
     """Run `blocks` over `tokens`, keeping the outputs of the blocks `indices` selects (see the module
-    docstring); `final_norm` is the model's token norm (identity when it has none)."""
+    docstring).
+
+    Args:
+        blocks: the model's transformer blocks, in order.
+        tokens: what the first block sees (`EncoderTokens`: cls first, and where each patch token comes from).
+        final_norm: the model's token norm (identity when it has none); applied to `final`, and with `norm` to each
+            intermediate.
+        indices: None = every block, an int n = the last n, a sequence = those blocks (negative from the end).
+        return_prefix_tokens: each intermediate as a `(patches, prefix)` pair, the cls token (N, 1, D) as prefix.
+        norm: pass each intermediate through `final_norm`.
+        stop_early: run the blocks only up to the deepest one selected (`final` is then that block's output).
+        output_fmt: `NCHW` (N, D, h, w) grids or `NLC` (N, L, D) sequences; a masked run gives `KeptTokens` either way.
+        intermediates_only: return the intermediates alone, without `final`.
+        checkpointing: recompute each block in backward (non-reentrant activation checkpointing); the caller decides
+            when (the classifier: only while training with gradients on).
+    """
     check_output_fmt(output_fmt)
     take = take_indices(len(blocks), indices)
     wanted = set(take)

@@ -21,19 +21,15 @@ from torch import nn
 
 from .. import catalog
 from ..checkpoints import load
-from ..checkpoints.classify import Classification, ExpectedState, is_regenerable, key_part
-from ..checkpoints.load import Fitted, LoadReport
-from ..checkpoints.read import CheckpointData
+from ..checkpoints.classify import ExpectedState, key_part
+from ..checkpoints.load import LoadReport
 from ..config import MAEConfig
 from ..cost import warn_if_large
-from ..errors import IncompatibleCheckpointError, short_list
+from .filters import FIXED_TABLES, fit_mae_state
 from .intermediates import EncoderTokens, collect_intermediates, grid_tokens
 from .layers import Block, Linear, PatchEmbed, check_images, init_fresh_, init_official_, init_patch_embed_, init_token_
 from .masks import check_mask, mask_ratio_of, noise_for_mask
 from .pos_embed import sincos_2d
-
-# The two position tables: fixed 2-D sin-cos functions of the patch grid, stored in the files, never trained.
-FIXED_TABLES: frozenset[str] = frozenset({"pos_embed", "decoder_pos_embed"})
 
 
 class MAEOutput(NamedTuple):
@@ -298,7 +294,20 @@ class MaskedAutoencoderViT(nn.Module):
         """The encoder's tokens after the blocks `indices` selects, with timm's signature and semantics
         (`mae.large.models.intermediates`): `(final, intermediates)`, final = the encoder output (N, 1 + T, D) through
         `norm`, or the intermediates alone. Masking as `encoder_tokens` (default: none); with masking each
-        intermediate is a `KeptTokens` (tokens, patch indices) instead of a grid."""
+        intermediate is a `KeptTokens` (tokens, patch indices) instead of a grid.
+
+        Args:
+            imgs: the normalised images (N, C, H, W) at the model's size.
+            indices: None = every block, an int n = the last n, a sequence = those blocks (negative from the end).
+            return_prefix_tokens: each intermediate as a `(patches, cls token (N, 1, D))` pair.
+            norm: pass each intermediate through the encoder's final `norm`.
+            stop_early: run the blocks only up to the deepest one selected (`final` is then that block's, normed).
+            output_fmt: `NCHW` (N, D, h, w) grids or `NLC` (N, L, D) sequences (unmasked runs).
+            intermediates_only: return the intermediates alone.
+            mask_ratio: the share of patches removed (default none, or the `mask`'s own ratio).
+            noise: (N, L) noise; the patches with the smallest values are kept, as the official `random_masking`.
+            mask: a bool (N, L) or (L,) mask, True = removed, instead of `noise`.
+        """
         return collect_intermediates(
             self.blocks, self.encoder_tokens(imgs, mask_ratio, noise, mask), final_norm=self.norm, indices=indices,
             return_prefix_tokens=return_prefix_tokens, norm=norm, stop_early=stop_early, output_fmt=output_fmt,
@@ -401,7 +410,7 @@ class MaskedAutoencoderViT(nn.Module):
         """`imgs` checked (`check_images`) and in the dtype of the patch projection's weight."""
         return check_images(imgs, self.config.in_chans, self.config.img_size, dtype=self.patch_embed.proj.weight.dtype)
 
-    # ---- loading (the chain is load.py; the filter is fit_mae_state below) ----------------------
+    # ---- loading (the chain is checkpoints/load.py; the filter is filters.fit_mae_state) ----------------------
     @classmethod
     def expected_state(cls, config: MAEConfig | None = None) -> ExpectedState:
         """Every key with its shape and part (encoder / decoder) for `config`, built on the meta device and
@@ -422,9 +431,9 @@ class MaskedAutoencoderViT(nn.Module):
         hold NaN or infinite values `NonFiniteCheckpointError`, unless `allow_nonfinite=True` (the report
         then warns, naming them).
         """
-        return load.load_into(self, path, reference=self.expected_state(self.config), trust=trust,
-                              allow_nonfinite=allow_nonfinite,
-                              fit=lambda data, result, model: fit_mae_state(data, result, model.config, strict))
+        reference = self.expected_state(self.config)
+        return load.load_into(self, path, reference=reference, trust=trust, allow_nonfinite=allow_nonfinite,
+                              fit=lambda data, result, model: fit_mae_state(data, result, model.config, reference, strict))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, config: MAEConfig | None = None, *, trust: bool = False,
@@ -436,46 +445,25 @@ class MaskedAutoencoderViT(nn.Module):
 
         `device` is checked first (`resolve_device`: 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'; one this
         machine lacks is a `DeviceError`). Each loaded tensor is read once for NaN / infinite values: such
-        a file raises `NonFiniteCheckpointError` naming them, unless `allow_nonfinite=True`."""
+        a file raises `NonFiniteCheckpointError` naming them, unless `allow_nonfinite=True`.
+
+        Args:
+            path: a checkpoint file or model folder (any layout `read_checkpoint` knows).
+            config: the model to build (default ViT-L/16 with the official decoder); a sin-cos table made for
+                another grid is regenerated for its `img_size`.
+            trust: read a pickle file with `weights_only=False` (its pickle may run code).
+            device: where the model goes (above).
+            strict: refuse a file that is neither full nor encoder-only. `False` also takes a file that only lacks
+                tensors (a fine-tuned classifier, whose head is not loaded, or a partial file): the rest keeps its
+                init (kind `partial`); unexpected keys, other shapes or non-float tensors are still refused.
+            allow_nonfinite: load tensors holding NaN or infinite values (the report warns, naming them).
+        """
         config = config or MAEConfig.vit_large()
-        model = load.from_pretrained(cls, config, path, reference=cls.expected_state(config), trust=trust, device=device,
+        reference = cls.expected_state(config)
+        model = load.from_pretrained(cls, config, path, reference=reference, trust=trust, device=device,
                                      allow_nonfinite=allow_nonfinite,
-                                     fit=lambda data, result, model: fit_mae_state(data, result, config, strict))
+                                     fit=lambda data, result, model: fit_mae_state(data, result, config, reference, strict))
         return model.eval()
-
-
-def fit_mae_state(data: CheckpointData, result: Classification, config: MAEConfig, strict: bool) -> Fitted:
-    """The masked autoencoder's filter: refuse what does not fit, regenerate a sin-cos table made for
-    another grid (exact: it is a function of the grid), cast to float32."""
-    if result.kind == "fine-tuned" and strict:
-        raise IncompatibleCheckpointError(
-            f"{data.path} is a fine-tuned classifier ({result.num_classes} classes, global pool): it has no final norm, "
-            f"which {config.name or 'this model'} needs, and no decoder; load it with "
-            "VisionTransformer.from_pretrained(path, head='file') instead"
-        )
-    if result.kind == "incompatible" and (strict or result.mismatched or result.unexpected or result.not_float):
-        hint = f"; {result.hint}" if result.hint else ""
-        raise IncompatibleCheckpointError(
-            f"{data.path} does not fit {config.name or 'this model'}: {result.problem()}{hint}; nothing was loaded"
-        )
-    expected = MaskedAutoencoderViT.expected_state(config)
-    sd = dict(data.state_dict)
-    fixes: list[str] = []
-    for name in sorted(FIXED_TABLES & set(sd)):
-        if tuple(sd[name].shape) != expected.shapes[name] and is_regenerable(expected, name, tuple(sd[name].shape)):
-            sd[name] = sincos_2d(expected.shapes[name][-1], config.grid_size, cls_token=True).unsqueeze(0)
-            fixes.append(f"regenerated the fixed sin-cos {name} for the {config.grid_size} patch grid "
-                         f"(file has {list(data.state_dict[name].shape)})")
-    sd = load.as_float32(sd, fixes)
-    warns: list[str] = []
-    kind = result.kind
-    if kind == "encoder-only":
-        warns.append(catalog.random_decoder_warning(len(sd)))
-    elif kind in ("incompatible", "fine-tuned"):  # only strict=False gets here: missing keys keep their init
-        kind = "partial"
-        warns.append(f"strict=False: {len(result.missing)} tensors were not in the file and keep their initial "
-                     f"values ({short_list(result.missing)})")
-    return Fitted(sd, kind, fixes=fixes, warnings=warns)
 
 
 def mae_vit_large_patch16(**overrides: Any) -> MaskedAutoencoderViT:

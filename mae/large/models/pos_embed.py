@@ -73,3 +73,14 @@ def resize_pos_embed(
     grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bicubic", align_corners=False)
     patches = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim)  # (1, gh'*gw', D)
     return torch.cat([extra, patches.to(pos_embed.dtype)], dim=1)
+
+
+def interpolate_pos_embed(
+    pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """(1, 1 + gh*gw, D) -> (1, 1 + gh'*gw', D): the official `interpolate_pos_embed`.
+
+    Bicubic, align_corners=False; the cls row is kept; a table already on `new_grid` is returned as is.
+    `old_grid` defaults to the square grid the official code assumes.
+    """
+    return resize_pos_embed(pos_embed, new_grid, old_grid, num_extra_tokens=1)

@@ -1,4 +1,4 @@
-"""The fine-tuning classifier: official `models_vit.py`, `util/lr_decay.py` and `interpolate_pos_embed`.
+"""The fine-tuning classifier: official `models_vit.py` and `util/lr_decay.py`.
 
 `VisionTransformer` is the MAE encoder with a classification head. Its state_dict keys are the MAE
 encoder keys (`cls_token`, `pos_embed`, `patch_embed.proj.*`, `blocks.{i}.*`), so pre-trained weights
@@ -23,17 +23,17 @@ import torch.utils.checkpoint
 from torch import nn
 
 from ..checkpoints import load
-from ..checkpoints.classify import Classification, ExpectedState, Part
-from ..checkpoints.keys import CLASSIFIER_PREFIXES, DECODER_PREFIXES, StateDict
-from ..checkpoints.load import Fitted, LoadReport
+from ..checkpoints.classify import ExpectedState
+from ..checkpoints.keys import CLASSIFIER_PREFIXES, StateDict
+from ..checkpoints.load import LoadReport
 from ..checkpoints.read import CheckpointData
 from ..config import EncoderConfig, MAEConfig
 from ..cost import warn_if_large
-from ..errors import IncompatibleCheckpointError
+from .filters import classifier_key_part, encoder_state_for_classifier, fit_classifier_state
 from .intermediates import EncoderTokens, collect_intermediates, grid_tokens
 from .layers import Block, PatchEmbed, check_images, init_fresh_, init_official_, init_patch_embed_, init_token_
 from .mae import MaskedAutoencoderViT
-from .pos_embed import resize_pos_embed, sincos_2d
+from .pos_embed import sincos_2d
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,18 @@ class VisionTransformer(nn.Module):
     ) -> list | tuple[torch.Tensor, list]:
         """The tokens after the blocks `indices` selects, with timm's signature and semantics
         (`mae.large.models.intermediates`): `(final, intermediates)`, final = `forward_tokens(imgs)` (N, 1 + L, D),
-        or the intermediates alone. `norm=True` applies `token_norm` (nothing with global pooling)."""
+        or the intermediates alone. `norm=True` applies `token_norm` (nothing with global pooling).
+
+        Args:
+            imgs: the normalised images (N, C, H, W) at the model's size; every patch is seen (no masking).
+            indices: None = every block, an int n = the last n, a sequence = those blocks (negative from the end).
+            return_prefix_tokens: each intermediate as a `(patches, cls token (N, 1, D))` pair.
+            norm: pass each intermediate through `token_norm`.
+            stop_early: run the blocks only up to the deepest one selected (`final` is then that block's, through
+                `token_norm`, not `forward_tokens(imgs)`).
+            output_fmt: `NCHW` (N, D, h, w) grids or `NLC` (N, L, D) sequences.
+            intermediates_only: return the intermediates alone.
+        """
         checkpointing = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         return collect_intermediates(
             self.blocks, self.encoder_tokens(imgs), final_norm=self.token_norm, indices=indices,
@@ -215,7 +226,7 @@ class VisionTransformer(nn.Module):
         return check_images(imgs, self.config.in_chans, self.config.img_size,
                             " (the position table is interpolated on load)", dtype=self.patch_embed.proj.weight.dtype)
 
-    # ---- loading (the chain is load.py; the filter is fit_classifier_state below) -------------------
+    # ---- loading (the chain is checkpoints/load.py; the filter is filters.fit_classifier_state) -------------------
     @classmethod
     def expected_state(cls, config: ViTConfig | None = None) -> ExpectedState:
         """Every key of the classifier with its shape and part (encoder / classifier), built on the meta
@@ -267,6 +278,17 @@ class VisionTransformer(nn.Module):
         (`resolve_device`; one this machine lacks is a `DeviceError`). Each loaded tensor is read once for
         NaN / infinite values: such a file raises `NonFiniteCheckpointError` naming them, unless
         `allow_nonfinite=True` (the report then warns, naming them).
+
+        Args:
+            path: a checkpoint file or model folder (any layout `read_checkpoint` knows), or the `CheckpointData` it
+                returned.
+            config: the classifier to build (default `ViTConfig()`: ViT-L/16, 1000 classes, global pool), with
+                `overrides` applied.
+            trust: read a pickle file with `weights_only=False` (its pickle may run code).
+            device: where the model goes (above).
+            head: `fresh` or `file` (above).
+            allow_nonfinite: load tensors holding NaN or infinite values (above).
+            overrides: config fields to change.
         """
         if head not in ("fresh", "file"):
             raise ValueError(f"head must be 'fresh' (start a new classifier) or 'file' (load the file's), got {head!r}")
@@ -275,143 +297,6 @@ class VisionTransformer(nn.Module):
         return load.from_pretrained(cls, config, path, reference=reference, trust=trust, device=device,
                                     allow_nonfinite=allow_nonfinite,
                                     fit=lambda data, result, model: fit_classifier_state(data, result, model, head))
-
-
-def classifier_key_part(name: str) -> Part:
-    """`classifier` for the head and fc_norm, `encoder` for everything else of the classifier."""
-    return "classifier" if name.startswith(CLASSIFIER_PREFIXES) else "encoder"
-
-
-def fit_classifier_state(data: CheckpointData, result: Classification, model: VisionTransformer,
-                         head: Literal["fresh", "file"]) -> Fitted:
-    """The classifier's filter: the encoder tensors it needs (`encoder_state_for_classifier`), the
-    file's classifier with `head="file"`, float32."""
-    if (not model.global_pool and "norm.weight" not in data.state_dict
-            and any(k.startswith("fc_norm.") for k in data.classifier)):
-        raise IncompatibleCheckpointError(
-            f"{data.path} was fine-tuned with global pooling (it has fc_norm and no final norm), so it does not "
-            "fit a cls-token classifier; build the model with global_pool=True"
-        )
-    try:
-        state, ignored, notes = encoder_state_for_classifier(data.state_dict, model)
-    except IncompatibleCheckpointError as exc:
-        # Name the file, and the architecture it looks like when that explains the mismatch.
-        hint = f"; {result.hint}" if result.hint else ""
-        raise IncompatibleCheckpointError(f"{data.path} does not fit this classifier: {exc}{hint}") from None
-    warns: list[str] = []
-    if head == "file":
-        loaded_head = classifier_state_from_file(data.classifier, model, data.path)
-        state.update(loaded_head)
-        ignored = [k for k in ignored if k not in loaded_head]
-        notes.append(f"loaded the file's classifier ({', '.join(loaded_head)})")
-    else:
-        usable = [k for k in model.state_dict() if k.startswith(CLASSIFIER_PREFIXES) and k in data.classifier]
-        if usable:
-            warns.append(f"this file holds a trained classifier ({', '.join(usable)}); a fresh one was started, as "
-                         "for fine-tuning; pass head='file' to use the file's")
-    not_float = [k for k, v in state.items() if not v.is_floating_point()]
-    if not_float:
-        raise IncompatibleCheckpointError(
-            f"{data.path} stores {len(not_float)} weights as {state[not_float[0]].dtype} ({not_float[0]} ...), "
-            "not floating point; it is not a model checkpoint"
-        )
-    state = {k: v.float() for k, v in state.items()}
-    # The encoder checks passed: a file that is not "full" or "fine-tuned" is the encoder of one.
-    kind = result.kind if result.kind in ("full", "encoder-only", "fine-tuned") else "encoder-only"
-    return Fitted(state, kind, ignored=ignored, fixes=notes, warnings=warns)
-
-
-def classifier_state_from_file(classifier: StateDict, model: VisionTransformer, path: Path) -> StateDict:
-    """The file's classifier tensors that `model` needs (`head.*`, and `fc_norm.*` with global pooling),
-    checked to fit exactly; raises `IncompatibleCheckpointError` saying which config would fit."""
-    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith(CLASSIFIER_PREFIXES)}
-    if not classifier:
-        raise IncompatibleCheckpointError(
-            f"{path} holds no classifier (no head.* or fc_norm.* tensors): it is a pre-training checkpoint; "
-            "use head='fresh' to fine-tune from it"
-        )
-    hints: list[str] = []
-    file_head = classifier.get("head.weight")
-    if ("head.weight" in wanted and file_head is not None and file_head.dim() == 2
-            and tuple(file_head.shape) != wanted["head.weight"]):
-        hints.append(f"num_classes={file_head.shape[0]}")
-    has_fc_norm = any(k.startswith("fc_norm.") for k in classifier)
-    if has_fc_norm != model.global_pool:
-        hints.append(f"global_pool={has_fc_norm}")
-    problems = [f"{k} is not in the file" for k in wanted if k not in classifier]
-    problems += [f"{k} has shape {tuple(classifier[k].shape)}, the model expects {shape}"
-                 for k, shape in wanted.items() if k in classifier and tuple(classifier[k].shape) != shape]
-    if problems or hints:
-        fix = f"; build the model with {', '.join(hints)}" if hints else ""
-        raise IncompatibleCheckpointError(
-            f"{path}: the file's classifier does not fit this model ({'; '.join(problems) or 'pooling differs'}){fix}"
-        )
-    return {k: classifier[k] for k in wanted}
-
-
-def encoder_state_for_classifier(sd: StateDict, model: VisionTransformer) -> tuple[StateDict, list[str], list[str]]:
-    """Select and fit the tensors of a (pre-training) checkpoint that `model`'s encoder needs.
-
-    Returns (tensors to load, ignored key names, notes). Ignored: decoder keys (`mask_token`,
-    `decoder_*`), `norm.*` when the model pools globally (it has `fc_norm` instead) and a fine-tuned
-    file's `head.*` / `fc_norm.*` (a fresh classifier is always started). A `pos_embed` on another
-    patch grid is bicubically resized to the model's, as the official `interpolate_pos_embed` does.
-    Raises `IncompatibleCheckpointError` naming the first missing encoder key, shape mismatch or
-    unknown key; nothing is returned partially.
-    """
-    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith(CLASSIFIER_PREFIXES)}
-    for key in expected:
-        if key not in sd:
-            raise IncompatibleCheckpointError(
-                f"checkpoint has no encoder tensor {key!r}; it is not an MAE/ViT checkpoint of this architecture"
-            )
-    decoder = [k for k in sd if k.startswith(DECODER_PREFIXES)]
-    pooled_norm = [k for k in sd if k.startswith("norm.") and model.global_pool]
-    classifier = [k for k in sd if k.startswith(CLASSIFIER_PREFIXES)]
-    ignored = decoder + pooled_norm + classifier
-    unknown = [k for k in sd if k not in expected and k not in ignored]
-    if unknown:
-        raise IncompatibleCheckpointError(
-            f"checkpoint key {unknown[0]!r} is neither encoder, decoder nor classifier ({len(unknown)} such keys); "
-            "convert the file to the official key names first"
-        )
-
-    notes: list[str] = []
-    state: StateDict = {k: sd[k] for k in expected}
-    pos, want = state["pos_embed"], expected["pos_embed"]
-    if pos.dim() == 3 and pos.shape[0] == 1 and pos.shape[2] == want[2] and pos.shape[1] != want[1]:
-        old_patches = pos.shape[1] - 1
-        side = int(round(old_patches**0.5))
-        if side * side != old_patches:  # the official code only knows square grids; so do the files
-            raise IncompatibleCheckpointError(
-                f"pos_embed {tuple(pos.shape)} holds {old_patches} patches, not a square grid; cannot resize it"
-            )
-        grid = model.patch_embed.grid_size
-        state["pos_embed"] = interpolate_pos_embed(pos, grid, (side, side))
-        notes.append(f"pos_embed interpolated from {side}x{side} to {grid[0]}x{grid[1]} (bicubic)")
-    for key, shape in expected.items():
-        if state[key].shape != shape:
-            raise IncompatibleCheckpointError(
-                f"checkpoint tensor {key!r} has shape {tuple(state[key].shape)}, the model expects {tuple(shape)}"
-            )
-    if decoder:
-        notes.append(f"ignored {len(decoder)} decoder tensors (mask_token, decoder_*): a classifier has no decoder")
-    if pooled_norm:
-        notes.append(f"ignored {', '.join(pooled_norm)}: with global_pool the official model replaces norm by fc_norm")
-    if classifier:
-        notes.append(f"ignored the checkpoint's classifier ({', '.join(classifier)}): a fresh head is initialised")
-    return state, ignored, notes
-
-
-def interpolate_pos_embed(
-    pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int] | None = None
-) -> torch.Tensor:
-    """(1, 1 + gh*gw, D) -> (1, 1 + gh'*gw', D): the official `interpolate_pos_embed`.
-
-    Bicubic, align_corners=False; the cls row is kept; a table already on `new_grid` is returned as is.
-    `old_grid` defaults to the square grid the official code assumes.
-    """
-    return resize_pos_embed(pos_embed, new_grid, old_grid, num_extra_tokens=1)
 
 
 # ---- layer-wise learning-rate decay (official util/lr_decay.py) ------------------------------------

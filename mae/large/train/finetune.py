@@ -41,17 +41,17 @@ from ..data.labelled import (
     epoch_batches,
     labelled_folder,
     loader,
-    raise_on_failures,
     steps_per_epoch,
 )
 from ..data.loader import default_workers
-from ..errors import MAEError, invalid_argument
+from ..errors import invalid_argument
 from ..evaluate.accuracy import evaluate_model
 from ..models.vit import VisionTransformer, ViTConfig, apply_lr_scale, param_groups_lrd
 from ..utils.device import AMP_CHOICES, autocast, resolve_amp, resolve_device
 from ..utils.distributed import DistContext, destroy, init_distributed
 from ..utils.keyed import derive_seed, keyed_rng
 from ..utils.optim import cosine_lr
+from .loop import checked_loss, scaler_state
 from .state import (
     BEST,
     CONFIG,
@@ -246,11 +246,23 @@ def finetune(
     """Fine-tune the encoder of `pretrained` (an MAE checkpoint) on the ImageFolder tree `train`, evaluating on
     `val` after every epoch; checkpoints, `config.json` and `log.jsonl` go to `out_dir` (rank 0 writes).
 
-    Under torchrun each process calls this (the process group is set up here unless `ctx` is given). `resume`
-    (a checkpoint or a run folder) continues after its epoch; use `resumed_config` for its settings.
-    `train_transform(img, rng)` replaces the recipe's augmentation (default: `augment.TrainTransform`).
-    `on_progress(event, details)` hears "start", "epoch_start", "step", "eval", "epoch" (rank 0 only).
-    """
+    Under torchrun each process calls this (the process group is set up here unless `ctx` is given).
+
+    Args:
+        train, val: ImageFolder trees `root/CLASS/image` with the same class folders in the same order.
+        out_dir: the run folder (checkpoints, `config.json`, `log.jsonl`).
+        config: the recipe (default `FinetuneConfig()`, the official ViT-L fine-tuning).
+        pretrained: the MAE checkpoint whose encoder is fine-tuned (a fresh head); needed unless `resume` is given,
+            and not used when it is (the run's own weights are).
+        resume: a checkpoint or a run folder to continue after its epoch; the settings must be the run's own
+            (`resumed_config`), but for `RESUMABLE_CHANGES`.
+        train_transform: `train_transform(img, rng)` replaces the recipe's augmentation (default:
+            `augment.TrainTransform`).
+        on_progress: `on_progress(event, details)` hears "start", "epoch_start", "step", "eval", "epoch" (rank 0 only).
+        ctx: this process's place in a run whose process group the caller set up (and tears down); its device is
+            used, not `config.device`. Default: set up here from the torchrun environment on `config.device`.
+
+    Returns a `FinetuneResult`: the run folder, this call's epoch records, the best val top-1 and the settings."""
     config = config or FinetuneConfig()
     own_ctx = ctx is None
     ctx = ctx or init_distributed(resolve_device(config.device))
@@ -372,7 +384,26 @@ def train_epoch(net: nn.Module, model: VisionTransformer, batches: Any, optimize
                  ctx: DistContext, *, epoch: int, steps: int, accum: int, lr: float, amp: str,
                  notify: Callable[[str, dict[str, Any]], None]) -> tuple[float, float]:
     """One epoch of `engine_finetune.train_one_epoch`; returns the mean loss (over steps, of the global batch
-    means) and the last learning rate set."""
+    means) and the last learning rate set.
+
+    Args:
+        net: what runs the forward and backward: `model`, or its `DistributedDataParallel` wrapper.
+        model: the classifier itself (its parameters are the ones clipped).
+        batches: this rank's `LabelledBatch`es of the epoch, in order (`labelled.loader`); an unreadable image on any
+            rank stops the run.
+        optimizer: the AdamW over `param_groups_lrd`; its learning rate is set every `accum` steps (times `lr_scale`).
+        scaler: the gradient scaler (enabled for fp16 only).
+        criterion: the loss (`build_criterion`).
+        mixup: the mixup / cutmix function (`config.augment.mixup_fn`), or None.
+        config: the recipe: `epochs`, `warmup_epochs`, `min_lr` (schedule), `clip_grad`, `seed` (keyed draws).
+        ctx: this process's place in the run (its device, its rank in the keyed draws).
+        epoch: the epoch, counted from 0.
+        steps: the steps of an epoch (`steps_per_epoch`): the schedule's fraction and the mean's divisor.
+        accum: micro-steps per optimiser step.
+        lr: the peak learning rate of the schedule.
+        amp: `off`, `bf16` or `fp16`, already resolved (`resolve_amp`).
+        notify: called as `notify("step", details)` after each step.
+    """
     device = ctx.device
     net.train()
     optimizer.zero_grad(set_to_none=True)
@@ -405,7 +436,7 @@ def train_epoch(net: nn.Module, model: VisionTransformer, batches: Any, optimize
                 # a non-finite loss stops the run before the update. (Queuing the backward first made the bare step
                 # 0.97x instead of 0.89x of plain PyTorch on an H200, but the whole command 0.72-0.74x instead of
                 # 0.80x, so the official order stays; docs/benchmarks.md.)
-                value = _checked_loss(loss, failed, batch, ctx, epoch, step)
+                value = checked_loss(loss, failed, batch, ctx, epoch, step)
                 scaler.scale(loss / accum).backward()
             if update:
                 if config.clip_grad is not None:
@@ -419,41 +450,6 @@ def train_epoch(net: nn.Module, model: VisionTransformer, batches: Any, optimize
     return losses / steps, step_lr
 
 
-def _checked_loss(loss: torch.Tensor | None, failed: int, batch: Any, ctx: DistContext, epoch: int, step: int) -> float:
-    """The step's global loss (`_global_loss`); raises for an unreadable image (on any rank) or a non-finite loss,
-    as `engine_finetune.train_one_epoch` stops on one."""
-    value = _global_loss(loss, failed, ctx)
-    if failed:
-        raise_on_failures(batch)
-    if value is None:
-        raise MAEError(f"an image of epoch {epoch}, step {step} could not be read on another process; "
-                       "its message names the file")
-    if not math.isfinite(value):
-        raise MAEError(f"the loss is {value} at epoch {epoch}, step {step}: training diverged; lower the "
-                       "learning rate (blr) or clip gradients (clip_grad), then resume from the last epoch")
-    return value
-
-
-def _global_loss(loss: torch.Tensor | None, failed: int, ctx: DistContext) -> float | None:
-    """The mean loss over every rank's batch (the official `all_reduce_mean`); None when some rank could not
-    read an image (every rank stops together instead of waiting for the one that failed)."""
-    value = loss.detach().float() if loss is not None else torch.zeros((), device=ctx.device)
-    if not ctx.is_distributed:
-        return None if failed else float(value)
-    import torch.distributed as dist
-
-    stats = torch.stack([value, torch.tensor(float(failed), device=value.device)])
-    dist.all_reduce(stats)
-    total, failures = stats.tolist()
-    return None if failures else total / ctx.world_size
-
-
-def _scaler_state(scaler: torch.amp.GradScaler) -> dict[str, Any]:
-    """The scaler's state; a disabled one (bf16, fp32) saves a fresh scaler's, not `{}`, so that the official
-    `util/misc.load_model` (which loads `checkpoint["scaler"]` into an enabled scaler) can resume the file too."""
-    return scaler.state_dict() if scaler.is_enabled() else torch.amp.GradScaler("cpu", enabled=True).state_dict()
-
-
 def _save_epoch(out_dir: Path, model: VisionTransformer, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, args: dict[str, Any], epoch: int, best: float, improved: bool,
                 save_every: int, device: torch.device) -> None:
@@ -461,7 +457,7 @@ def _save_epoch(out_dir: Path, model: VisionTransformer, optimizer: torch.optim.
     first when val top-1 improved, then `checkpoint-last.pth` linked to it: a run killed in between repeats the
     epoch identically on resume."""
     state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-             "optimizer": optimizer.state_dict(), "epoch": epoch, "scaler": _scaler_state(scaler), "args": args,
+             "optimizer": optimizer.state_dict(), "epoch": epoch, "scaler": scaler_state(scaler), "args": args,
              "rng": rng_state(device), "best": best}
     if improved:
         save_checkpoint(out_dir / BEST, state)

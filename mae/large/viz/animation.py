@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import invalid_argument
 from ..utils.atomic import atomic_path
-from .figures import ReconstructionPanels, panel_of, pil_image
+from .panels import ReconstructionPanels, panel_of, pil_image
 
 __all__ = ["ANIMATION_FORMATS", "ANIMATION_FRAME_MS", "ANIMATION_RATIOS", "animation_frame", "save_animation"]
 

@@ -135,6 +135,16 @@ def attention_maps(
     needed are not run. The model's mode is used as it is (call `model.eval()` first: in train mode drop path
     changes the tokens); gradients are recorded when enabled (wrap the call in `torch.inference_mode()` to save
     memory).
+
+    Args:
+        model: a `MaskedAutoencoderViT` or a `VisionTransformer` classifier (which takes no masking).
+        imgs: the normalised images (N, C, H, W) at the model's size.
+        layers: an int n for the last n blocks, block indices (negative from the end), or None for all.
+        mask_ratio: the share of patches removed (masked autoencoder only; default none).
+        noise: (N, L) noise deciding which patches are kept, as the official masking (masked autoencoder only).
+        mask: a bool (N, L) or (L,) mask, True = removed, instead of `noise` (masked autoencoder only).
+        keep: `cls` or `full` (above).
+        rollout: also compute the rollout through every block (above).
     """
     if keep not in KEEP:
         raise invalid_argument("keep", f"keep must be 'cls' (the cls rows) or 'full' (every (T, T) map), got {keep!r}")

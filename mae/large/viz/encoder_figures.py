@@ -130,7 +130,15 @@ def attention_figure(image: torch.Tensor, maps: AttentionMaps, *, heads: str = "
 def pca_figure(image: torch.Tensor, rgb: torch.Tensor, *, layer: int, foreground: torch.Tensor | None = None,
                title: str | None = None, note: str | None = None) -> Figure:
     """The patch-feature map beside the image: "input", "PCA, block `layer`" and, with a `foreground` (h, w) bool
-    map, "foreground". `rgb` is (h, w, 3) in [0, 1], one colour per patch (drawn as blocks)."""
+    map, "foreground".
+
+    Args:
+        image: the normalised (3, H, W) model input.
+        rgb: (h, w, 3) in [0, 1], one colour per patch (drawn as blocks at the image's size).
+        layer: the block the colours come from; only named in the panel title.
+        foreground: an (h, w) bool map: a third panel keeps the colours of its patches, the others black.
+        title, note: joined by " | " above the panels (either may be None).
+    """
     pixels = _image_hw3(image)
     if rgb.dim() != 3 or rgb.shape[-1] != 3:
         raise invalid_argument("rgb", f"rgb must be (h, w, 3) in [0, 1], got {tuple(rgb.shape)}")

@@ -1,9 +1,8 @@
 """The official demo's reconstruction figure: original | masked | reconstruction | reconstruction + visible,
-and the figures built from the same panels: a chosen list of panels with an error map, a mask-ratio sweep
-(the animation is `animation.py`).
+and the figures built from the same panels (`panels.py`): a chosen list of panels with an error map, a mask-ratio
+sweep (the animation is `animation.py`).
 
-`make_panels` follows `run_one_image` of the official `demo/mae_visualize.ipynb` step by step; the
-figures are drawn on a bare `matplotlib.figure.Figure` (never pyplot), so drawing has no global state
+The figures are drawn on a bare `matplotlib.figure.Figure` (never pyplot), so drawing has no global state
 and works in threads and on headless machines.
 """
 
@@ -14,7 +13,6 @@ import math
 import numbers
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,35 +20,26 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure, FigureBase
 from matplotlib.ticker import MaxNLocator
-from PIL import Image
 
-from ..data.images import denormalize
 from ..errors import invalid_argument
-from ..models.mae import MaskedAutoencoderViT
 from ..utils.atomic import atomic_path
+from .panels import PANEL_TITLES, ReconstructionPanels, panel_of
 
 __all__ = [
     "DEFAULT_PANELS",
     "ERROR_LABEL",
     "NESTED_NOTE",
     "PANEL_NAMES",
-    "PANEL_TITLES",
-    "ReconstructionPanels",
     "SweepRow",
     "check_panel_names",
     "drawable_text",
-    "error_map",
-    "make_panels",
     "mask_ratio_label",
     "panels_figure",
     "reconstruction_figure",
     "save_figure",
-    "save_panel",
     "sweep_figure",
 ]
 
-# The official demo's subplot titles, in order.
-PANEL_TITLES = ("original", "masked", "reconstruction", "reconstruction + visible")
 # The panels a figure can show, by name: the demo's four ("visible" = reconstruction + visible) and the error map.
 PANEL_NAMES = ("original", "masked", "reconstruction", "visible", "error")
 DEFAULT_PANELS = PANEL_NAMES[:4]
@@ -60,126 +49,6 @@ ERROR_LABEL = "squared error (loss units)"
 _ERROR_CMAP = "inferno"
 _NEUTRAL = "0.82"  # visible patches in the error panel: light gray, no error to show
 
-# The same epsilon as the model's norm_pix target, (var + 1e-6) ** 0.5, so un-normalising is its inverse.
-_NORM_PIX_EPS = 1.0e-6
-
-
-@dataclass(frozen=True)
-class ReconstructionPanels:
-    """One image's four panels, each a float (H, W, 3) CPU tensor in [0, 1], and its pixel mask."""
-
-    original: torch.Tensor
-    masked: torch.Tensor  # removed patches show the ImageNet mean colour, as in the official demo
-    reconstruction: torch.Tensor  # the decoder's prediction for every patch, visible ones included
-    reconstruction_visible: torch.Tensor  # visible patches from the original, removed ones predicted
-    mask: torch.Tensor  # (H, W) float, 1 = removed, 0 = visible
-
-    def as_list(self) -> list[torch.Tensor]:
-        """The four panels in the order of `PANEL_TITLES`."""
-        return [self.original, self.masked, self.reconstruction, self.reconstruction_visible]
-
-
-def make_panels(
-    model: MaskedAutoencoderViT,
-    imgs: torch.Tensor,
-    pred: torch.Tensor,
-    mask: torch.Tensor,
-    norm_pix: bool = False,
-) -> list[ReconstructionPanels]:
-    """The four panels of each image, computed exactly as the official demo does.
-
-    imgs: (N, C, H, W) normalised model input; pred: (N, L, p*p*C) decoder output; mask: (N, L)
-    with 1 = removed. In normalised space the demo forms `masked = x * (1 - mask)`, so removed pixels
-    are 0, which after denormalisation is the ImageNet mean colour (a neutral gray-brown), and
-    `x * (1 - mask) + y * mask` for "reconstruction + visible". Every panel is then denormalised
-    with the ImageNet mean/std and clamped to [0, 1].
-
-    With `norm_pix=True` (a model trained with `norm_pix_loss`), `pred` is in per-patch normalised
-    units and has no absolute brightness of its own. Each image's prediction is mapped back with
-    statistics of its *visible* patches only (the removed ones are what the model must not see):
-    `pred * s + m`, where m is the mean of the visible patches' means and s the mean of their stds,
-    each patch's statistics taken over all its p*p*C values, std as the model's target computes it
-    (unbiased variance + 1e-6, square root). This is exact when all patches share the same statistics
-    and a plausible rendering otherwise.
-    """
-    cfg = model.config
-    p, c = cfg.patch_size, cfg.in_chans
-    if c != 3:
-        raise ValueError(f"panels need 3-channel (RGB) images to denormalise, the model has in_chans={c}")
-    x, pred, mask = _cpu_inputs(model, imgs, pred, mask)
-    n = x.shape[0]
-
-    if norm_pix:
-        pred = _unnormalize_pred(model, x, pred, mask)
-
-    y = model.unpatchify(pred)  # (N, C, H, W)
-    pixel_mask = model.unpatchify(mask.unsqueeze(-1).repeat(1, 1, p * p * c))  # (N, C, H, W)
-    im_masked = x * (1 - pixel_mask)
-    im_paste = x * (1 - pixel_mask) + y * pixel_mask
-
-    def hwc(t: torch.Tensor) -> torch.Tensor:
-        return denormalize(t).permute(0, 2, 3, 1).contiguous()  # (N, H, W, 3) in [0, 1]
-
-    original, masked, recon, paste = hwc(x), hwc(im_masked), hwc(y), hwc(im_paste)
-    return [
-        ReconstructionPanels(original[i], masked[i], recon[i], paste[i], pixel_mask[i, 0].contiguous())
-        for i in range(n)
-    ]
-
-
-def _cpu_inputs(
-    model: MaskedAutoencoderViT, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """imgs, pred and mask checked against the model and brought to the CPU in float32: the panels are
-    for drawing, and pred may be bf16 on a GPU."""
-    p, c = model.config.patch_size, model.config.in_chans
-    for name, t in (("imgs", imgs), ("pred", pred), ("mask", mask)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    x = imgs.detach().float().cpu()
-    pred = pred.detach().float().cpu()
-    mask = mask.detach().float().cpu()
-    num_patches = model.patch_embed.num_patches
-    if x.dim() != 4:
-        raise ValueError(f"imgs must be (N, {c}, H, W), got {tuple(x.shape)}")
-    n = x.shape[0]
-    if pred.shape != (n, num_patches, p * p * c):
-        raise ValueError(f"pred must have shape ({n}, {num_patches}, {p * p * c}), got {tuple(pred.shape)}")
-    if mask.shape != (n, num_patches):
-        raise ValueError(f"mask must have shape ({n}, {num_patches}), got {tuple(mask.shape)}")
-    return x, pred, mask
-
-
-def error_map(model: MaskedAutoencoderViT, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Each removed patch's squared error, as an image: (N, H, W) float32 on the CPU, NaN on visible patches.
-
-    A patch's value is the mean over its p*p*C values of `(pred - model.loss_target(imgs)) ** 2`, repeated
-    over its pixels: the loss's own units (per-patch normalised pixels when the model has `norm_pix_loss`),
-    so the mean over an image's removed patches (`torch.nanmean` of the map) is `model.per_image_loss`.
-    Arguments as `make_panels`: imgs (N, C, H, W) normalised, pred (N, L, p*p*C), mask (N, L), 1 = removed.
-    A mask that removes nothing gives a map that is NaN everywhere (there is no reconstruction to judge).
-    """
-    x, pred, mask = _cpu_inputs(model, imgs, pred, mask)
-    per_patch = ((pred - model.loss_target(x)) ** 2).mean(dim=-1)  # (N, L), as per_image_loss
-    per_patch = per_patch.masked_fill(mask < 0.5, float("nan"))
-    values = model.config.patch_size ** 2 * model.config.in_chans
-    return model.unpatchify(per_patch.unsqueeze(-1).expand(-1, -1, values).contiguous())[:, 0].contiguous()
-
-
-def _unnormalize_pred(
-    model: MaskedAutoencoderViT, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """Map a norm_pix prediction back to normalised-image units with visible-patch statistics."""
-    target = model.patchify(x)  # (N, L, p*p*C)
-    patch_mean = target.mean(dim=-1)  # (N, L)
-    patch_std = (target.var(dim=-1) + _NORM_PIX_EPS) ** 0.5  # (N, L), as model.loss_target
-    visible = 1.0 - mask
-    count = visible.sum(dim=1)  # (N,)
-    if bool((count == 0).any()):
-        raise ValueError("norm_pix un-normalisation needs at least one visible patch per image; the mask removes all")
-    mean = (patch_mean * visible).sum(dim=1) / count  # (N,)
-    std = (patch_std * visible).sum(dim=1) / count  # (N,)
-    return pred * std[:, None, None] + mean[:, None, None]
 
 
 def reconstruction_figure(
@@ -216,7 +85,16 @@ def panels_figure(
     The "error" panel needs `error`, this image's (H, W) map from `error_map`: removed patches coloured
     by their squared error (0 to `error_max`, default the map's largest value), visible ones light gray,
     with a colour bar below it in the loss's units (`ERROR_LABEL`). `error` is ignored when "error" is
-    not in `names`. The default size is 4 x 4.8 inches a panel, plus 1 inch of height for the colour bar.
+    not in `names`.
+
+    Args:
+        panels: one image's panels (`make_panels`).
+        names: the panels to draw, in order: of `PANEL_NAMES` (`original`, `masked`, `reconstruction`, `visible`,
+            `error`), each at most once.
+        error: this image's (H, W) map from `error_map`, needed by the "error" panel.
+        error_max: the top of the error colour scale, > 0 (default the map's largest finite value).
+        title, loss, note: joined by " | " on top ("cat.jpg | loss 0.4321 | random decoder"); None parts are left out.
+        figsize: (width, height) in inches; default 4 x 4.8 inches a panel, plus 1 inch of height for the colour bar.
     """
     names = check_panel_names(names)
     error = _check_error(error, panels, "error") if "error" in names else None
@@ -264,8 +142,15 @@ def sweep_figure(
     every mask from the same seed, e.g. `masks.nested_masks`) adds `NESTED_NOTE` below them. With an
     "error" panel every row needs its error map, and all rows share one colour scale (0 to `error_max`,
     default the largest error of any row), so the rows can be compared. Each row is a subfigure
-    (`fig.subfigs`, after a header subfigure when there is a title, note or `nested`). The default size is
-    3 inches a panel, plus room for the titles and colour bars.
+    (`fig.subfigs`, after a header subfigure when there is a title, note or `nested`).
+
+    Args:
+        rows: the rows, at least one: `SweepRow`s or plain `(ratio, loss, panels[, error])` tuples.
+        names: the panels of every row, in order, of `PANEL_NAMES`, each at most once.
+        title, note: joined by " | " on top (either may be None).
+        nested: add `NESTED_NOTE` under them.
+        error_max: the top of the shared error colour scale, > 0 (default the largest finite error of any row).
+        figsize: (width, height) in inches; default 3 inches a panel, plus room for the titles and colour bars.
     """
     names = check_panel_names(names)
     checked = _check_rows(rows, "error" in names)
@@ -414,11 +299,6 @@ def _draw_row(
     return axes
 
 
-def panel_of(panels: ReconstructionPanels, name: str) -> torch.Tensor:
-    return {"original": panels.original, "masked": panels.masked, "reconstruction": panels.reconstruction,
-            "visible": panels.reconstruction_visible}[name]
-
-
 def _draw_error(container: FigureBase, ax: Axes, error: torch.Tensor, error_max: float, fontsize: float) -> None:
     """The error map on `ax` (NaN, the visible patches, in neutral gray) and a horizontal colour bar below
     it, sized in inches so that it looks the same whatever the panel's size."""
@@ -464,22 +344,3 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 100) -> Pa
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, pil_kwargs={"compress_level": 1})
     return path
-
-
-def save_panel(image_hw3: torch.Tensor, path: str | os.PathLike[str]) -> Path:
-    """Write one panel, (H, W, 3) in [0, 1] (or an (H, W) mask), as a PNG at its native pixel size."""
-    if not isinstance(image_hw3, torch.Tensor) or image_hw3.dim() not in (2, 3) or (
-        image_hw3.dim() == 3 and image_hw3.shape[-1] != 3
-    ):
-        shape = tuple(image_hw3.shape) if isinstance(image_hw3, torch.Tensor) else type(image_hw3).__name__
-        raise ValueError(f"a panel must be an (H, W, 3) or (H, W) tensor in [0, 1], got {shape}")
-    img = pil_image(image_hw3)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
-    return path
-
-
-def pil_image(image_hw3: torch.Tensor) -> Image.Image:
-    pixels = (image_hw3.detach().float().cpu().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
-    return Image.fromarray(pixels.contiguous().numpy())

@@ -170,6 +170,7 @@ def test_transformers_model_saved_as_safetensors_runs_the_same(tmp_path: Path) -
 
 
 # ---- full ViT-Large files (the vit_l_files fixture is in conftest.py) ------------------------
+@pytest.mark.slow
 def test_vit_large_full(vit_l_files) -> None:
     full, _, sd = vit_l_files
     before = sha256(full)
@@ -186,6 +187,7 @@ def test_vit_large_full(vit_l_files) -> None:
     assert sha256(full) == before
 
 
+@pytest.mark.slow
 def test_vit_large_encoder_only(vit_l_files, caplog) -> None:
     _, enc, sd = vit_l_files
     before = sha256(enc)
@@ -210,6 +212,7 @@ def test_vit_large_encoder_only(vit_l_files, caplog) -> None:
     assert torch.isfinite(loss)
 
 
+@pytest.mark.slow
 def test_load_pretrained_into_existing_model(vit_l_files) -> None:
     full, enc, sd = vit_l_files
     model = MaskedAutoencoderViT(MAEConfig.vit_large())

@@ -24,6 +24,8 @@ from tests.helpers import hf_config, relative_error, save_official
 TOL = 1e-5
 _HF_BOOKKEEPING = ("architectures", "dtype", "torch_dtype", "_name_or_path", "transformers_version")
 
+pytestmark = pytest.mark.slow  # every case here is a full-size ViT-L
+
 
 class Source(NamedTuple):
     path: Path

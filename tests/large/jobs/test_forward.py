@@ -1,4 +1,4 @@
-"""The jobs behind the commands: reconstruct_files order and masks, noise_loss, device choice."""
+"""jobs.forward: reconstruct_files order and masks, sweeps, failures; and the losses built on it (jobs.loss)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from mae.large.data.images import ImageFailure
 from mae.large.errors import DeviceError, MAEError
 from mae.large.jobs.forward import ImageResult, mask_noise, reconstruct_files
 from mae.large.jobs.loss import image_loss, noise_loss
-from mae.large.utils import device as device_module
-from mae.large.utils.device import resolve_device
 from tests.helpers import small_model
 
 
@@ -87,30 +85,6 @@ def test_noise_loss_is_seeded_and_batch_independent() -> None:
     c = noise_loss(model, "full", samples=4, seed=2)
     assert a.losses == pytest.approx(b.losses, rel=1e-6) and a.losses != c.losses
     assert a.expected == 1.0 and a.std > 0
-
-
-def test_resolve_device() -> None:
-    assert resolve_device("cpu").type == "cpu"
-    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
-    with pytest.raises(MAEError, match="unknown device"):
-        resolve_device("tpu")
-
-
-@pytest.mark.parametrize("name", ["cuda:abc", "meta", "gpu"])
-def test_bad_device_names(name: str) -> None:
-    with pytest.raises(MAEError, match="unknown device"):
-        resolve_device(name)
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
-def test_cuda_index_without_cuda() -> None:
-    with pytest.raises(MAEError, match="no CUDA device"):
-        resolve_device("cuda:0")
-
-
-def test_resolve_device_lives_in_its_leaf_module_and_takes_a_torch_device() -> None:
-    assert resolve_device is device_module.resolve_device
-    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
 
 
 # ---- results that are not finite are failures, never results -----------------------------------------

@@ -26,6 +26,7 @@ LOSS_RTOL = 1e-5
 SUM_ATOL = 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", sorted(OFFICIAL))
 def test_random_init_matches_official_init_and_noise_loss(seed: int, rng_state) -> None:
     expected = OFFICIAL[seed]

@@ -180,6 +180,7 @@ def test_bad_arguments_fail_before_any_export(tmp_path) -> None:
     assert files_in(tmp_path) == set()
 
 
+@pytest.mark.slow
 def test_full_size_vit_l_feature_export(vit_l_files, tmp_path) -> None:
     """ViT-L/16 at 224 from random official-format weights (encoder-only: the cls-token feature), batch 1."""
     _, encoder, _ = vit_l_files

@@ -153,6 +153,7 @@ def test_reconstruct_files_in_bf16_matches_fp32(tmp_path) -> None:
         assert abs(b.loss - a.loss) <= BF16_TOL * abs(a.loss)
 
 
+@pytest.mark.slow
 def test_vit_large_bf16_is_close_to_fp32(rng_state) -> None:
     """The full depth (24 + 8 blocks), where bf16 rounding has the most layers to accumulate over."""
     torch.manual_seed(0)

@@ -25,6 +25,7 @@ def pair() -> tuple[MaskedAutoencoderViT, object]:
     return ours, hf
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm_pix_loss", [False, True])
 def test_vit_large_matches_transformers(pair, norm_pix_loss: bool) -> None:
     ours, hf = pair

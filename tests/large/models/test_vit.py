@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from mae.large import MaskedAutoencoderViT, mae_vit_large_patch16
 from mae.large.checkpoints.keys import to_huggingface
 from mae.large.errors import IncompatibleCheckpointError, InvalidArgumentError
+from mae.large.models.filters import encoder_state_for_classifier
+from mae.large.models.pos_embed import interpolate_pos_embed
 from mae.large.models.vit import (
     VisionTransformer,
     ViTConfig,
     apply_lr_scale,
-    encoder_state_for_classifier,
-    interpolate_pos_embed,
     param_groups_lrd,
     vit_base_patch16,
     vit_huge_patch14,
@@ -438,6 +438,7 @@ def test_drop_path_rescales_kept_samples(p: float, rng_state) -> None:
 
 
 # ---- from_pretrained --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_from_pretrained_encoder_only_vit_large(vit_l_files) -> None:
     """The encoder-only ViT-L file loads into the classifier: every encoder tensor equal, head fresh."""
     from mae.large import VisionTransformer
@@ -456,6 +457,7 @@ def test_from_pretrained_encoder_only_vit_large(vit_l_files) -> None:
     assert model.pos_embed.requires_grad and all(not t.is_meta for t in loaded.values())
 
 
+@pytest.mark.slow
 def test_from_pretrained_full_file_reports_the_decoder_ignored(vit_l_files) -> None:
     from mae.large import VisionTransformer
 

@@ -248,6 +248,7 @@ def test_two_gloo_processes_follow_the_single_process_loss_curve(small, digits_t
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3
 
 
+@pytest.mark.slow
 def test_vit_l_smoke_run_on_the_cpu(vit_l_files, digits_tree, tmp_path) -> None:
     """The full-size path: ViT-L from an encoder-only file, 2 steps of batch 2 at 32 x 32 with the recipe's drop
     path, smoothing and gradient checkpointing; the 3.6 GB-class checkpoint (weights + AdamW state) is written."""

@@ -54,6 +54,7 @@ def test_explicit_weights_reproduce_sdpa_small() -> None:
     assert len(errors) == 2 and max(errors) < 1e-5, errors
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_explicit_weights_reproduce_sdpa_vit_large(rng_state) -> None:
     torch.manual_seed(0)

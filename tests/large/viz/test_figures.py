@@ -12,14 +12,8 @@ import torch
 from PIL import Image
 
 from mae.large.data.images import IMAGENET_MEAN, denormalize, normalize
-from mae.large.viz.figures import (
-    PANEL_TITLES,
-    ReconstructionPanels,
-    make_panels,
-    reconstruction_figure,
-    save_figure,
-    save_panel,
-)
+from mae.large.viz.figures import reconstruction_figure, save_figure
+from mae.large.viz.panels import PANEL_TITLES, ReconstructionPanels, make_panels, save_panel
 from tests.helpers import REPO, small_model
 
 # small_model(): 32 x 32 images, 8 x 8 patches, a 4 x 4 grid of 16 patches.
@@ -226,7 +220,8 @@ def test_figures_never_import_pyplot(tmp_path: Path) -> None:
     # A fresh interpreter: pyplot would install global state (and pick a GUI backend) if imported.
     code = (
         "import sys, torch\n"
-        "from mae.large.viz.figures import ReconstructionPanels, reconstruction_figure, save_figure\n"
+        "from mae.large.viz.figures import reconstruction_figure, save_figure\n"
+        "from mae.large.viz.panels import ReconstructionPanels\n"
         "from mae.large.viz.animation import save_animation\n"
         "from mae.large.viz.figures import panels_figure, sweep_figure\n"
         "z = torch.zeros(4, 4, 3)\n"
@@ -270,7 +265,7 @@ def seeded_reconstruction(model, n: int = 2, ratio: float = 0.75, seed: int = 5)
 
 @pytest.mark.parametrize("norm_pix", [False, True])
 def test_error_map_mean_over_removed_patches_is_the_image_loss(norm_pix: bool) -> None:
-    from mae.large.viz.figures import error_map
+    from mae.large.viz.panels import error_map
 
     model = small_model(norm_pix_loss=norm_pix)
     imgs, rec = seeded_reconstruction(model)
@@ -286,7 +281,7 @@ def test_error_map_mean_over_removed_patches_is_the_image_loss(norm_pix: bool) -
 
 
 def test_error_map_places_each_patch_error_on_its_pixels() -> None:
-    from mae.large.viz.figures import error_map
+    from mae.large.viz.panels import error_map
 
     model = small_model()
     imgs = normalize(image01(seed=4))
@@ -303,7 +298,7 @@ def test_error_map_places_each_patch_error_on_its_pixels() -> None:
 
 
 def test_error_map_checks_shapes() -> None:
-    from mae.large.viz.figures import error_map
+    from mae.large.viz.panels import error_map
 
     with pytest.raises(ValueError, match="pred"):
         error_map(small_model(), torch.zeros(1, 3, 32, 32), torch.zeros(1, 15, 192), torch.zeros(1, 16))
@@ -315,7 +310,7 @@ def image_axes(fig_or_subfig) -> list:
 
 
 def panels_and_error(ratio: float = 0.75, seed: int = 5):
-    from mae.large.viz.figures import error_map
+    from mae.large.viz.panels import error_map
 
     model = small_model()
     imgs, rec = seeded_reconstruction(model, n=1, ratio=ratio, seed=seed)
@@ -422,7 +417,8 @@ def test_error_panel_needs_a_matching_error_map() -> None:
 def sweep_rows(ratios=(0.25, 0.5, 0.75), seed: int = 7):
     """One image at several ratios with nested masks (one seed), as the CLI would build them."""
     from mae.large.models.masks import nested_masks, noise_for_mask
-    from mae.large.viz.figures import SweepRow, error_map
+    from mae.large.viz.figures import SweepRow
+    from mae.large.viz.panels import error_map
 
     model = small_model()
     imgs = normalize(image01(seed=seed))
