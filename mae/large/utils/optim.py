@@ -65,10 +65,11 @@ class LARS(torch.optim.Optimizer):
 
 def cosine_lr(epoch: float, *, lr: float, epochs: int, warmup_epochs: float, min_lr: float = 0.0) -> float:
     """The learning rate at (fractional) `epoch`: linear warmup from 0 to `lr`, then half-cycle cosine to `min_lr`."""
+    # The official expression, in the official order of operations (`util/lr_sched.adjust_learning_rate`):
+    # `math.pi * (epoch - w) / (E - w)` is not `math.pi * ((epoch - w) / (E - w))` in its last bit.
     if epoch < warmup_epochs:
         return lr * epoch / warmup_epochs
-    progress = (epoch - warmup_epochs) / (epochs - warmup_epochs)
-    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / (epochs - warmup_epochs)))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
