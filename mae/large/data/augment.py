@@ -29,34 +29,21 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
-from ..catalog import EVAL_RESIZE
 from ..errors import invalid_argument
-from .images import IMAGENET_MEAN, IMAGENET_STD, to_rgb_image
+from .images import IMAGENET_MEAN, IMAGENET_STD, eval_resize_size, eval_transform, to_rgb_image, to_tensor
 from .mixup import (
     Mixup,
     recipe_criterion,
 )
 from .rand_augment import RandAugment, rand_augment_transform
 
-__all__ = ["AugmentConfig", "EvalTransform", "RandomErasing", "TrainTransform", "eval_resize_size",
-    "random_resized_crop_box", "to_tensor"]
+__all__ = ["AugmentConfig", "EvalTransform", "RandomErasing", "TrainTransform", "random_resized_crop_box"]
 
 Box = tuple[int, int, int, int]  # (top, left, height, width), torchvision's (i, j, h, w)
 
-
-
-def to_tensor(img: Image.Image, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
-              ) -> torch.Tensor:
-    """torchvision's ToTensor then Normalize, in its float32 arithmetic: (3, H, W) = (pixel / 255 - mean) / std."""
-    pixels = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))  # (H, W, 3)
-    x = pixels.permute(2, 0, 1).contiguous().to(torch.float32).div(255)  # (3, H, W)
-    m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    return x.sub_(m).div_(s)
 
 
 def random_resized_crop_box(width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float],
@@ -237,13 +224,6 @@ class TrainTransform:
                 f"{self.rand_augment!r}, {self.erasing!r})")
 
 
-def eval_resize_size(size: int) -> int:
-    """The shorter side the official evaluation resizes to before its centre crop: int(size / (224 / 256)) up to
-    224 (256 at 224), the crop size itself above (`util/datasets.py`: crop_pct 1.0 for larger inputs)."""
-    num, den = EVAL_RESIZE
-    return int(size / (den / num)) if size <= den else size
-
-
 class EvalTransform:
     """The official evaluation transform: `transform(img) -> (3, size, size)` normalised float32 tensor.
 
@@ -264,16 +244,7 @@ class EvalTransform:
         self.mean, self.std = tuple(mean), tuple(std)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        if img.mode != "RGB":
-            img = to_rgb_image(img)
-        w, h = img.size
-        if w <= h:
-            new_w, new_h = self.resize, int(self.resize * h / w)
-        else:
-            new_w, new_h = int(self.resize * w / h), self.resize
-        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
-        top, left = int(round((new_h - self.size) / 2.0)), int(round((new_w - self.size) / 2.0))
-        return to_tensor(img.crop((left, top, left + self.size, top + self.size)), self.mean, self.std)
+        return eval_transform(img, (self.size, self.size), self.resize, self.mean, self.std)
 
     def __repr__(self) -> str:
         return f"EvalTransform(resize={self.resize}, bicubic, center_crop={self.size})"

@@ -37,6 +37,8 @@ __all__ = [
     "image_batches",
     "denormalize",
     "eval_resize",
+    "eval_resize_size",
+    "eval_transform",
     "load_image",
     "normalize",
     "open_image",
@@ -311,9 +313,9 @@ def preprocess(
       cast to float32);
     * "center": keep the aspect ratio: scale so the image covers H x W (for a square target, the
       shorter side becomes the target) with bicubic resampling, then cut the centre;
-    * "eval": the official evaluation transform: resize (bicubic, aspect kept) so that the image covers
-      H x W times 256/224 (at 224: the shorter side becomes 256), then cut the centre H x W, with
-      torchvision's `Resize` / `CenterCrop` rounding (`eval_resize`).
+    * "eval": the official evaluation transform (`eval_transform`): resize (bicubic, aspect kept) so that the
+      image covers H x W times 256/224 up to 224 (at 224: the shorter side becomes 256; above, the size itself),
+      then cut the centre H x W, with torchvision's rounding and float32 arithmetic.
     """
     h, w = check_size(size)
     check_crop(crop)
@@ -322,14 +324,10 @@ def preprocess(
     if img.mode != "RGB":
         img = to_rgb_image(img)
 
+    if crop == "eval":
+        return eval_transform(img, (h, w))
     if crop == "resize":
         img = img.resize((w, h), Image.Resampling.BICUBIC)
-    elif crop == "eval":
-        new_w, new_h = eval_resize(img.size, (h, w))
-        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
-        # torchvision's CenterCrop: offsets int(round((size - crop) / 2)).
-        left, top = int(round((new_w - w) / 2.0)), int(round((new_h - h) / 2.0))
-        img = img.crop((left, top, left + w, top + h))
     else:
         src_w, src_h = img.size
         scale = max(w / src_w, h / src_h)
@@ -339,23 +337,58 @@ def preprocess(
         left, top = (src_w - box_w) / 2, (src_h - box_h) / 2
         img = img.resize((w, h), Image.Resampling.BICUBIC, box=(left, top, left + box_w, top + box_h))
 
+    # The official demo's arithmetic: float64 numpy, then float32.
     arr = np.asarray(img) / 255.0  # float64, (H, W, 3)
     arr = (arr - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
 
 
-def eval_resize(src: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+def to_tensor(img: Image.Image, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+              ) -> torch.Tensor:
+    """torchvision's ToTensor then Normalize, in its float32 arithmetic: (3, H, W) = (pixel / 255 - mean) / std."""
+    pixels = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))  # (H, W, 3)
+    x = pixels.permute(2, 0, 1).contiguous().to(torch.float32).div(255)  # (3, H, W)
+    m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def eval_resize_size(size: int, crop: int | None = None) -> int:
+    """The length a side of target `size` is resized to before the official evaluation's centre crop:
+    `int(size / crop_pct)`, crop_pct 224 / 256 when the crop (its shorter side, `crop`, default `size`) is at most
+    224 and 1.0 above (`util/datasets.build_transform`); 256 at 224."""
+    num, den = EVAL_RESIZE
+    return int(size / (den / num)) if (size if crop is None else crop) <= den else size
+
+
+def eval_transform(img: Image.Image, size: tuple[int, int], resize: int | None = None,
+                   mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
+    """The official evaluation transform (`util/datasets.build_transform`, torchvision's Resize(bicubic), CenterCrop,
+    ToTensor, Normalize, in torchvision's float32 arithmetic): the one of `features`, `evaluate` and the fine-tuning
+    evaluation. The side that must grow most (for a square `size`, the image's shorter side) becomes `resize`
+    (default `eval_resize_size` of its target), the other keeps the aspect (`eval_resize`); then the centre crop."""
+    if img.mode != "RGB":
+        img = to_rgb_image(img)
+    h, w = size
+    new_w, new_h = eval_resize(img.size, (h, w), resize)
+    img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    # torchvision's CenterCrop: offsets int(round((size - crop) / 2)).
+    left, top = int(round((new_w - w) / 2.0)), int(round((new_h - h) / 2.0))
+    return to_tensor(img.crop((left, top, left + w, top + h)), mean, std)
+
+
+def eval_resize(src: tuple[int, int], size: tuple[int, int], resize: int | None = None) -> tuple[int, int]:
     """(width, height) the evaluation transform resizes a `src` (width, height) image to before cropping `size`
-    (H, W): torchvision's `Resize(int(S * 256 / 224))` for a square S, i.e. the side that must grow most gets
-    `int(target * 256 / 224)`, the other `int(that * its length / the driving length)` (never below its target)."""
+    (H, W): the side that must grow most becomes `resize` (default: `eval_resize_size` of its target, as torchvision's
+    `Resize(int(S / crop_pct))` for a square S), the other `int(that * its length / the driving length)` (never
+    below its target), truncated as torchvision truncates."""
     src_w, src_h = src
     h, w = size
-    num, den = EVAL_RESIZE
     if h * src_w >= w * src_h:  # h / src_h >= w / src_w: the height drives (square target: the shorter side)
-        new_h = h * num // den
+        new_h = eval_resize_size(h, min(h, w)) if resize is None else resize
         new_w = max(w, int(new_h * src_w / src_h))
     else:
-        new_w = w * num // den
+        new_w = eval_resize_size(w, min(h, w)) if resize is None else resize
         new_h = max(h, int(new_w * src_h / src_w))
     return new_w, new_h
 

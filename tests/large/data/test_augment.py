@@ -14,16 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mae.large.data.augment import (
-    AugmentConfig,
-    EvalTransform,
-    RandomErasing,
-    TrainTransform,
-    eval_resize_size,
-    random_resized_crop_box,
-    to_tensor,
-)
-from mae.large.data.images import IMAGENET_MEAN, IMAGENET_STD, preprocess
+from mae.large.data.augment import AugmentConfig, EvalTransform, RandomErasing, TrainTransform, random_resized_crop_box
+from mae.large.data.images import IMAGENET_MEAN, IMAGENET_STD, eval_resize_size, preprocess, to_tensor
 from mae.large.data.mixup import Mixup, SoftTargetCrossEntropy
 from mae.large.errors import InvalidArgumentError
 from mae.large.utils.keyed import keyed_rng

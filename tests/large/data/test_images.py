@@ -16,6 +16,7 @@ from mae.large.data.images import (
     ImageFailure,
     collect_images,
     denormalize,
+    eval_resize,
     load_image,
     normalize,
     open_image,
@@ -380,6 +381,16 @@ def test_collect_images_reports_sub_folders_and_walks_them_when_asked(tmp_path: 
 
 # ---- the official evaluation transform ------------------------------------------------------------------
 def _normalised(img: Image.Image) -> torch.Tensor:
+    """torchvision's ToTensor then Normalize, as `transforms.functional.to_tensor` / `normalize` compute them (the
+    official evaluation's arithmetic, float32): uint8 (H, W, 3) -> (3, H, W) / 255, then (x - mean) / std."""
+    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute((2, 0, 1)).contiguous().to(torch.float32).div(255)
+    mean = torch.as_tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None, None]
+    std = torch.as_tensor(IMAGENET_STD, dtype=torch.float32)[:, None, None]
+    return x.sub_(mean).div_(std)
+
+
+def _demo_normalised(img: Image.Image) -> torch.Tensor:
+    """The official demo's arithmetic (float64 numpy, then float32): what `crop="resize"` keeps."""
     arr = (np.asarray(img) / 255.0 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
 
@@ -408,3 +419,40 @@ def test_eval_crop_of_a_non_square_size_covers_it_with_the_same_margin() -> None
     assert eval_resize((300, 200), (224, 320)) == (384, 256)  # 224 / 200 > 320 / 300: the height drives
     assert eval_resize((300, 250), (224, 320)) == (365, 304)  # the width drives: 320 * 256 // 224 = 365
     assert preprocess(noise_rgb(300, 250), (224, 320), crop="eval").shape == (3, 224, 320)
+
+
+def test_the_eval_crop_is_torchvisions_arithmetic_for_every_pixel_value() -> None:
+    # Every uint8 value in every channel: the float64 path of the demo differs from float32 torchvision in the last
+    # bit for about half of them; the evaluation transform must be torchvision's for all.
+    values = np.arange(256, dtype=np.uint8)
+    img = Image.fromarray(np.stack([np.tile(values, (16, 1)), np.tile(values[::-1], (16, 1)),
+                                    np.tile(np.roll(values, 7), (16, 1))], axis=-1))  # 16 x 256
+    got = preprocess(img, 16, crop="eval")
+    width, height = eval_resize(img.size, (16, 16))  # (20, 18): Resize(int(16 / 0.875)) on the shorter side
+    resized = img.resize((width, height), Image.Resampling.BICUBIC)
+    left, top = int(round((width - 16) / 2.0)), int(round((height - 16) / 2.0))  # torchvision's CenterCrop
+    assert torch.equal(got, _normalised(resized.crop((left, top, left + 16, top + 16))))
+    assert not torch.equal(_normalised(img), _demo_normalised(img))  # the two arithmetics do differ here
+
+
+def test_the_resize_crop_keeps_the_official_demos_arithmetic() -> None:
+    img = noise_rgb(300, 200, seed=5)
+    assert torch.equal(preprocess(img, 32, crop="resize"), _demo_normalised(img.resize((32, 32), Image.Resampling.BICUBIC)))
+
+
+@pytest.mark.parametrize("size", [32, 112, 224, 240, 448])
+def test_features_evaluate_and_fine_tuning_share_one_eval_transform(size: int) -> None:
+    from mae.large.data.augment import EvalTransform
+    from mae.large.data.labelled import official_eval_transform
+
+    for src in ((300, 200), (200, 300), (260, 260)):
+        img = noise_rgb(*src, seed=size)
+        expected = preprocess(img, size, crop="eval")
+        assert torch.equal(EvalTransform(size)(img), expected)
+        assert torch.equal(official_eval_transform((size, size))(img), expected)
+
+
+def test_above_224_the_eval_transform_does_not_enlarge() -> None:
+    # util/datasets.build_transform: crop_pct 1.0 for input_size > 224, so Resize(448) then CenterCrop(448).
+    assert eval_resize((600, 500), (448, 448)) == (537, 448)
+    assert eval_resize((300, 200), (224, 224)) == (384, 256)  # 224: Resize(int(224 / 0.875)) = Resize(256)
