@@ -237,11 +237,13 @@ def image_loader(
                       pin_memory=pin_memory, **extra)
 
 
-def loader_batches(loader: DataLoader) -> Iterator[Batch]:
-    """The loader's batches, with this process's torch threads set for the run: with W workers decoding,
-    `cpus - W` (at least 1) are left to the forward pass; restored when the iteration ends (or is abandoned)."""
+def loader_batches(loader: DataLoader, device: torch.device | str = "cpu") -> Iterator[Batch]:
+    """The loader's batches. When the forward pass runs on an accelerator (`device`), this process's torch threads
+    are set for the run: with W workers decoding, `cpus - W` (at least 1) are left to it; restored when the iteration
+    ends (or is abandoned). On the CPU they are left alone: the thread count changes how a CPU matrix product splits
+    its sums, hence the last bits of a result, and a result must not depend on the number of workers."""
     before = torch.get_num_threads()
-    if loader.num_workers:
+    if loader.num_workers and torch.device(device).type != "cpu":
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         torch.set_num_threads(max(1, min(before, cpus - loader.num_workers)))
     try:

@@ -265,7 +265,7 @@ def _reconstruct_batches(
 
         loader = image_loader(paths, model.config.img_size, crop, batch_size, workers=workers,
                               pin_memory=device.type == "cuda")
-        for loaded in loader_batches(loader):
+        for loaded in loader_batches(loader, device):
             images = iter(loaded.images if loaded.images is not None else [])
             yield from flush([(i, p, failure if failure is not None else next(images)) for i, p, failure in loaded.items])
         return

@@ -68,12 +68,20 @@ def test_default_workers_leave_a_core() -> None:
     assert default_workers(64, device_type="cpu") == 0  # the CPU forward pass needs every core
 
 
-def test_worker_threads_are_set_for_the_run_and_restored(digits_tree: Path) -> None:
+def test_worker_threads_are_set_for_an_accelerator_run_and_restored(digits_tree: Path) -> None:
     before = torch.get_num_threads()
     paths = image_source([digits_tree]).paths[:4]
-    seen = [torch.get_num_threads() for _ in loader_batches(image_loader(paths, 32, "eval", 2, workers=1))]
+    seen = [torch.get_num_threads() for _ in loader_batches(image_loader(paths, 32, "eval", 2, workers=1), "cuda")]
     assert torch.get_num_threads() == before
     assert all(n <= before for n in seen)
+
+
+def test_a_cpu_forward_keeps_its_threads_whatever_the_workers(digits_tree: Path) -> None:
+    # The thread count decides how MKL splits a product's sums: rows would change in their last bits with workers.
+    before = torch.get_num_threads()
+    paths = image_source([digits_tree]).paths[:4]
+    seen = [torch.get_num_threads() for _ in loader_batches(image_loader(paths, 32, "eval", 2, workers=1), "cpu")]
+    assert seen == [before, before] and torch.get_num_threads() == before
 
 
 @pytest.fixture(scope="module")

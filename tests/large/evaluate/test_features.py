@@ -372,3 +372,20 @@ def test_more_ranks_than_gpus_is_a_clear_error(monkeypatch) -> None:
     monkeypatch.setattr(torch.distributed, "init_process_group", lambda *a, **k: pytest.fail("must not be reached"))
     with pytest.raises(MAEError, match=r"cuda:1 but only 1 CUDA device"):
         init_distributed("cuda")
+
+
+def test_every_forward_holds_the_batch_size(encoder_file, tmp_path, monkeypatch) -> None:
+    # A short batch (the last one, one with a failed file) is padded, so every product has the same shapes and a
+    # row's last bits do not depend on how many images its batch holds.
+    paths = write_images(tmp_path, 5)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    model = tiny_model(encoder_file, "cls")
+    shapes: list[int] = []
+    original = model.forward_features
+    monkeypatch.setattr(model, "forward_features", lambda x: shapes.append(x.shape[0]) or original(x))
+    items = list(extract_features(model, [*paths[:2], tmp_path / "bad.png", *paths[2:]], batch_size=4))
+    assert shapes == [4, 4]
+    rows = [r for r in items if not isinstance(r, ImageFailure)]
+    assert len(rows) == 5 and [r.index for r in rows] == [0, 1, 3, 4, 5]
+    alone = vectors(extract_features(model, paths, batch_size=4))
+    assert torch.equal(torch.stack([r.vector for r in rows]), alone)
