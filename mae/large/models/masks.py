@@ -150,20 +150,30 @@ def center_mask(grid: Size2D, ratio: float = DEFAULT_CENTER_RATIO) -> torch.Tens
 
 
 def file_mask(path: str | os.PathLike[str], grid: Size2D) -> torch.Tensor:
-    """A black-and-white image, white = removed, resized to the grid by majority: a patch is removed when
-    more than half of its area is white (grey levels are thresholded at 128 first)."""
+    """A black-and-white image, white = removed, laid over the grid: a patch is removed when more than half of its
+    area is white (grey levels are thresholded at 128 first), the fraction weighted by the exact area each mask
+    pixel covers of the patch's cell, whatever the image's size (`_cell_overlaps`; integer arithmetic, no rounding)."""
     from PIL import Image
 
     path = Path(path)
     try:
         with Image.open(path) as img:
-            binary = img.convert("L").point(lambda v: 255 if v >= 128 else 0)
+            white = np.asarray(img.convert("L"), dtype=np.uint8) >= 128  # (H, W)
     except (OSError, ValueError) as exc:
         raise ImageError(f"mask image {path} cannot be read ({exc}); give a black-and-white PNG") from None
     rows, cols = grid
-    cells = binary.resize((cols, rows), Image.Resampling.BOX)  # the mean of each cell: the white fraction
-    values = torch.from_numpy(np.asarray(cells, dtype=np.float64)).reshape(rows, cols)
-    return (values > 127.5).flatten()
+    height, width = white.shape
+    oy, ox = _cell_overlaps(height, rows), _cell_overlaps(width, cols)  # (rows, H), (cols, W)
+    covered = oy @ white.astype(np.int64) @ ox.T  # (rows, cols): white area of each cell, in (1/rows x 1/cols) px
+    return torch.from_numpy(2 * covered > height * width).flatten()  # cell area: (H / rows) x (W / cols) px
+
+
+def _cell_overlaps(pixels: int, cells: int) -> np.ndarray:
+    """(cells, pixels) int64: the length pixel k covers of cell i along one axis, in units of 1 / cells of a pixel
+    (cell i spans [i * pixels, (i + 1) * pixels), pixel k spans [k * cells, (k + 1) * cells) in those units)."""
+    i = np.arange(cells, dtype=np.int64)[:, None]
+    k = np.arange(pixels, dtype=np.int64)[None, :]
+    return np.clip(np.minimum((i + 1) * pixels, (k + 1) * cells) - np.maximum(i * pixels, k * cells), 0, None)
 
 
 def patches_mask(grid: Size2D, indices: list[int]) -> torch.Tensor:

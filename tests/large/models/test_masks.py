@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -179,3 +182,39 @@ def test_model_mask_errors() -> None:
             model(imgs, mask=torch.ones(16, dtype=torch.bool))
         with pytest.raises(ValueError, match="shape"):
             model(imgs, mask=torch.zeros(3, 16, dtype=torch.bool))
+
+
+def _white_fraction_by_hand(white: np.ndarray, grid: tuple[int, int]) -> list[list[Fraction]]:
+    """Each cell's white area over its area, exactly: a pixel (x, y) covers [x, x + 1) x [y, y + 1) of an image
+    W x H; cell (r, c) of an R x C grid covers [c W / C, (c + 1) W / C) x [r H / R, (r + 1) H / R)."""
+    height, width = white.shape
+    rows, cols = grid
+    out = []
+    for r in range(rows):
+        y0, y1 = Fraction(r * height, rows), Fraction((r + 1) * height, rows)
+        row = []
+        for c in range(cols):
+            x0, x1 = Fraction(c * width, cols), Fraction((c + 1) * width, cols)
+            area = Fraction(0)
+            for y in range(math.floor(y0), math.ceil(y1)):
+                dy = min(y1, y + 1) - max(y0, y)
+                for x in range(math.floor(x0), math.ceil(x1)):
+                    if white[y, x]:
+                        area += dy * (min(x1, x + 1) - max(x0, x))
+            row.append(area / ((y1 - y0) * (x1 - x0)))
+        out.append(row)
+    return out
+
+
+@pytest.mark.parametrize(("width", "height", "seed"), [(203, 177, 0), (97, 131, 1), (64, 64, 2), (17, 23, 3)])
+def test_file_mask_removes_a_patch_when_more_than_half_its_area_is_white(tmp_path: Path, width: int, height: int,
+                                                                         seed: int) -> None:
+    # Blocks of white that do not line up with the cells, so many cells are near half white.
+    rng = np.random.default_rng(seed)
+    small = rng.random((9, 7)) > 0.5
+    white = np.asarray(Image.fromarray(small.astype(np.uint8) * 255).resize((width, height), Image.Resampling.NEAREST)) > 0
+    path = tmp_path / "m.png"
+    Image.fromarray(white.astype(np.uint8) * 255).save(path)
+    grid = (14, 14)
+    expected = torch.tensor([[f > Fraction(1, 2) for f in row] for row in _white_fraction_by_hand(white, grid)])
+    assert torch.equal(file_mask(path, grid).reshape(grid), expected)
