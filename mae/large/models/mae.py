@@ -10,6 +10,7 @@ unchanged. Two additions make runs reproducible and well defined:
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from ..cost import warn_if_large
 from .filters import FIXED_TABLES, fit_mae_state
 from .intermediates import EncoderTokens, collect_intermediates, grid_tokens
 from .layers import Block, Linear, PatchEmbed, check_images, init_fresh_, init_official_, init_patch_embed_, init_token_
-from .masks import check_mask, mask_ratio_of, noise_for_mask
+from .masks import check_mask, noise_for_mask
 from .pos_embed import sincos_2d
 
 
@@ -228,12 +229,19 @@ class MaskedAutoencoderViT(nn.Module):
         if noise is not None:
             raise ValueError("give either mask or noise, not both: a mask decides which patches are kept")
         mask = check_mask(mask, batch, length)
-        len_keep = length - int(mask[0].sum())
-        if mask_ratio is not None and check_mask_ratio(mask_ratio, length) != len_keep:
-            raise ValueError(
-                f"mask_ratio {mask_ratio} keeps {check_mask_ratio(mask_ratio, length)} of {length} patches but the mask "
-                f"keeps {len_keep}; pass the mask alone (its ratio is {mask_ratio_of(mask):.4g})"
-            )
+        removed = int(mask[0].sum())
+        len_keep = length - removed
+        if mask_ratio is not None:
+            # Consistent: the ratio keeps the mask's count by the official rule, or it is the mask's own ratio
+            # (removed / L, which the official int(L * (1 - r)) can round one patch short, e.g. 70 / 196).
+            own = isinstance(mask_ratio, numbers.Real) and math.isclose(float(mask_ratio), removed / length,
+                                                                         rel_tol=1e-12, abs_tol=0.0)
+            kept = len_keep if own else check_mask_ratio(mask_ratio, length)
+            if kept != len_keep:
+                raise ValueError(
+                    f"mask_ratio {mask_ratio} keeps {kept} of {length} patches but the mask removes {removed} and keeps "
+                    f"{len_keep}; pass the mask alone, or mask_ratio={removed}/{length}"
+                )
         return len_keep, noise_for_mask(mask)
 
     # ---- encoder / decoder ---------------------------------------------------------------------

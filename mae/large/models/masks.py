@@ -276,10 +276,17 @@ def build_mask(spec: MaskSpec, img_size: Size2D, patch_size: int, *, ratio: floa
 # ---- masks as the model sees them ---------------------------------------------------------------------------
 def check_mask(mask: torch.Tensor, batch: int, length: int) -> torch.Tensor:
     """A user mask as an (N, L) bool tensor, checked: right shape, the same number of removed patches in
-    every row (the encoder runs a dense batch), at least one visible patch. Raises `ValueError`."""
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        kind = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise invalid_argument("mask", f"mask must be a bool tensor (True = removed), got {kind}")
+    every row (the encoder runs a dense batch), at least one visible patch. A bool tensor (True = removed) or a
+    number tensor of 0 and 1 (1 = removed: the `mask` a forward returns, the official format). Raises `ValueError`."""
+    if not isinstance(mask, torch.Tensor):
+        raise invalid_argument("mask", f"mask must be a bool tensor (True = removed) or a tensor of 0 and 1 (1 = "
+                                       f"removed), got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        if mask.is_complex() or bool(((mask != 0) & (mask != 1)).any()):
+            bad = mask[(mask != 0) & (mask != 1)].flatten()[:3].tolist() if not mask.is_complex() else [mask.dtype]
+            raise invalid_argument("mask", f"a mask of numbers must hold only 0 (kept) and 1 (removed), as the mask "
+                                           f"a forward returns; found {bad}")
+        mask = mask != 0
     if mask.dim() == 1:
         mask = mask.unsqueeze(0).expand(batch, -1)
     if tuple(mask.shape) != (batch, length):

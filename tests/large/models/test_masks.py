@@ -129,8 +129,11 @@ def test_check_mask_and_noise() -> None:
         check_mask(uneven, 2, 16)
     with pytest.raises(ValueError, match="every patch"):
         check_mask(torch.ones(16, dtype=torch.bool), 1, 16)
-    with pytest.raises(ValueError, match="bool"):
-        check_mask(mask.float(), 1, 16)
+    assert torch.equal(check_mask(mask.float(), 1, 16), mask[None])  # the official format: float, 1 = removed
+    with pytest.raises(ValueError, match="only 0"):
+        check_mask(mask.float() * 2, 1, 16)
+    with pytest.raises(ValueError, match="bool tensor"):
+        check_mask(mask.tolist(), 1, 16)
 
 
 # ---- through the model -----------------------------------------------------------------------------------
@@ -172,7 +175,8 @@ def test_model_mask_errors() -> None:
     right = half_mask((4, 4), "right")  # removes 8 of 16: ratio 0.5
     with torch.no_grad():
         model(imgs, 0.5, mask=right)  # an explicit ratio that agrees is fine
-        with pytest.raises(ValueError, match="mask_ratio 0.75 keeps 4 of 16 patches but the mask keeps 8"):
+        with pytest.raises(ValueError, match="mask_ratio 0.75 keeps 4 of 16 patches but the mask removes 8 and keeps 8; "
+                                             "pass the mask alone, or mask_ratio=8/16"):
             model(imgs, 0.75, mask=right)
         with pytest.raises(ValueError, match="either mask or noise"):
             model(imgs, mask=right, noise=torch.rand(2, 16))
@@ -218,3 +222,41 @@ def test_file_mask_removes_a_patch_when_more_than_half_its_area_is_white(tmp_pat
     grid = (14, 14)
     expected = torch.tensor([[f > Fraction(1, 2) for f in row] for row in _white_fraction_by_hand(white, grid)])
     assert torch.equal(file_mask(path, grid).reshape(grid), expected)
+
+
+def test_a_ratio_equal_to_the_masks_own_is_accepted_for_every_count() -> None:
+    # At L = 196 the official int(L * (1 - r)) keeps one patch short for 34 counts (70 removed: 125 kept, not 126);
+    # the mask's own ratio removed / L is still its ratio.
+    from mae.large import MAEConfig, MaskedAutoencoderViT
+
+    model = MaskedAutoencoderViT(MAEConfig(img_size=112, patch_size=8, embed_dim=16, depth=1, num_heads=2,
+                                           decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2)).eval()
+    length = model.config.num_patches
+    assert length == 196
+    imgs = torch.randn(1, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    official_short = 0
+    for removed in range(1, length):
+        mask = torch.zeros(length, dtype=torch.bool)
+        mask[torch.randperm(length, generator=torch.Generator().manual_seed(removed))[:removed]] = True
+        official_short += int(length * (1 - removed / length)) != length - removed
+        with torch.no_grad():
+            latent, out_mask, _ = model.forward_encoder(imgs, removed / length, mask=mask)
+        assert latent.shape[1] == 1 + length - removed and torch.equal(out_mask[0].bool(), mask)
+    assert official_short > 0  # the case exists at this L
+
+
+def test_the_mask_a_forward_returns_can_be_passed_back() -> None:
+    from tests.helpers import small_model
+
+    model = small_model()
+    imgs = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    noise = torch.rand(2, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        first = model(imgs, 0.75, noise=noise)
+        assert first.mask.dtype == torch.float32
+        again = model(imgs, mask=first.mask)  # the official format: float, 1 = removed
+        # The same patches removed; the loss to float32 rounding (the kept tokens enter the encoder in grid order).
+        assert torch.equal(again.mask, first.mask) and torch.allclose(again.loss, first.loss, rtol=1e-6, atol=0)
+        assert torch.equal(model(imgs, mask=first.mask.long()).mask, first.mask)
+        with pytest.raises(ValueError, match=r"only 0 \(kept\) and 1 \(removed\).*0.5"):
+            model(imgs, mask=first.mask * 0.5)
