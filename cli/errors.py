@@ -25,6 +25,8 @@ from cli.render import escape
 DEBUG_ENV = "MAE_LARGE_DEBUG"
 # How the CLI spells the API arguments that library errors name (`MAEError.argument`).
 FLAGS: dict[str, str] = {
+    "mixup": "--mixup",
+    "cutmix": "--cutmix",
     "recursive": "--recursive",
     "trust": "--trust-checkpoint",
     "max_patches": "--max-patches",
@@ -129,7 +131,7 @@ def handle_errors(fn: F) -> F:
         except MAEError as exc:
             if debug_enabled():
                 raise
-            fail(with_flag(str(exc), exc.argument))
+            fail(with_flag(flags_for(str(exc)), exc.argument))
         except OSError as exc:  # disk full, read-only folder, permission denied: the user's to fix
             if debug_enabled():
                 raise
@@ -147,7 +149,7 @@ def with_flag(message: str, argument: str | None) -> str:
     `--trust-checkpoint`, `device='cpu'` -> `--device cpu`); where the message does not spell the argument
     out, the flag is added at the end."""
     flag = FLAGS.get(argument or "")
-    if not flag:
+    if not flag or (flag in message and f"{argument}=" not in message):  # already in the CLI's words
         return message
     pattern = re.compile(rf"\b{re.escape(argument or '')}=(True\b|'([^']*)'|(\S+?)(?=[\s,;)]|$))")
     if not pattern.search(message):

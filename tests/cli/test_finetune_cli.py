@@ -78,3 +78,35 @@ def test_mismatched_class_folders_are_one_line(runner, small_arch, digits_tree, 
     assert done.exit_code == 1
     lines = done.output.strip().splitlines()
     assert len(lines) == 1 and "different class folders (only in train: 3" in lines[0] and "Traceback" not in done.output
+
+
+def _refusal(runner, digits_tree, tmp_path, *options: str) -> str:
+    encoder = save_official(tmp_path / "enc.pth", encoder_only(small_state_dict()))
+    done = runner.invoke(app, ["finetune", str(digits_tree), str(digits_tree), "-c", str(encoder), "-o",
+                               str(tmp_path / "run"), "--epochs", "1", "--size", "32", "--device", "cpu", *options])
+    assert done.exit_code == 1, done.output
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    return " ".join(done.output.split())
+
+
+def test_too_few_images_for_one_update_names_the_options_that_fix_it(runner, small_arch, digits_tree, tmp_path) -> None:
+    # 200 images at batch 32: 6 steps an epoch; the default effective batch 1024 needs 32 micro-steps per update.
+    said = _refusal(runner, digits_tree, tmp_path, "--batch-size", "32")
+    assert "200 training images make 6 steps of batch 32 x 1 process(es) per epoch" in said
+    assert "fewer than the 32 micro-steps of one update" in said
+    assert "use --effective-batch 192 or less (--accum-iter 6 at this batch size)" in said
+    assert "accum_iter=" not in said and "command line:" not in said  # every option in the CLI's spelling, once
+    said = _refusal(runner, digits_tree, tmp_path, "--batch-size", "32", "--accum-iter", "8")
+    assert "use --accum-iter 6 or less" in said
+
+
+def test_an_odd_batch_with_mixup_names_the_even_sizes_and_the_switches(runner, small_arch, digits_tree, tmp_path) -> None:
+    said = _refusal(runner, digits_tree, tmp_path, "--batch-size", "5", "--accum-iter", "1")
+    assert "batch size 5 must be even; use --batch-size 4 or 6" in said
+    assert "turn both off with --mixup 0 and --cutmix 0" in said
+
+
+def test_an_effective_batch_the_batch_does_not_divide_names_batch_sizes_that_do(runner, small_arch, digits_tree,
+                                                                               tmp_path) -> None:
+    said = _refusal(runner, digits_tree, tmp_path, "--batch-size", "6", "--effective-batch", "64")
+    assert "the effective batch 64 is not a multiple of batch size 6 x 1 processes; choose --batch-size 4 or 8" in said

@@ -219,6 +219,38 @@ def _check_resume(saved: Mapping[str, Any], args: Mapping[str, Any]) -> None:
                                          "with the run's own settings (resumed_config) so it continues as it began")
 
 
+def _accumulation(config: FinetuneConfig, images: int, world: int) -> int:
+    """The micro-steps per update (`accum_iter`, or effective batch / (batch x processes)), checked against the data:
+    a refusal names the settings that would work."""
+    per_step = config.batch_size * world  # images per micro-step, all processes together
+    accum = config.accum_iter
+    if accum is None:
+        accum, rest = divmod(config.effective_batch, per_step)
+        if accum < 1 or rest:
+            fits = [b for b in range(1, config.effective_batch // world + 1) if config.effective_batch % (b * world) == 0]
+            near = sorted(fits, key=lambda b: (abs(b - config.batch_size), b))[:2]
+            raise invalid_argument("batch_size", f"the effective batch {config.effective_batch} is not a multiple of "
+                                   f"batch size {config.batch_size} x {world} processes; choose batch_size="
+                                   f"{' or '.join(map(str, sorted(near)))}, or another effective_batch, or set accum_iter")
+    steps = steps_per_epoch(images, config.batch_size, world)
+    if steps < accum:
+        most = steps * per_step  # the largest effective batch one epoch of these images holds at this batch size
+        how = (f"use effective_batch={most} or less (accum_iter={steps} at this batch size)"
+               if config.accum_iter is None and steps else
+               f"use accum_iter={steps} or less" if steps else
+               f"use batch_size={max(1, images // world)} or less (the data hold no full batch of {config.batch_size})")
+        raise invalid_argument("effective_batch" if config.accum_iter is None else "accum_iter",
+                               f"{images} training images make {steps} steps of batch {config.batch_size} x {world} "
+                               f"process(es) per epoch, fewer than the {accum} micro-steps of one update (accum_iter="
+                               f"{accum}, effective batch {accum * per_step}); {how}")
+    if config.mixup_active and config.batch_size % 2:
+        even = [b for b in (config.batch_size - 1, config.batch_size + 1) if b > 0]
+        raise invalid_argument("batch_size", f"mixup / cutmix mix each image with its mirror in the batch, so batch size "
+                               f"{config.batch_size} must be even; use batch_size={' or '.join(map(str, even))} (with an "
+                               "effective_batch it divides), or turn both off with mixup=0 and cutmix=0")
+    return accum
+
+
 def build_train_transform(config: FinetuneConfig) -> TrainTransform:
     """The official training transform: RandomResizedCrop bicubic + flip, RandAugment (`auto_augment`, None for
     none), random erasing (`re_prob`, 0 for none)."""
@@ -286,21 +318,8 @@ def _finetune(train: Path, val: Path, out_dir: Path, config: FinetuneConfig, pre
     if config.num_classes is not None and config.num_classes != len(classes):
         raise invalid_argument("num_classes", f"num_classes={config.num_classes} but {train} has {len(classes)} class "
                                               "folders; leave it unset to take the folders' count")
-    accum = config.accum_iter
-    if accum is None:
-        accum, rest = divmod(config.effective_batch, config.batch_size * world)
-        if accum < 1 or rest:
-            raise invalid_argument("batch_size", f"the effective batch {config.effective_batch} is not a multiple of "
-                                                 f"batch size {config.batch_size} x {world} processes; choose a batch "
-                                                 "size that divides it, or set accum_iter")
+    accum = _accumulation(config, len(train_source.paths), world)
     steps = steps_per_epoch(len(train_source.paths), config.batch_size, world)
-    if steps < accum:
-        raise invalid_argument("batch_size", f"{len(train_source.paths)} training images make {steps} steps of "
-                                             f"{config.batch_size} x {world} per epoch, fewer than accum_iter={accum}; "
-                                             "use a smaller batch or accumulation")
-    if config.mixup_active and config.batch_size % 2:
-        raise invalid_argument("batch_size", f"mixup / cutmix pair the images of a batch; batch size "
-                                             f"{config.batch_size} must be even")
     amp = resolve_amp(config.amp, device)
     workers = default_workers(device_type=device.type) if config.workers is None else config.workers
     lr = config.lr if config.lr is not None else config.blr * config.batch_size * accum * world / 256
