@@ -77,7 +77,7 @@ def test_a_folder_with_shards_is_not_overwritten_and_other_settings_are_refused(
     again = run(*common)
     assert again.exit_code == 1 and "already holds feature shards" in again.stderr and "--resume" in again.stderr
     other = run(*common, "--resume", "--pool", "mean")
-    assert other.exit_code == 1 and "pool='cls'" in other.stderr and "pool='mean'" in other.stderr
+    assert other.exit_code == 1 and "--pool cls" in other.stderr and "--pool mean" in other.stderr  # in the CLI's words
     assert len(error_lines(other.stderr)) == 1
     assert run(*common, "--resume").exit_code == 0  # complete already: the same folder
     assert files_of(out) == before
