@@ -36,6 +36,20 @@ def files_of(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
+DIGIT_FILES = [  # class 0 .. 9 of the `digits_tree` fixture
+    "0000 0010 0020 0030 0036 0048 0049 0055 0072 0078 0079 0101 0126 0130 0140 0150 0160 0166 0178 0179",
+    "0001 0011 0021 0042 0047 0056 0070 0080 0085 0090 0093 0099 0107 0131 0141 0151 0172 0177 0186 0200",
+    "0002 0012 0022 0050 0051 0054 0057 0075 0077 0084 0113 0115 0116 0132 0142 0152 0180 0181 0184 0187",
+    "0003 0013 0023 0045 0059 0060 0062 0063 0083 0089 0091 0098 0103 0133 0143 0153 0175 0189 0190 0192",
+    "0004 0014 0024 0041 0064 0068 0087 0097 0100 0110 0111 0121 0124 0134 0144 0154 0171 0194 0198 0225",
+    "0005 0015 0025 0032 0033 0035 0046 0071 0074 0102 0109 0117 0120 0135 0145 0155 0162 0163 0165 0176",
+    "0006 0016 0026 0034 0058 0065 0066 0067 0082 0088 0095 0104 0106 0136 0146 0156 0164 0188 0195 0196",
+    "0007 0017 0027 0043 0044 0052 0061 0081 0086 0094 0108 0112 0118 0137 0147 0157 0173 0174 0182 0191",
+    "0008 0018 0028 0038 0040 0053 0076 0096 0114 0122 0123 0127 0129 0138 0148 0158 0168 0170 0183 0206",
+    "0009 0019 0029 0031 0037 0039 0069 0073 0092 0105 0119 0125 0128 0139 0149 0159 0161 0167 0169 0199",
+]
+
+
 def test_shards_of_an_image_folder_tree(small_arch, digits_tree, encoder, tmp_path) -> None:
     out, single = tmp_path / "feats", tmp_path / "one.safetensors"
     common = [digits_tree, "-c", encoder, "--device", "cpu", "--batch-size", "16", "--workers", "0"]
@@ -46,12 +60,15 @@ def test_shards_of_an_image_folder_tree(small_arch, digits_tree, encoder, tmp_pa
     # 200 rows: 3 full shards of 64 and the last of 8, each written whole, then the index.
     assert sorted(p.name for p in out.iterdir()) == ["index.json"] + [f"shard-r000-0000{k}.safetensors" for k in range(4)]
     index = json.loads((out / "index.json").read_text())
-    source = image_source([digits_tree])
     assert (index["format"], index["rows"], index["dim"], index["world_size"], index["shard_size"]) == (
         "mae-large-features/2", 200, 64, 1, 64)
     assert (index["pool"], index["transform"], index["layer"], index["size"], index["dtype"]) == (
         "cls", "eval", 1, "32x32", "float32")
-    assert index["files"] == [str(p) for p in source.paths] and index["labels"] == source.labels
+    # The tree's files in ImageFolder order (class folders sorted, files by name within): the first 20 digits of
+    # each class in scikit-learn's `load_digits`, named by their index there (`write_digits_tree`).
+    assert index["files"] == [str(digits_tree / str(label) / f"{name}.png")
+                              for label, names in enumerate(DIGIT_FILES) for name in names.split()]
+    assert index["labels"] == [label for label in range(10) for _ in range(20)]
     assert index["classes"] == [str(i) for i in range(10)]
     assert [s["rows"] for s in index["shards"]] == [64, 64, 64, 8]
 

@@ -189,6 +189,25 @@ def test_config_defaults_and_builders() -> None:
         cfg.mixup = 0.5  # frozen
 
 
+def test_the_recipe_crops_with_timms_default_scale() -> None:
+    """`util/datasets.build_transform` calls timm v0.3.2's `create_transform(...)` without `scale` / `ratio`, so
+    `transforms_imagenet_train` takes `scale = tuple(scale or (0.08, 1.0))`, `ratio = tuple(ratio or (3./4.,
+    4./3.))` (timm/data/transforms_factory.py at 6504a428): crops from 8% of the image up."""
+    from mae.large.train.finetune import FinetuneConfig, build_train_transform
+
+    assert AugmentConfig().scale == (0.08, 1.0) and AugmentConfig().ratio == (3 / 4, 4 / 3)
+    assert TrainTransform().scale == (0.08, 1.0) and TrainTransform().ratio == (3 / 4, 4 / 3)
+    recipe = build_train_transform(FinetuneConfig())  # what `finetune` trains with
+    assert (recipe.scale, recipe.ratio, recipe.size, recipe.hflip) == ((0.08, 1.0), (3 / 4, 4 / 3), 224, 0.5)
+    # What it draws: area fractions ~ U(0.08, 1) (on a square image nearly every first try fits), so about
+    # (0.2 - 0.08) / 0.92 = 13% of the crops are under a fifth of the image; none would be with scale (0.2, 1).
+    img = _image(100, 100, seed=7)
+    rng = random.Random(0)
+    areas = [h * w / 100 ** 2 for _, (_, _, h, w) in (recipe.crop(img, rng) for _ in range(2000))]
+    assert min(areas) < 0.09
+    assert abs(sum(a < 0.2 for a in areas) / len(areas) - 0.12 / 0.92) < 0.04
+
+
 def test_keyed_rng_is_a_function_of_its_keys() -> None:
     draws = keyed_rng(0, 3, 17).random(), keyed_rng(0, 3, 17).random()
     assert draws[0] == draws[1]

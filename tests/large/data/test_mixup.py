@@ -115,7 +115,15 @@ def test_mixed_pixels_and_targets() -> None:
         assert torch.equal(x, original)  # the input is not changed
         d = mix.sample(16, 16, random.Random(seed))  # the same draws again
         assert target.shape == (4, 5) and torch.allclose(target.sum(1), torch.ones(4))
-        assert torch.allclose(target, mixup_target(y, 5, d.lam, 0.1))
+        # By hand (timm/data/mixup.py `mixup_target`): smoothed one-hot rows, off = 0.1 / 5 = 0.02 and on =
+        # 1 - 0.1 + 0.02 = 0.92; row i mixes its own class (weight lam) with its mirror's, class 3 - i (1 - lam).
+        expected = [[0.02] * 5 for _ in range(4)]
+        for i in range(4):
+            for k in range(5):
+                own = 0.92 if k == i else 0.02
+                mirror = 0.92 if k == 3 - i else 0.02
+                expected[i][k] = d.lam * own + (1 - d.lam) * mirror
+        assert torch.allclose(target, torch.tensor(expected), rtol=0, atol=1e-6), (seed, d.lam)
         if d.cutmix:  # pixels from the mirror exactly in the box
             from_mirror = (mixed[:, 0] == x.flip(0)[:, 0]).sum(dim=(1, 2))
             assert torch.equal(from_mirror, torch.full((4,), d.box.area))

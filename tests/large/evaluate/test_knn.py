@@ -94,6 +94,49 @@ def test_tied_neighbours_go_to_the_earlier_row_whatever_the_chunks() -> None:
         assert two.predictions.tolist() == [1]  # neighbours rows 0, 1, 2: a three-way tie goes to the lowest class
 
 
+def test_default_temperature_is_dinos_and_decides_a_close_vote() -> None:
+    """The weighted vote of Wu et al. 2018 as DINO's `eval_knn.py` (`knn_classifier`) computes it: each of the k
+    nearest training rows adds exp(cosine similarity / T) to its class, with T = 0.07 (its `--temperature`
+    default). Here one class-0 row at similarity 0.90 faces two class-1 rows at 0.84: class 0 wins iff
+    (0.90 - 0.84) / T > ln 2, true at T = 0.07 (0.857) and false at T = 0.1 (0.6)."""
+    def unit(cos: float, sign: float = 1.0) -> list[float]:
+        return [cos, sign * math.sqrt(1.0 - cos * cos)]
+
+    train = torch.tensor([unit(0.90), unit(0.84), unit(0.84, -1.0), unit(0.0)])  # the last is not among k = 3
+    labels = torch.tensor([0, 1, 1, 2])
+    query, truth = torch.tensor([[1.0, 0.0]]), torch.tensor([0])
+
+    def votes(t: float) -> list[float]:  # by hand, per class 0, 1
+        return [math.exp(0.90 / t), 2 * math.exp(0.84 / t)]
+
+    assert votes(0.07)[0] > votes(0.07)[1] and votes(0.1)[0] < votes(0.1)[1]  # the two temperatures disagree
+    assert knn(train, labels, query, truth, k=3).predictions.tolist() == [0]  # the default: T = 0.07
+    assert knn(train, labels, query, truth, k=3, temperature=0.07).predictions.tolist() == [0]
+    assert knn(train, labels, query, truth, k=3, temperature=0.1).predictions.tolist() == [1]
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "softmax"])
+def test_top5_counts_the_fifth_ranked_class(weighting: str) -> None:
+    """Top-5 is the true class among the first five of the vote ranking: fifth counts, sixth does not. Fifteen
+    equally near training rows vote 5, 4, 3, 2, 1, 0 for classes 0..5; the true classes are 4 (fifth) and 5
+    (sixth)."""
+    train = torch.ones(15, 3)
+    labels = torch.tensor([0] * 5 + [1] * 4 + [2] * 3 + [3] * 2 + [4])
+    result = knn(train, labels, torch.ones(2, 3), torch.tensor([4, 5]), k=15, weighting=weighting, num_classes=6)
+    assert result.predictions.tolist() == [0, 0]
+    assert (result.top1, result.top5) == (0.0, 50.0)
+
+
+def test_probe_top5_counts_the_fifth_ranked_class() -> None:
+    """The probe's top-5 (`main_linprobe.py` through timm's `accuracy(output, target, topk=(1, 5))`): logits
+    ranked 5 > 4 > 3 > 2 > 1 > 0, true classes 4 (fifth: a hit) and 5 (sixth: a miss)."""
+    from mae.large.evaluate.probe import _accuracy
+
+    logits = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]] * 2)
+    top1, top5 = _accuracy(torch.nn.Identity(), as_source(logits), torch.tensor([4, 5]), 8, torch.device("cpu"))
+    assert (top1, top5) == (0.0, 50.0)
+
+
 def test_knn_refusals(digits) -> None:
     xtr, ytr, xva, yva = digits
     with pytest.raises(InvalidArgumentError, match="weighting"):
@@ -185,6 +228,29 @@ def test_lars_step_by_hand() -> None:
     second = second * (0.001 * before.norm() / second.norm())
     assert torch.allclose(weight, before - 0.5 * (0.9 * update + second))
     assert torch.allclose(bias, torch.tensor([0.0, -1.0]) - 0.5 * (0.9 * 2.0 + 2.0) * torch.tensor([1.0, 0.0]))
+
+
+def test_lars_defaults_are_the_official_ones() -> None:
+    """facebookresearch/mae `util/lars.py`: `LARS(params, lr=0, weight_decay=0, momentum=0.9,
+    trust_coefficient=0.001)`, which `main_linprobe.py` builds with lr and weight decay only."""
+    weight = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))  # ||w|| = 5
+    opt = LARS([weight])
+    assert opt.defaults == {"lr": 0.0, "weight_decay": 0.0, "momentum": 0.9, "trust_coefficient": 0.001}
+    # One step with only lr given, by the official rule: a 2-D parameter's update is the gradient (+ decay 0)
+    # times trust_coefficient * ||w|| / ||g||; mu = 0.9 * 0 + update; w -= lr * mu.
+    opt = LARS([weight], lr=2.0)
+    weight.grad = torch.tensor([[0.6, 0.8]])  # ||g|| = 1
+    opt.step()
+    update = [0.001 * 5.0 / 1.0 * g for g in (0.6, 0.8)]  # [0.003, 0.004]
+    expected = torch.tensor([[3.0 - 2.0 * update[0], 4.0 - 2.0 * update[1]]])  # [[2.994, 3.992]]
+    assert torch.allclose(weight.detach(), expected, rtol=0, atol=1e-6), weight
+    # Momentum 0.9 by default: a second identical step moves by lr * (0.9 * update + update'), update' taken at
+    # the new weight's norm.
+    before = weight.detach().clone()
+    weight.grad = torch.tensor([[0.6, 0.8]])
+    opt.step()
+    second = 0.001 * float(before.norm()) * torch.tensor([[0.6, 0.8]])
+    assert torch.allclose(weight.detach(), before - 2.0 * (0.9 * torch.tensor([update]) + second), rtol=0, atol=1e-6)
 
 
 def test_lars_zero_weight_uses_a_ratio_of_one() -> None:

@@ -88,6 +88,25 @@ def test_mae_export_takes_the_mask_from_the_noise(tmp_path) -> None:
     assert not torch.equal(masks[0], masks[1][:2])  # the mask follows the noise: it is not baked into the file
 
 
+@pytest.mark.parametrize("what", ["mae", "features"])
+def test_the_written_file_has_the_exporters_default_opset_or_the_one_asked_for(tmp_path, what: str) -> None:
+    """`opset=None` documents "the exporter's default": `torch.onnx.export(..., opset_version=None)` with
+    `dynamo=True` takes `torch.onnx._constants.ONNX_DEFAULT_OPSET` (20 in the torch 2.13 this project is tested
+    with); read back from the written file's `opset_import` (the default "" / "ai.onnx" domain), for both graphs."""
+    import onnx
+    from torch.onnx import _constants
+
+    model = small_model()
+
+    def file_opset(path: Path) -> int:
+        return {entry.domain: entry.version for entry in onnx.load(str(path)).opset_import}[""]
+
+    default = export_onnx(model, tmp_path / "default.onnx", what, check=False)
+    assert file_opset(tmp_path / "default.onnx") == default.opset == _constants.ONNX_DEFAULT_OPSET
+    asked = export_onnx(model, tmp_path / "asked.onnx", what, opset=21, check=False)
+    assert file_opset(tmp_path / "asked.onnx") == asked.opset == 21
+
+
 @pytest.mark.parametrize("ratio", [0.0, 0.75])
 def test_batch_loss_select_is_the_official_masked_mean(ratio: float) -> None:
     """The traceable loss (a select, no `if` on a value) is bit for bit the official one: the masked mean, and the

@@ -4,6 +4,7 @@ decoders (one that predicts pixels, one that predicts normalised pixels) built h
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -63,6 +64,29 @@ def test_detect_target_on_tensors() -> None:
     mask = torch.ones(2, 16)
     assert detect_target(pixels + 0.05 * torch.randn_like(pixels), mask, pixels).target == "pixels"
     assert detect_target(_normalised(pixels), mask, pixels).target == "norm-pix"
+
+
+def test_a_prediction_only_somewhat_closer_to_one_target_is_not_decided() -> None:
+    """Detection needs the prediction *clearly* closer to one target: its squared error to it below 0.8 of the
+    error to the other. Predictions on the segment between the pixels x and their normalisation n (the official
+    `norm_pix_loss` target: (x - mean) / sqrt(var + 1e-6), unbiased var), p = n + t (x - n), have errors
+    t^2 d to n and (1 - t)^2 d to x (d = mean (x - n)^2): a ratio of (t / (1 - t))^2, 0.9 here (undecided;
+    a threshold of 1.0 would say norm-pix) and 0.7 (norm-pix), both far below the spread of n."""
+    g = torch.Generator().manual_seed(0)
+    pixels = 1.5 * torch.randn(2, 16, 12, generator=g) + 0.5 * torch.randn(2, 16, 1, generator=g)
+    mean, var = pixels.mean(-1, keepdim=True), pixels.var(-1, keepdim=True)
+    normalised = (pixels - mean) / (var + 1.0e-6) ** 0.5
+    mask = torch.ones(2, 16)
+    d = ((pixels - normalised) ** 2).mean().item()
+    for ratio, expected in ((0.9, "neither target fits clearly"), (0.7, "detected: the predictions match normalised")):
+        t = math.sqrt(ratio) / (1 + math.sqrt(ratio))
+        pred = normalised + t * (pixels - normalised)
+        to_norm, to_pixels = ((pred - normalised) ** 2).mean().item(), ((pred - pixels) ** 2).mean().item()
+        assert to_norm / to_pixels == pytest.approx(ratio, rel=1e-4)
+        assert to_norm == pytest.approx(t * t * d, rel=1e-4) and to_norm < 0.75 * normalised.var().item()
+        choice = detect_target(pred, mask, pixels)
+        assert choice.how.startswith(expected), (ratio, choice)
+        assert choice.target == ("pixels" if ratio == 0.9 else "norm-pix")
 
 
 def test_known_targets() -> None:

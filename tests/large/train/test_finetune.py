@@ -20,7 +20,7 @@ from mae.large.data.images import preprocess
 from mae.large.data.labelled import epoch_batches
 from mae.large.errors import InvalidArgumentError, MAEError
 from mae.large.evaluate.accuracy import evaluate_checkpoint
-from mae.large.models.vit import VisionTransformer, ViTConfig, param_groups_lrd
+from mae.large.models.vit import VisionTransformer, ViTConfig
 from mae.large.train.finetune import FinetuneConfig, finetune, resumed_config
 from mae.large.utils.keyed import derive_seed
 from tests.helpers import save_official, small_state_dict, use_small_architecture, write_digits_tree
@@ -103,7 +103,21 @@ def test_fine_tuning_learns_digits_and_writes_a_fine_tuned_checkpoint(small, dig
     assert [r["epoch"] for r in log] == [0, 1, 2, 3] and log[-1]["val_top1"] == run.history[-1]["val_top1"]
     assert {"train_loss", "lr", "val_loss", "val_top1", "val_top5", "seconds", "images_per_s"} <= set(log[0])
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["config"] == FinetuneConfig(epochs=4, save_every=2, **LIGHT).to_dict() and config["num_classes"] == 10
+    # Written out: this test's settings (LIGHT, epochs 4, save_every 2), and for the rest the official ViT-L recipe
+    # (FINETUNE.md: `--epochs 50 --blr 1e-3 --layer_decay 0.75 --weight_decay 0.05 --drop_path 0.2 --reprob 0.25
+    # --mixup 0.8 --cutmix 1.0`, batch 32 x 32 GPUs = 1024; main_finetune.py defaults: `--min_lr 1e-6
+    # --smoothing 0.1 --aa rand-m9-mstd0.5-inc1 --mixup_prob 1.0 --mixup_switch_prob 0.5 --mixup_mode batch
+    # --global_pool`, no `--clip_grad`; AdamW's betas (0.9, 0.999)).
+    assert config["config"] == {
+        "model": None, "input_size": 32, "num_classes": None, "global_pool": True, "drop_path": 0.0, "epochs": 4,
+        "warmup_epochs": 1, "batch_size": 16, "accum_iter": 1, "effective_batch": 1024, "lr": None, "blr": 0.05,
+        "min_lr": 1e-6, "layer_decay": 0.9, "weight_decay": 0.05, "betas": [0.9, 0.999], "clip_grad": None,
+        "smoothing": 0.0, "mixup": 0.0, "cutmix": 0.0, "mixup_prob": 1.0, "mixup_switch_prob": 0.5,
+        "mixup_mode": "batch", "auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25, "amp": "off",
+        "grad_checkpointing": False, "seed": 0, "workers": 0, "save_every": 2, "save_checkpoints": True,
+        "eval_batch_size": None, "device": "cpu"}
+    assert (config["num_classes"], config["effective_batch"], config["accum_iter"], config["world_size"]) == (10, 16, 1, 1)
+    assert config["lr"] == pytest.approx(0.05 * 16 / 256)  # blr x effective batch / 256 (main_finetune.py)
 
     last = tmp_path / "run" / "checkpoint-last.pth"
     raw = torch.load(last, weights_only=True)
@@ -111,10 +125,29 @@ def test_fine_tuning_learns_digits_and_writes_a_fine_tuned_checkpoint(small, dig
     assert "norm.weight" not in raw["model"] and {"head.weight", "fc_norm.weight"} <= set(raw["model"])
     # fp32 here, so no scaler ran; the entry is still a scaler's state, which the official `load_model` can load.
     assert raw["scaler"] == torch.amp.GradScaler("cpu", enabled=True).state_dict()
-    # The optimiser's groups are the layer-decay groups of `param_groups_lrd`, scales included.
-    expected = param_groups_lrd(VisionTransformer(ViTConfig.from_architecture(None, num_classes=10, img_size=32)),
-                                layer_decay=LIGHT["layer_decay"])
-    assert [g["lr_scale"] for g in raw["optimizer"]["param_groups"]] == [g["lr_scale"] for g in expected]
+    # The optimiser's groups by hand from util/lr_decay.py `param_groups_lrd` for this depth-2 model: num_layers =
+    # len(blocks) + 1 = 3, layer id 0 for cls_token / pos_embed / patch_embed, i + 1 for blocks.i, 3 for the rest;
+    # lr_scale = layer_decay ** (3 - layer id) with layer decay 0.9; weight decay 0.05 but for 1-D parameters and
+    # `no_weight_decay()` (cls_token, pos_embed); groups in the order their first parameter is met.
+    def block(i: int, decay: bool) -> list[str]:
+        weights = ["attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight"]
+        others = ["norm1.weight", "norm1.bias", "attn.qkv.bias", "attn.proj.bias", "norm2.weight", "norm2.bias",
+                  "mlp.fc1.bias", "mlp.fc2.bias"]
+        return [f"blocks.{i}.{name}" for name in (weights if decay else others)]
+
+    expected_groups = [
+        (0.729, 0.0, ["cls_token", "pos_embed", "patch_embed.proj.bias"]),
+        (0.729, 0.05, ["patch_embed.proj.weight"]),
+        (0.81, 0.0, block(0, False)), (0.81, 0.05, block(0, True)),
+        (0.9, 0.0, block(1, False)), (0.9, 0.05, block(1, True)),
+        (1.0, 0.05, ["head.weight"]),
+        (1.0, 0.0, ["head.bias", "fc_norm.weight", "fc_norm.bias"]),
+    ]
+    groups = raw["optimizer"]["param_groups"]
+    assert len(groups) == len(expected_groups)
+    for group, (scale, decay, names) in zip(groups, expected_groups):
+        assert group["lr_scale"] == pytest.approx(scale, rel=1e-12) and group["weight_decay"] == decay
+        assert sorted(group["param_names"]) == sorted(names)
     data = read_checkpoint(last)
     from mae.large import MAEConfig, MaskedAutoencoderViT
 
