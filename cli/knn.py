@@ -37,7 +37,7 @@ def knn_command(
     from mae.large.evaluate.store import open_features
 
     train_set, val_set = open_features(train), open_features(val)
-    check_compatible(train_set.meta, val_set.meta)
+    check_compatible(train_set.meta, val_set.meta, train_set.classes, val_set.classes)
     result = knn(train_set, labels_of(train_set, "train"), val_set, labels_of(val_set, "val"), k=k,
                  temperature=temperature, weighting=weighting, chunk_rows=chunk_rows,
                  num_classes=len(train_set.classes) if train_set.classes else None)

@@ -42,7 +42,7 @@ def probe_command(
     from mae.large.evaluate.store import open_features
 
     train_set, val_set = open_features(train), open_features(val)
-    check_compatible(train_set.meta, val_set.meta)
+    check_compatible(train_set.meta, val_set.meta, train_set.classes, val_set.classes)
     train_labels, val_labels = labels_of(train_set, "train"), labels_of(val_set, "val")
     with progress(epochs, "probe epochs", quiet=json_) as advance:
         def on_epoch(epoch) -> None:

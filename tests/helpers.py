@@ -130,12 +130,12 @@ def shaped_state_dict(config: MAEConfig) -> dict[str, torch.Tensor]:
     return {k: torch.zeros(1).expand(*s) for k, s in MaskedAutoencoderViT.expected_state(config).shapes.items()}
 
 
-def use_small_architecture(monkeypatch) -> MAEConfig:
-    """Register the official vectors' small configuration as an architecture and make it the one every
-    command builds (instead of ViT-L), for this test only."""
+def use_small_architecture(monkeypatch, config: MAEConfig | None = None) -> MAEConfig:
+    """Register the official vectors' small configuration (or `config`, e.g. `tiny_config()` of the transformers
+    fixtures) as an architecture and make it the one every command builds (instead of ViT-L), for this test only."""
     from mae.large import catalog
 
-    config = small_config()
+    config = config or small_config()
     # Named as `catalog.architecture_name` names a size it does not know, so names in outputs stay the same.
     name = f"vit_d{config.embed_dim}_depth{config.depth}_heads{config.num_heads}_patch{config.patch_size}"
     sizes = {k: v for k, v in config.to_dict().items() if k not in ("name", "norm_pix_loss")}

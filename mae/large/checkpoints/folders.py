@@ -104,3 +104,13 @@ def _weight_map(index: Path) -> dict[str, str]:
     if outside:
         raise CheckpointError(f"{index} names a shard outside its folder ({outside[0]!r}); it is not a transformers index")
     return weight_map
+
+
+def checkpoint_inputs(path: str | Path) -> list[Path]:
+    """What loading `path` reads, for the output guard (`utils.outputs.guard_output`): a file itself, or a model
+    folder (a hub cache too) with every file in it; the guard also follows each through its links (a snapshot's
+    files are links into `blobs/`)."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        return [path]
+    return [path, *(p for p in sorted(path.rglob("*")) if p.is_file() or p.is_symlink())]

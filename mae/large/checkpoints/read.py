@@ -63,6 +63,8 @@ class CheckpointData:
     files: tuple[Path, ...] = ()  # the files read (a folder's weight files; the file itself otherwise)
     # A model folder's parsed config.json (transformers `ViTMAEConfig` fields), checked by the loading chain.
     folder_config: dict[str, Any] | None = None
+    # The class names a fine-tuning run trained its head on, in head order (its checkpoint's `args["classes"]`).
+    classes: list[str] | None = None
 
     @property
     def dropped(self) -> list[str]:
@@ -98,7 +100,7 @@ def read_checkpoint(path: str | Path, *, trust: bool = False, mmap: bool = True)
     path = _check_path(path)
     fixes: list[str] = []
     extras: list[str] = []
-    folder_config = None
+    folder_config, classes = None, None
     if path.is_dir():
         folder = model_folder.open_folder(path)
         fixes.extend(folder.notes)
@@ -108,6 +110,7 @@ def read_checkpoint(path: str | Path, *, trust: bool = False, mmap: bool = True)
         files = (path,)
         raw, container, weights_only = _read_file(path, trust=trust, mmap=mmap)
         sd = _unwrap(raw, path, fixes, extras)
+        classes = _run_classes(raw)
     bad_key = next((k for k in sd if not isinstance(k, str)), None)
     if bad_key is not None:
         raise CheckpointError(f"{path} has a non-text key {bad_key!r} in its state dict; it is not a model checkpoint")
@@ -123,7 +126,16 @@ def read_checkpoint(path: str | Path, *, trust: bool = False, mmap: bool = True)
     for fix in fixes:
         log.info("%s: %s", path.name, fix)
     return CheckpointData(path, sd, container, source, weights_only, fixes, extras, classifier, layout, files,
-                          folder_config)
+                          folder_config, classes)
+
+
+def _run_classes(raw: Any) -> list[str] | None:
+    """The class names a fine-tuning run recorded in its checkpoint (`args["classes"]`, `train.finetune`), if any."""
+    args = raw.get("args") if isinstance(raw, dict) else None
+    classes = args.get("classes") if isinstance(args, dict) else None
+    if isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes):
+        return classes
+    return None
 
 
 def _to_official(sd: StateDict, path: Path, container: str, fixes: list[str]) -> tuple[StateDict, str, str, StateDict]:

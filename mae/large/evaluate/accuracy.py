@@ -100,6 +100,7 @@ def load_classifier(path: str | Path, *, size: int | tuple[int, int] | None = No
     """A fine-tuned classifier file (official or from `finetune`) as a `VisionTransformer` with its own head: the
     number of classes and the pooling are read from the file."""
     data = read_checkpoint(path, trust=trust)
+    classes = data.classes
     head = data.classifier.get("head.weight")
     if head is None or head.dim() != 2:
         raise IncompatibleCheckpointError(f"{path} holds no trained classifier (no head.weight); evaluate a "
@@ -109,7 +110,9 @@ def load_classifier(path: str | Path, *, size: int | tuple[int, int] | None = No
     if size is not None:
         overrides["img_size"] = check_size(size)
     config = ViTConfig.from_architecture(architecture, **overrides)
-    return VisionTransformer.from_pretrained(path, config, head="file", trust=trust, device=device).eval()
+    model = VisionTransformer.from_pretrained(data, config, head="file", trust=trust, device=device).eval()
+    model.classes = classes  # the class names its head was trained on, when the file records them
+    return model
 
 
 def evaluate_checkpoint(val: str | Path, checkpoint: str | Path, *, batch_size: int = 64, device: str = "auto",
@@ -138,9 +141,19 @@ def evaluate_checkpoint(val: str | Path, checkpoint: str | Path, *, batch_size: 
     source = labelled_folder(val, "val")
     model = load_classifier(checkpoint, size=size, device=target)
     classes = model.config.num_classes
-    if len(source.classes or []) != classes:
-        raise invalid_argument("val", f"{val} has {len(source.classes or [])} class folders and the classifier "
-                                      f"{classes} classes; evaluate on a tree with one folder per class of the model")
+    found = list(source.classes or [])
+    if len(found) < 2:
+        raise invalid_argument("val", f"{val} holds {len(found)} class folder: top-1 over one class says nothing; give "
+                                      "the tree of every class the classifier knows")
+    if len(found) != classes:
+        raise invalid_argument("val", f"{val} has {len(found)} class folders and the classifier {classes} classes; "
+                                      "evaluate on a tree with one folder per class of the model")
+    trained = getattr(model, "classes", None)
+    if trained is not None and trained != found:
+        differ = next(i for i, (a, b) in enumerate(zip(trained, found)) if a != b)
+        raise invalid_argument("val", f"{val}'s class folders are not the classes {checkpoint} was trained on (class "
+                                      f"{differ}: folder {found[differ]!r}, trained {trained[differ]!r}); evaluate on "
+                                      "a tree of the same class folders, so that each label means the same class")
     workers = default_workers(device_type=target.type) if workers is None else workers
     return evaluate_model(model, source, batch_size=batch_size, device=target, amp=resolve_amp(amp, target), ctx=ctx,
                           workers=workers, on_batch=on_batch), source

@@ -22,6 +22,7 @@ from .source import (
     FeatureSource,
     as_source,
     check_labels,
+    check_same_classes,
     iter_rows,
     resolve_classes,
 )
@@ -115,6 +116,7 @@ def knn(
 
     Returns a `KnnResult` (top-1 / top-5 over the val rows, per-class accuracy, the predictions)."""
     train, val = as_source(train), as_source(val)
+    check_same_classes(getattr(train, "classes", None), getattr(val, "classes", None))
     if train.dim != val.dim:
         raise invalid_argument("val", f"the train features have {train.dim} dimensions and the val features {val.dim}; "
                                "embed both with the same model and pool")

@@ -9,7 +9,8 @@ tensors (`labels_of` takes them from a source that carries them, or says why it 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -67,11 +68,21 @@ def iter_rows(source: FeatureSource, size: int) -> Iterator[torch.Tensor]:
         if block.ndim != 2 or block.shape[1] != source.dim or not 0 < block.shape[0] <= size:
             raise MAEError(f"the feature source gave a block of shape {tuple(block.shape)} for chunks of at most {size} "
                            f"rows of dimension {source.dim}; it is damaged, so write the features again")
+        finite = torch.isfinite(block).all(dim=1)  # (n,)
+        if not bool(finite.all()):
+            row = seen + int((~finite).nonzero()[0])
+            raise MAEError(f"the features hold NaN or infinite values (row {row} of {source.rows}"
+                           f"{_name_of(source, row)}), which no accuracy can be computed on; embed the images again")
         seen += block.shape[0]
         yield block
     if seen != source.rows:
         raise MAEError(f"the feature source gave {seen} rows but says it has {source.rows}; it is damaged, so write "
                        "the features again")
+
+
+def _name_of(source: object, row: int) -> str:
+    names = getattr(source, "names", None)
+    return f": {names[row]}" if isinstance(names, list) and row < len(names) else ""
 
 
 def labels_of(features: object, which: str = "train") -> torch.Tensor:
@@ -83,20 +94,49 @@ def labels_of(features: object, which: str = "train") -> torch.Tensor:
     return torch.as_tensor(labels, dtype=torch.int64)
 
 
-def check_compatible(train_meta: Mapping[str, object], val_meta: Mapping[str, object]) -> None:
-    """Refuse train and val features from a different checkpoint, layer, pool or transform.
+def check_compatible(train_meta: Mapping[str, object], val_meta: Mapping[str, object],
+                     train_classes: Sequence[str] | None = None, val_classes: Sequence[str] | None = None) -> None:
+    """Refuse train and val features from a different checkpoint, layer, pool or transform, or labelled with other
+    classes.
 
     A key recorded on neither side is fine; recorded on one side only, or with different values
-    (compared as text), it is a mismatch.
+    (compared as text), it is a mismatch. Class names (an ImageFolder tree's folders), when both sides have them,
+    must be the same list: label 3 must be the same class on both sides (`check_same_classes`).
     """
     for key in COMPATIBILITY_KEYS:
         train_value, val_value = train_meta.get(key), val_meta.get(key)
         if train_value is None and val_value is None:
             continue
+        if key == "checkpoint" and train_value is not None and val_value is not None and _same_file(train_value,
+                                                                                                  val_value):
+            continue
         if train_value is None or val_value is None or str(train_value) != str(val_value):
             shown = ["not recorded" if v is None else repr(str(v)) for v in (train_value, val_value)]
             raise invalid_argument("val", f"the train and val features differ in {key} (train {shown[0]}, val {shown[1]}); "
                                    "embed both with the same checkpoint, layer, pool and transform")
+    check_same_classes(train_classes, val_classes)
+
+
+def _same_file(a: object, b: object) -> bool:
+    """Two recorded checkpoint paths name one file (given relative and absolute, or through a link)."""
+    try:
+        return os.path.samefile(str(a), str(b))
+    except OSError:  # one is not here (embedded elsewhere): only the text can be compared
+        return os.path.normpath(str(a)) == os.path.normpath(str(b))
+
+
+def check_same_classes(train_classes: Sequence[str] | None, val_classes: Sequence[str] | None) -> None:
+    """Refuse val features whose class names are not the training features' (in label order): their accuracy, and
+    a per-class table under the training names, would be about other classes."""
+    if train_classes is None or val_classes is None or list(train_classes) == list(val_classes):
+        return
+    train_classes, val_classes = list(train_classes), list(val_classes)
+    differ = next((i for i, (a, b) in enumerate(zip(train_classes, val_classes)) if a != b),
+                  min(len(train_classes), len(val_classes)))
+    shown = [repr(c[differ]) if differ < len(c) else "none" for c in (train_classes, val_classes)]
+    raise invalid_argument("val", f"the train and val features are labelled with other classes (label {differ}: train "
+                           f"{shown[0]}, val {shown[1]}; {len(train_classes)} against {len(val_classes)} classes); embed "
+                           "trees with the same class folders, so that each label means one class")
 
 
 def check_labels(labels: torch.Tensor, rows: int, name: str) -> torch.Tensor:

@@ -313,18 +313,23 @@ def open_features(path: str | os.PathLike[str]) -> FeatureSet:
             rows, dim = f.get_slice("features").get_shape()
     except MAEError:
         raise
-    except Exception as exc:  # safetensors raises its own error types for damaged headers
-        raise MAEError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types; never echo the file's bytes
+        raise MAEError(f"{path} is not a readable safetensors features file ({type(exc).__name__})") from None
     try:
         names = json.loads(meta.pop("files"))
         labels = json.loads(meta.pop("labels")) if "labels" in meta else None
         classes = json.loads(meta.pop("classes")) if "classes" in meta else None
-    except (KeyError, json.JSONDecodeError):
+    except (KeyError, ValueError, RecursionError):
         raise MAEError(f"{path} has no readable 'files' list in its metadata; it is not a features file") from None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) != rows:
         raise MAEError(f"{path}: the 'files' metadata does not name the {rows} rows")
+    if labels is not None and (not isinstance(labels, list) or not all(_count(x) for x in labels)):
+        raise MAEError(f"{path}: the 'labels' metadata must be a list of class numbers 0, 1, 2, ...; write the "
+                       "features again")
     if labels is not None and len(labels) != rows:
         raise MAEError(f"{path}: the 'labels' metadata has {len(labels)} entries for {rows} rows")
+    if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
+        raise MAEError(f"{path}: the 'classes' metadata must list the class names as text; write the features again")
     return FeatureSet(path, [path], names, torch.tensor(labels, dtype=torch.int64) if labels is not None else None,
                       classes, meta, dim, [torch.arange(rows)])
 
@@ -335,25 +340,67 @@ def _open_folder(folder: Path) -> FeatureSet:
         what = "holds shards but no index.json (the run did not finish; resume it with --resume)" if _shards_in(
             folder) else "is not a features folder (no index.json)"
         raise MAEError(f"{folder} {what}")
-    try:
-        index = json.loads(index_path.read_text())
-        files = [folder / s["file"] for s in index["shards"]]
-        names, rows, dim = index["files"], int(index["rows"]), int(index["dim"] or 0)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise MAEError(f"{index_path} is not a readable features index ({type(exc).__name__}: {exc})") from None
+    index = _read_index(index_path)
+    files = [folder / s["file"] for s in index["shards"]]
+    names, rows, dim = index["files"], index["rows"], index["dim"] or 0
     positions = []
     for path in files:
         try:
             with safetensors.safe_open(str(path), "pt") as f:
                 positions.append(f.get_tensor("positions"))
-        except Exception as exc:
-            raise MAEError(f"shard {path} of {folder} cannot be read ({type(exc).__name__}: {exc}); the folder "
-                           "is incomplete") from None
+        except Exception as exc:  # noqa: BLE001 - never the file's bytes in the message: only what it is not
+            raise MAEError(f"shard {path} of {folder} cannot be read as a safetensors shard ({type(exc).__name__}); "
+                           "the folder is incomplete or damaged, so write the features again") from None
     if sum(int(p.numel()) for p in positions) != rows or len(names) != rows:
         raise MAEError(f"{index_path} says {rows} rows but its shards hold {sum(int(p.numel()) for p in positions)}")
     labels = torch.tensor(index["labels"], dtype=torch.int64) if index.get("labels") is not None else None
     meta = {k: str(v) for k, v in index.items() if k not in ("files", "labels", "classes", "shards", "rows", "dim")}
     return FeatureSet(folder, files, names, labels, index.get("classes"), meta, dim, positions)
+
+
+def _read_index(path: Path) -> dict[str, Any]:
+    """A shard folder's `index.json`, its schema checked before use: one line naming the file and what it should hold."""
+
+    def bad(what: str) -> MAEError:
+        return MAEError(f"{path} is not a features index ({what}); write the features again")
+
+    try:
+        index = json.loads(path.read_bytes())
+    except RecursionError:
+        raise bad("its JSON nests too deeply") from None
+    except (OSError, ValueError) as exc:
+        raise bad(f"not JSON: {type(exc).__name__}") from None
+    if not isinstance(index, dict):
+        raise bad("not a JSON object")
+    for key in ("rows", "dim"):
+        if not _count(index.get(key)) and not (key == "dim" and index.get(key) is None):
+            raise bad(f"'{key}' must be a count, got {_shown(index.get(key))}")
+    shards, files = index.get("shards"), index.get("files")
+    if not isinstance(shards, list) or not all(isinstance(s, dict) and _plain_name(s.get("file")) for s in shards):
+        raise bad("'shards' must list the shard files by their plain names inside the folder (no '..', no folder, "
+                  "no absolute path)")
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise bad("'files' must list each row's image as text")
+    labels, classes = index.get("labels"), index.get("classes")
+    if labels is not None and (not isinstance(labels, list) or not all(_count(x) for x in labels)):
+        raise bad("'labels' must be a list of class numbers 0, 1, 2, ...")
+    if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
+        raise bad("'classes' must list the class names as text")
+    return index
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def _plain_name(name: Any) -> bool:
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\0" not in name and Path(name).name == name)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def load_features(path: str | os.PathLike[str]) -> tuple[torch.Tensor, list[str], dict[str, str]]:

@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from ..data.images import Crop, ImageFailure
+from ..errors import invalid_argument
 from ..models.masks import MaskSpec, build_mask, parse_mask
 from ..utils.device import resolve_device
-from ..utils.outputs import output_stems
+from ..utils.outputs import guard_output, output_stems
 from ..viz.attention import head_entropy, top_patches
 from ..viz.encoder_figures import attention_figure
 from ..viz.figures import save_figure
@@ -78,6 +79,7 @@ def attention(
     spec = parse_mask(mask) if isinstance(mask, str) else mask
     source, out_dir = as_source(model), Path(out_dir)
     paths, failures = collect_inputs(inputs, "draw attention for", recursive=recursive, events=events)
+    guard_output(out_dir, [*inputs, *source.inputs()], argument="out_dir")
     stems = output_stems(paths, out_dir, SUFFIX)
 
     def setup(ctx: Any, ev: Events) -> tuple[nn.Module, torch.Tensor | None]:
@@ -87,6 +89,9 @@ def attention(
         if spec is not None or mask_ratio > 0:
             removed = build_mask(spec if spec is not None else parse_mask("random"), net.config.img_size,
                                  net.config.patch_size, ratio=mask_ratio if mask_ratio > 0 else 0.75, seed=seed)
+            if not bool(removed.any()):
+                raise invalid_argument("mask", f"mask {spec.text if spec else 'random'} removes no patch of the "
+                                               f"{removed.numel()}; choose a mask that removes at least one")
         return net, removed
 
     def work(state: Any, local: list[Path], ctx: Any, ev: Events):

@@ -27,11 +27,14 @@ from ..checkpoints import containers as formats
 from ..checkpoints import save
 from ..checkpoints.classify import classify
 from ..checkpoints.containers import SaveReport
+from ..checkpoints.folders import checkpoint_inputs
+from ..checkpoints.load import check_folder_config
 from ..checkpoints.read import read_checkpoint
 from ..config import MAEConfig
-from ..errors import CheckpointError, IncompatibleCheckpointError, invalid_argument, short_list
+from ..errors import CheckpointError, IncompatibleCheckpointError, short_list
 from ..models.mae import DEFAULT_MASK_RATIO, MaskedAutoencoderViT
 from ..models.target import TargetChoice, resolve_target
+from ..utils.outputs import guard_output
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +73,9 @@ def convert_checkpoint(source: str | Path, out: str | Path, format: save.Format,
     """Write the checkpoint `source` (any layout `read_checkpoint` reads) as `format` at `out`.
 
     The output is read back and compared with the source bit for bit (`verified`). Raises
-    `IncompatibleCheckpointError` for a file that does not fit, and `InvalidArgumentError` for an output that
-    exists (without `overwrite`), is the source or contains it.
+    `IncompatibleCheckpointError` for a file that does not fit (a model folder's `config.json` included), and
+    `InvalidArgumentError` for an output that exists (without `overwrite`) or is, contains, lies inside or links to
+    the source (`guard_output`).
 
     Args:
         source: the checkpoint file or model folder; only read, never written.
@@ -88,10 +92,11 @@ def convert_checkpoint(source: str | Path, out: str | Path, format: save.Format,
     """
     source = Path(source).expanduser()
     out = Path(out).expanduser()
-    _check_paths(source, out)
+    guard_output(out, checkpoint_inputs(source))
     formats.check_target(out, folder=format == "hf", overwrite=overwrite)  # before the work, not after it
     data = read_checkpoint(source, trust=trust)
     config = config or MAEConfig.from_architecture()
+    check_folder_config(data, config)  # a folder whose config.json the loaders refuse is not converted either
     expected = MaskedAutoencoderViT.expected_state(config)
     result = classify(data.state_dict, expected, data.classifier)
     if result.kind not in ("full", "encoder-only", "fine-tuned"):
@@ -115,19 +120,6 @@ def convert_checkpoint(source: str | Path, out: str | Path, format: save.Format,
     return ConvertReport(source, data.source_format, data.container, saved.kind, saved, list(data.fixes),
                          result.num_classes or (int(state["head.weight"].shape[0]) if "head.weight" in state else None),
                          choice, verified)
-
-
-def _check_paths(source: Path, out: Path) -> None:
-    """The output is never the source, nor a folder holding it (replacing it would delete the source)."""
-    if not source.exists():
-        return  # read_checkpoint says so, with its hint
-    resolved, target = source.resolve(), out.resolve()
-    if target == resolved or target in resolved.parents:
-        raise invalid_argument("out", f"the output {out} is, or contains, the source checkpoint {source}; "
-                                      "write to another path (the source is never modified)")
-    if resolved.is_dir() and resolved in target.parents:  # a model folder: its files are the source too
-        raise invalid_argument("out", f"the output {out} is inside the source folder {source}; write it outside "
-                                      "(the source is never modified)")
 
 
 def _target(source: Path, requested: str, kind: str, config: MAEConfig, trust: bool,

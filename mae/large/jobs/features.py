@@ -27,6 +27,7 @@ from ..evaluate.store import ShardWriter, save_features, write_index
 from ..models.vit import VisionTransformer
 from ..utils.device import resolve_device
 from ..utils.distributed import DistContext, all_gather
+from ..utils.outputs import guard_output
 from .models import ModelSource, as_source
 from .run import QUIET, Events, collect_inputs, run_sharded
 
@@ -101,8 +102,8 @@ def features(
         raise invalid_argument("resume", "resume continues a shard folder; give out a folder (no .safetensors suffix)")
     source, inputs_of = as_source(model), _inputs(inputs, recursive, events)
     paths = inputs_of.paths
-    if not sharded and out.resolve() in {p.resolve() for p in paths}:
-        raise invalid_argument("out", f"{out} is one of the input images; choose another output file")
+    listed = paths if source_form(inputs, recursive=recursive) == "list" else []  # else inside the folders given
+    guard_output(out, [*inputs, *listed, *source.inputs()])
     where = resolve_device(device) if device is not None else source.device or resolve_device("auto")
     n_workers = default_workers(device_type=where.type) if workers is None else workers
     held: dict[str, Any] = {}

@@ -103,7 +103,8 @@ def maskings_for(
         if len(ratios) > 1 or len(seeds) > 1:
             raise invalid_argument("ratios", "a fixed-shape mask removes the same patches whatever the ratio or seed; "
                                              "give one mask ratio and one seed with it")
-        checked = check_mask(tensor.to(torch.bool), 1, length)[0]
+        checked = check_mask(tensor, 1, length)[0]
+        _removes_some(checked, mask)
         return [Masking(mask_ratio_of(checked), mask=checked, label=getattr(mask, "text", "") or "chosen mask")]
     if mask is not None and mask.ratio is not None and len(ratios) > 1:
         raise invalid_argument("ratios", f"mask {mask.text!r} carries its own ratio; give the ratios of a sweep "
@@ -118,8 +119,17 @@ def maskings_for(
             else:
                 assert mask is not None
                 built = build_mask(mask, c.img_size, c.patch_size, ratio=r, seed=seed)
+                _removes_some(built, mask)
                 out.append(Masking(mask_ratio_of(built), mask=built, label=label))
     return out
+
+
+def _removes_some(mask: torch.Tensor, spec: MaskSpec | torch.Tensor | None) -> None:
+    """A chosen mask must remove a patch: one that removes none would draw an unmasked "masked" panel."""
+    if not bool(mask.any()):
+        text = getattr(spec, "text", "") or "the mask given"
+        raise invalid_argument("mask", f"mask {text} removes no patch of the {mask.numel()} (it lies outside the image, "
+                                       "or the mask file is all black); choose a mask that removes at least one")
 
 
 def reconstruct_files(

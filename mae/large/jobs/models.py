@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .. import catalog
+from ..checkpoints.folders import checkpoint_inputs
 from ..config import MAEConfig, Size2D
 from ..errors import CheckpointNotFoundError, EncoderOnlyCheckpointError
 from ..models.mae import MaskedAutoencoderViT
@@ -41,6 +42,10 @@ class ModelSource:
     seed: int = 0  # the random init, and the random decoder of an encoder-only file: runs are reproducible
     model: nn.Module | None = None
     warn: bool = True  # the load report's warnings as `UserWarning`s (off where the report is shown another way)
+
+    def inputs(self) -> list[Path]:
+        """The files loading reads (a model folder's every file): what no output of the job may replace."""
+        return checkpoint_inputs(self.checkpoint) if self.checkpoint is not None and self.model is None else []
 
     @property
     def device(self) -> torch.device | None:

@@ -40,6 +40,7 @@ from ..errors import MAEError, invalid_argument
 from ..models.mae import DEFAULT_MASK_RATIO, MaskedAutoencoderViT, check_mask_ratio
 from ..models.vit import VisionTransformer, ViTConfig
 from ..utils.atomic import atomic_path, staging_folder
+from ..utils.outputs import guard_output
 from .models import ModelSource, require_decoder
 from .run import QUIET, Events
 
@@ -237,6 +238,10 @@ def export_onnx(
     out = Path(path)
     if out.is_dir():
         raise invalid_argument("path", f"{out} is a folder; give the .onnx file to write")
+    if isinstance(model_or_checkpoint, (str, os.PathLike, ModelSource)):  # what is read is never replaced
+        source = model_or_checkpoint if isinstance(model_or_checkpoint, ModelSource) else ModelSource(Path(model_or_checkpoint))
+        for written in (out, out.with_name(f"{out.name}.data")):  # the file, and its weights file beside it
+            guard_output(written, source.inputs(), argument="path")
     if out.exists() and not overwrite:  # checked before the model is loaded and traced
         raise invalid_argument("overwrite", f"{out} exists; choose another path, or pass overwrite=True to replace it")
     from ..models.target import resolve_target

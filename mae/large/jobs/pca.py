@@ -14,7 +14,7 @@ from torch import nn
 
 from ..data.images import Crop, ImageFailure
 from ..utils.device import resolve_device
-from ..utils.outputs import output_stems
+from ..utils.outputs import guard_output, output_stems
 from ..viz.encoder_figures import pca_figure
 from ..viz.figures import save_figure
 from .encoder_view import PCAResult, pca_files
@@ -65,6 +65,7 @@ def pca(
     joint = any(Path(i).is_dir() for i in inputs) if joint is None else joint
     source, out_dir = as_source(model), Path(out_dir)
     paths, failures = collect_inputs(inputs, "draw patch features for", recursive=recursive, events=events)
+    guard_output(out_dir, [*inputs, *source.inputs()], argument="out_dir")
     stems = output_stems(paths, out_dir, SUFFIX)
     net = source.mae(resolve_device(device) if device is not None else source.device or resolve_device("auto"))
     events.loaded(net)

@@ -24,7 +24,7 @@ from ..errors import ImageError, invalid_argument
 from ..models.masks import MaskSpec, parse_mask
 from ..models.target import TargetChoice, resolve_target
 from ..utils.device import resolve_device
-from ..utils.outputs import output_stems
+from ..utils.outputs import guard_output, output_stems
 from ..viz.animation import ANIMATION_RATIOS, save_animation
 from ..viz.figures import SweepRow, check_panel_names, panels_figure, save_figure, sweep_figure
 from ..viz.gallery import write_gallery
@@ -109,6 +109,7 @@ def reconstruct(
     source, out_dir = as_source(model), Path(out_dir)
     paths, failures = collect_inputs(inputs, "reconstruct", recursive=recursive, events=events)
     suffix = f".{animate_format}" if animate else None
+    guard_output(out_dir, [*inputs, *source.inputs()], argument="out_dir")
     stems = output_stems(paths, out_dir, _files(save_panels, suffix))  # from every input: ranks agree on names
     chosen = None if spec.kind == "random" and spec.ratio is None else spec
     drawn = _Drawer(names, out_dir, stems, nested=spec.kind == "random", save_panels=save_panels, animate=animate,

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .. import catalog
+from ..checkpoints.folders import checkpoint_inputs
 from ..data import augment
 from ..data.labelled import (
     TrainImages,
@@ -51,6 +52,7 @@ from ..utils.device import AMP_CHOICES, autocast, resolve_amp, resolve_device
 from ..utils.distributed import DistContext, destroy, init_distributed
 from ..utils.keyed import derive_seed, keyed_rng
 from ..utils.optim import cosine_lr
+from ..utils.outputs import guard_output, guard_run_folder
 from .loop import checked_loss, scaler_state
 from .state import (
     BEST,
@@ -312,9 +314,16 @@ def _finetune(train: Path, val: Path, out_dir: Path, config: FinetuneConfig, pre
     notify = on_progress if (on_progress is not None and ctx.is_main) else (lambda *_: None)
     if pretrained is None and resume is None:
         raise invalid_argument("checkpoint", "fine-tuning needs a pre-trained checkpoint (or a run to resume)")
+    guard_output(out_dir, [train, val, *(checkpoint_inputs(pretrained) if pretrained is not None else [])],
+                 argument="out_dir")
+    guard_run_folder(out_dir, resume is not None)
     train_source, val_source = labelled_folder(train, "train"), labelled_folder(val, "val")
     check_same_classes(train_source, val_source)
     classes = list(train_source.classes or [])
+    if len(classes) < 2:
+        raise invalid_argument("train", f"{train} holds {len(classes)} class folder ({', '.join(classes)}): a classifier "
+                                        "learns nothing from one class (its loss is 0 and its top-1 100% whatever it "
+                                        "does); give a tree with a folder per class, at least two")
     if config.num_classes is not None and config.num_classes != len(classes):
         raise invalid_argument("num_classes", f"num_classes={config.num_classes} but {train} has {len(classes)} class "
                                               "folders; leave it unset to take the folders' count")
