@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _train import REPO, WARMUP_STEPS, library_epoch, timed  # noqa: E402
 
 
 def child(args: argparse.Namespace) -> None:
@@ -30,7 +29,7 @@ def child(args: argparse.Namespace) -> None:
 
     from mae.large.data.labelled import LabelledBatch
     from mae.large.models.vit import apply_lr_scale, param_groups_lrd, vit_large_patch16
-    from mae.large.train.finetune import FinetuneConfig, train_epoch
+    from mae.large.train.finetune import FinetuneConfig, _Recipe
     from mae.large.utils.device import autocast
     from mae.large.utils.distributed import DistContext
     from mae.large.utils.optim import cosine_lr
@@ -41,30 +40,27 @@ def child(args: argparse.Namespace) -> None:
     model = vit_large_patch16(num_classes=1000, drop_path_rate=0.2, img_size=args.size).to(device)
     model.set_grad_checkpointing(args.grad_checkpointing)
     optimizer = torch.optim.AdamW(param_groups_lrd(model, 0.05, layer_decay=0.75), lr=1e-3)
-    steps = args.steps + 2  # two warm-up steps, not timed
+    steps = args.steps + WARMUP_STEPS
     batches = [LabelledBatch(torch.randn(args.batch, 3, args.size, args.size),
                              torch.randint(0, 1000, (args.batch,)), []) for _ in range(steps)]
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     if args.loop == "library":
-        class Loader(list):
-            num_workers = 0
+        class Prebuilt(_Recipe):
+            limit = steps
+
+            def batches(self, epoch: int, start: int) -> list:
+                return batches[start:self.limit]
 
         config = FinetuneConfig(epochs=1, warmup_epochs=0.5, mixup=0.0, cutmix=0.0, batch_size=args.batch)
-        run = lambda part: train_epoch(  # noqa: E731
-            model, model, Loader(part), optimizer, torch.amp.GradScaler(device.type, enabled=False), criterion, None,
-            config, DistContext(device=device), epoch=0, steps=len(part), accum=1, lr=1e-3, amp=amp,
-            notify=lambda *_: None)
+        recipe = Prebuilt(None, criterion, None, config, DistContext(device=device), 0)  # type: ignore[arg-type]
+        run = library_epoch(model, recipe, optimizer, device, amp, steps)
     else:
-        def run(part: list) -> None:
+        def run(first: int, count: int) -> None:
             model.train()
-            for step, batch in enumerate(part):
-                apply_lr_scale(optimizer, cosine_lr(step / len(part), lr=1e-3, epochs=1, warmup_epochs=0.5))
-                x, y = batch.images.to(device), batch.labels.to(device)
+            for step in range(first, first + count):
+                apply_lr_scale(optimizer, cosine_lr(step / steps, lr=1e-3, epochs=1, warmup_epochs=0.5))
+                x, y = batches[step].images.to(device), batches[step].labels.to(device)
                 with autocast(amp, device):
                     loss = criterion(model(x), y)
                 loss.backward()
@@ -72,17 +68,7 @@ def child(args: argparse.Namespace) -> None:
                 optimizer.zero_grad(set_to_none=True)
                 loss.item()
 
-    run(batches[:2])
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    began = time.perf_counter()
-    run(batches[2:])
-    sync()
-    seconds = time.perf_counter() - began
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    print(json.dumps({"images_per_s": args.steps * args.batch / seconds, "peak_gib": peak / 2**30}))
+    print(json.dumps(timed(run, args.steps, args.batch, device)))
 
 
 def main() -> None:

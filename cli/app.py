@@ -24,6 +24,7 @@ from cli import (
     knn,
     loss,
     pca,
+    pretrain,
     probe,
     reconstruct,
 )
@@ -93,8 +94,8 @@ def root(
 
 
 # Each command is the `<name>_command` function of the module of its name (`-` spelled `_`), in `--help` order.
-COMMANDS = (inspect, reconstruct, loss, download, features, attention, pca, knn, probe, export_onnx, convert, finetune,
-            evaluate)
+COMMANDS = (inspect, reconstruct, loss, download, features, attention, pca, knn, probe, export_onnx, convert, pretrain,
+            finetune, evaluate)
 for module in COMMANDS:
     name = module.__name__.rpartition(".")[2]
     app.command(name.replace("_", "-"))(getattr(module, f"{name}_command"))

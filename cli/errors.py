@@ -129,6 +129,8 @@ def handle_errors(fn: F) -> F:
             fail(f"interrupted by {interrupt.describe(signum)}; {written_summary()}; no half-written file was left",
                  interrupt.exit_code(signum))
         except MAEError as exc:
+            if type(exc).__name__ == "RunStopped":  # a training run a signal stopped, with a checkpoint
+                _stopped(exc)
             if debug_enabled():
                 raise
             fail(with_flag(flags_for(str(exc)), exc.argument))
@@ -142,6 +144,18 @@ def handle_errors(fn: F) -> F:
             fail(str(exc))
 
     return wrapper  # type: ignore[return-value]
+
+
+def _stopped(exc: BaseException) -> None:
+    """A stopped run exits with the code of the signal that stopped it; SIGUSR1 (SLURM's warning) asks for a requeue."""
+    import signal
+
+    from cli import interrupt
+
+    signum = interrupt.received() or signal.SIGTERM
+    note = interrupt.requeue() if signum == signal.SIGUSR1 else None
+    fail(f"interrupted by {interrupt.describe(signum)}: {flags_for(str(exc))}" + (f"; {note}" if note else ""),
+         interrupt.exit_code(signum))
 
 
 def with_flag(message: str, argument: str | None) -> str:

@@ -93,14 +93,16 @@ def finetune_command(
     """Fine-tune a pre-trained MAE encoder as a classifier with the official recipe (FINETUNE.md, ViT-L): AdamW,
     layer-wise lr decay, per-iteration cosine schedule with warm-up, mixup / cutmix, RandAugment, random erasing,
     label smoothing, drop path. Evaluates and saves a checkpoint every epoch; --resume continues bit for bit."""
+    from cli import interrupt
     from mae.large.train.finetune import finetune
     from mae.large.utils.distributed import context_from_env
 
     config = _config(ctx, checkpoint, resume)
     main = context_from_env().is_main
-    report = _EpochReport(config.epochs, quiet=json_ or not main)
+    report = EpochReport(config.epochs, quiet=json_ or not main)
     if out_dir is None:  # a resumed run goes on writing where it began
         out_dir = (resume if resume.is_dir() else resume.parent) if resume is not None else Path("finetune_run")
+    interrupt.graceful()  # a signal ends the run at the next update, with a checkpoint to resume from
     try:
         result = finetune(train, val, out_dir, config, pretrained=checkpoint, resume=resume, on_progress=report)
     finally:
@@ -136,11 +138,12 @@ def _config(ctx: typer.Context, checkpoint: Path | None, resume: Path | None) ->
     return FinetuneConfig(**{FIELDS.get(name, name): value for name, value in values.items()})
 
 
-class _EpochReport:
-    """The run's progress on stderr: every setting at the start, a bar per epoch, a line per epoch (rank 0)."""
+class EpochReport:
+    """A run's progress on stderr: every setting at the start, a bar per epoch, a line per epoch (rank 0)."""
 
-    def __init__(self, epochs: int, *, quiet: bool) -> None:
+    def __init__(self, epochs: int, *, quiet: bool, line: Any = None, settings: Any = None) -> None:
         self.epochs, self.quiet = epochs, quiet
+        self.line, self.settings = line or _epoch_line, settings or _print_settings
         self.bar: Any = None
         self.advance: Any = None
 
@@ -148,22 +151,26 @@ class _EpochReport:
         if self.quiet:
             return
         if event == "start":
-            _print_settings(info)
+            self.settings(info)
         elif event == "epoch_start":
             self.bar = progress(info["steps"], f"epoch {info['epoch'] + 1}/{self.epochs}", quiet=False)
             self.advance = self.bar.__enter__()
-        elif event == "step":
+        elif event == "step" and self.advance is not None:
             self.advance()
         elif event == "epoch":
             self.close()
-            err.print(f"epoch {info['epoch'] + 1}/{self.epochs}: train loss {info['train_loss']:.4f}, lr "
-                      f"{info['lr']:.2e}, val loss {info['val_loss']:.4f}, top-1 {info['val_top1']:.2f}%, top-5 "
-                      f"{info['val_top5']:.2f}% (best {info['best_top1']:.2f}%), {info['images_per_s']:.1f} images/s")
+            err.print(self.line(info, self.epochs))
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
             self.bar = None
+
+
+def _epoch_line(info: dict[str, Any], epochs: int) -> str:
+    return (f"epoch {info['epoch'] + 1}/{epochs}: train loss {info['train_loss']:.4f}, lr {info['lr']:.2e}, val loss "
+            f"{info['val_loss']:.4f}, top-1 {info['val_top1']:.2f}%, top-5 {info['val_top5']:.2f}% (best "
+            f"{info['best_top1']:.2f}%), {info['images_per_s']:.1f} images/s")
 
 
 def _print_settings(info: dict[str, Any]) -> None:

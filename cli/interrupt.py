@@ -1,10 +1,15 @@
-"""Ctrl-C and SIGTERM: end the run with one line, the right exit code, and no temporary file left.
+"""Ctrl-C, SIGTERM and SIGUSR1: end the run with one line, the right exit code, and no temporary file left.
 
-`install()` (called first thing by the console script) makes SIGINT and SIGTERM raise `Interrupted`, a
+`install()` (called first thing by the console script) makes SIGINT, SIGTERM and SIGUSR1 raise `Interrupted`, a
 `KeyboardInterrupt`, in the main thread: every `finally` and every atomic writer then cleans up on the way
 out, and the command's error handler prints what was written. A second signal does not wait for that
 (a forward pass in a kernel cannot be interrupted): it removes the live temporary files and exits at once.
 SIGTERM is what `kill`, `timeout`, job schedulers and `docker stop` send; its exit code is 143, Ctrl-C's 130.
+
+A training command calls `graceful()` first: then the first signal only asks the run to stop (`utils.cancel`), and
+the trainer ends it at the next update with a checkpoint to resume from (`RunStopped`); the exit code is still the
+signal's. SIGUSR1 is what SLURM (`--signal=USR1@90`) and submitit send before the time limit: after the checkpoint
+the job asks SLURM to requeue it (`scontrol requeue $SLURM_JOB_ID`, as submitit and Lightning do) and exits 138.
 """
 
 from __future__ import annotations
@@ -36,7 +41,31 @@ def received() -> int | None:
 
 
 def describe(signum: int | None) -> str:
-    return "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    return {signal.SIGTERM: "SIGTERM", signal.SIGUSR1: "SIGUSR1"}.get(signum, "Ctrl-C")  # type: ignore[call-overload]
+
+
+_graceful = [False]
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
+def graceful() -> None:
+    """From now on the first signal asks the run to stop at its next update instead of raising (training runs)."""
+    _graceful[0] = True
+
+
+def requeue() -> str | None:
+    """Under SLURM, ask it to requeue this job (`scontrol requeue $SLURM_JOB_ID`); what happened, in a few words."""
+    import shutil
+    import subprocess
+
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    tool = shutil.which("scontrol")
+    if tool is None:
+        return f"SLURM job {job}: no scontrol on PATH to requeue it"
+    done = subprocess.run([tool, "requeue", job], capture_output=True, text=True, timeout=60)
+    return f"SLURM job {job} requeued" if done.returncode == 0 else f"SLURM job {job}: scontrol requeue failed"
 
 
 _handled = [0]  # signals the Python-level handler has run for
@@ -51,7 +80,8 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     _handled[0] += 1
     if _handled[0] > 1:
         _hard_exit(signum)
-    raise Interrupted(signum)
+    if not _graceful[0]:
+        raise Interrupted(signum)
 
 
 def _hard_exit(signum: int) -> None:
@@ -75,7 +105,7 @@ def _watch(sock: socket.socket) -> None:
         if not data:
             return
         for signum in data:
-            if signum in (signal.SIGINT, signal.SIGTERM):
+            if signum in SIGNALS:
                 from mae.large.utils import cancel
 
                 cancel.request()
@@ -87,11 +117,13 @@ def _watch(sock: socket.socket) -> None:
 
 
 def install() -> None:
-    """Route SIGINT and SIGTERM to `Interrupted`, and a second one to an immediate exit (main thread only;
-    elsewhere a no-op)."""
+    """Route SIGINT, SIGTERM and SIGUSR1 to `Interrupted` (or, after `graceful()`, to a stop request), and a second one
+    to an immediate exit (main thread only; elsewhere a no-op). SIGXFSZ is ignored: a write over the file size limit
+    then fails with EFBIG, which is said in one line, instead of killing the process mid-write."""
     try:
-        signal.signal(signal.SIGINT, _handler)
-        signal.signal(signal.SIGTERM, _handler)
+        for signum in SIGNALS:
+            signal.signal(signum, _handler)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     except ValueError:  # not the main thread (an embedding application): leave its handlers alone
         return
     reader, writer = socket.socketpair()

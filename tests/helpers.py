@@ -174,3 +174,21 @@ def file_mappings(path: Path) -> list[tuple[int, int]]:
             start, end = (int(a, 16) for a in fields[0].split("-"))
             ranges.append((start, end))
     return ranges
+
+
+def run_files(run: Path) -> list[str]:
+    """A training run folder's entries but `tensorboard/`, which is there exactly when `tensorboard` is installed."""
+    from mae.large.train import scalars
+
+    names = sorted(p.name for p in run.iterdir())
+    assert ("tensorboard" in names) == scalars.available(), names
+    return [name for name in names if name != "tensorboard"]
+
+
+def tensorboard_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """The scalars a run wrote under `run/tensorboard` (tag -> [(step, value)]), read with tensorboard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}

@@ -9,6 +9,7 @@ deep inside a reshape. The official sizes come from `catalog.ARCHITECTURES`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
@@ -146,6 +147,20 @@ class MAEConfig(EncoderConfig):
         check_sincos_width(self.decoder_embed_dim, "decoder_embed_dim")
         if not isinstance(self.norm_pix_loss, bool):
             raise ValueError(f"norm_pix_loss must be a bool, got {self.norm_pix_loss!r}")
+
+    @classmethod
+    def from_run(cls, run: Mapping[str, Any] | None, **overrides: Any) -> MAEConfig | None:
+        """The architecture a training run recorded in its checkpoint (`args["architecture"]`, `train.pretrain`), with
+        `overrides` (e.g. another `img_size`); None when `run` records none (every other file)."""
+        arch = run.get("architecture") if isinstance(run, Mapping) else None
+        if not isinstance(arch, Mapping):
+            return None
+        known = {f.name for f in fields(cls)}
+        values = {k: (tuple(v) if k == "img_size" else v) for k, v in arch.items() if k in known and k != "name"}
+        try:
+            return cls(**{**values, "norm_pix_loss": bool(arch.get("norm_pix_loss", False)), **overrides})
+        except (TypeError, ValueError):
+            return None
 
     @property
     def decoder_mlp_hidden_dim(self) -> int:

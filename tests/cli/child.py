@@ -5,6 +5,7 @@ small architecture, and optionally stop at a chosen point so a test can send a s
 
 POINT is `none`, or where to write the file `$MAE_TEST_READY` and then wait (60 s at most):
 `figure` (inside a figure write: its temporary file exists), `features` (inside the features file write),
+`step` (a training run's 5th optimiser update is done: wait there until a signal asks the run to stop),
 `batch` (the worker thread is computing a batch, between two figures), `shard` (inside the second shard
 write of `features --out DIR`), `rss` (no stop: resident memory sampled every 250 shard rows, written to
 $MAE_TEST_READY at exit), `stuck-cleanup` (inside a figure
@@ -91,6 +92,25 @@ def main() -> None:
 
         feature_store.ShardWriter.add = sampled_add
         atexit.register(lambda: Path(os.environ["MAE_TEST_READY"]).write_text(json.dumps(samples)))
+    elif point == "step":  # after the 5th update: wait (at most 60 s) until a signal asks the run to stop
+        import torch
+
+        from mae.large.utils import cancel
+
+        step = torch.optim.AdamW.step
+        updates = [0]
+
+        def waiting_step(self, *a, **k):
+            result = step(self, *a, **k)
+            updates[0] += 1
+            if updates[0] == 5:
+                Path(os.environ["MAE_TEST_READY"]).write_text("ready")
+                waited = time.monotonic()
+                while not cancel.requested() and time.monotonic() - waited < 60:
+                    time.sleep(0.01)
+            return result
+
+        torch.optim.AdamW.step = waiting_step
     elif point == "batch":
         import mae.large.data.images as image
 

@@ -13,7 +13,7 @@ import torch
 from cli.app import app
 from cli.finetune import FIELDS, finetune_command
 from mae.large.train.finetune import FinetuneConfig
-from tests.helpers import encoder_only, save_official, small_state_dict
+from tests.helpers import encoder_only, run_files, save_official, small_state_dict
 
 LIGHT = ["--size", "32", "--batch-size", "16", "--accum-iter", "1", "--mixup", "0", "--cutmix", "0", "--aa", "none",
          "--reprob", "0", "--smoothing", "0", "--drop-path", "0", "--blr", "0.05", "--warmup-epochs", "1",
@@ -48,7 +48,7 @@ def test_finetune_runs_prints_and_resumes(runner, small_arch, digits_tree, tmp_p
     assert done.exit_code == 0, done.output
     assert "layer_decay=0.75" in done.output and "weight_decay=0.05" in done.output  # every default printed
     assert "epoch 1/1: train loss" in done.output and "top-1" in done.output
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-best.pth", "checkpoint-last.pth", "config.json",
+    assert run_files(run) == ["checkpoint-best.pth", "checkpoint-last.pth", "config.json",
                                                      "log.jsonl"]
     assert json.loads((run / "config.json").read_text())["config"]["epochs"] == 1
     # --resume with only --epochs given: the other settings are the run's (size 32, blr 0.05, ...), not the defaults,

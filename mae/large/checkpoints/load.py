@@ -61,6 +61,7 @@ class LoadReport:
     warnings: list[str] = field(default_factory=list)
     # loaded tensors holding NaN or infinite values: name -> how many (only with allow_nonfinite=True)
     nonfinite: dict[str, int] = field(default_factory=dict)
+    run: dict[str, Any] | None = None  # a training run's settings, when the file is a run's checkpoint
 
     @property
     def decoder_random(self) -> bool:
@@ -323,7 +324,7 @@ def finish(model: nn.Module, data: CheckpointData, fitted: Fitted, missing: list
         num_loaded=len(state), num_expected=len(model.state_dict()), missing=missing, unexpected=[],
         ignored=[k for k in [*data.dropped, *fitted.ignored] if k not in state], fixes=[*data.fixes, *fitted.fixes],
         num_parameters=sum(t.numel() for t in state.values()), weights_only=data.weights_only,
-        warnings=list(fitted.warnings), nonfinite=dict(fitted.nonfinite),
+        warnings=list(fitted.warnings), nonfinite=dict(fitted.nonfinite), run=data.run,
     )
     model.load_report = report  # type: ignore[assignment]
     log.info("%s: %s checkpoint, %d/%d tensors loaded (%s, %s)", data.path.name, report.kind, report.num_loaded,

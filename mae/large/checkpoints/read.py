@@ -65,6 +65,8 @@ class CheckpointData:
     folder_config: dict[str, Any] | None = None
     # The class names a fine-tuning run trained its head on, in head order (its checkpoint's `args["classes"]`).
     classes: list[str] | None = None
+    # A training run's settings (its checkpoint's `args`, plain data): the architecture it trained, its target.
+    run: dict[str, Any] | None = None
 
     @property
     def dropped(self) -> list[str]:
@@ -100,7 +102,7 @@ def read_checkpoint(path: str | Path, *, trust: bool = False, mmap: bool = True)
     path = _check_path(path)
     fixes: list[str] = []
     extras: list[str] = []
-    folder_config, classes = None, None
+    folder_config, classes, run = None, None, None
     if path.is_dir():
         folder = model_folder.open_folder(path)
         fixes.extend(folder.notes)
@@ -111,6 +113,7 @@ def read_checkpoint(path: str | Path, *, trust: bool = False, mmap: bool = True)
         raw, container, weights_only = _read_file(path, trust=trust, mmap=mmap)
         sd = _unwrap(raw, path, fixes, extras)
         classes = _run_classes(raw)
+        run = raw.get("args") if isinstance(raw, dict) and isinstance(raw.get("args"), dict) else None
     bad_key = next((k for k in sd if not isinstance(k, str)), None)
     if bad_key is not None:
         raise CheckpointError(f"{path} has a non-text key {bad_key!r} in its state dict; it is not a model checkpoint")
@@ -126,7 +129,7 @@ def read_checkpoint(path: str | Path, *, trust: bool = False, mmap: bool = True)
     for fix in fixes:
         log.info("%s: %s", path.name, fix)
     return CheckpointData(path, sd, container, source, weights_only, fixes, extras, classifier, layout, files,
-                          folder_config, classes)
+                          folder_config, classes, run)
 
 
 def _run_classes(raw: Any) -> list[str] | None:

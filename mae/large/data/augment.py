@@ -228,9 +228,8 @@ class EvalTransform:
     """The official evaluation transform: `transform(img) -> (3, size, size)` normalised float32 tensor.
 
     torchvision's Resize(resize) (the shorter side to `resize`, the other int(resize x long / short)), bicubic;
-    CenterCrop(size) (offsets int(round((side - size) / 2))); ToTensor; Normalize. `image.preprocess(crop="eval")`
-    has the same geometry at the 256 / 224 ratio, normalising in float64 as the demo does; this is the
-    recipe's float32 path, for sizes above 224 too (no enlargement there).
+    CenterCrop(size) (offsets int(round((side - size) / 2))); ToTensor; Normalize, in torchvision's float32
+    arithmetic: `images.eval_transform`, the same as `image.preprocess(crop="eval")` (no enlargement above 224).
     """
 
     def __init__(self, size: int = 224, resize: int | None = None, mean: tuple[float, ...] = IMAGENET_MEAN,

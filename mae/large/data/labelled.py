@@ -35,14 +35,16 @@ EvalTransform = Callable[[Image.Image], torch.Tensor]
 
 @dataclass(frozen=True)
 class LabelledBatch:
-    """Images (n, 3, H, W), labels (n,), and the inputs that could not be read (the run stops on them)."""
+    """Images (n, 3, H, W), labels (n,) (-1: unlabelled), the inputs that could not be read (the run stops on them),
+    and each image's sample index (n,) (what keys its per-sample draws, such as pre-training's mask)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     failures: list[ImageFailure]
+    indices: torch.Tensor | None = None
 
     def pin_memory(self) -> LabelledBatch:
-        return LabelledBatch(self.images.pin_memory(), self.labels.pin_memory(), self.failures)
+        return LabelledBatch(self.images.pin_memory(), self.labels.pin_memory(), self.failures, self.indices)
 
 
 def labelled_folder(root: str | Path, name: str) -> Source:
@@ -65,32 +67,35 @@ def check_same_classes(train: Source, val: Source) -> None:
                                       "both trees the same class sub-folders")
 
 
-def _collate(samples: list[tuple[torch.Tensor | ImageFailure, int]]) -> LabelledBatch:
-    failures = [t for t, _ in samples if isinstance(t, ImageFailure)]
-    kept = [(t, y) for t, y in samples if isinstance(t, torch.Tensor)]
-    images = torch.stack([t for t, _ in kept]) if kept else torch.empty(0)  # (n, 3, H, W)
-    return LabelledBatch(images, torch.tensor([y for _, y in kept], dtype=torch.int64), failures)
+def _collate(samples: list[tuple]) -> LabelledBatch:
+    """(image or failure, label[, index]) samples -> one batch, failures apart."""
+    failures = [s[0] for s in samples if isinstance(s[0], ImageFailure)]
+    kept = [s for s in samples if isinstance(s[0], torch.Tensor)]
+    images = torch.stack([s[0] for s in kept]) if kept else torch.empty(0)  # (n, 3, H, W)
+    indices = torch.tensor([s[2] for s in kept], dtype=torch.int64) if samples and len(samples[0]) > 2 else None
+    return LabelledBatch(images, torch.tensor([s[1] for s in kept], dtype=torch.int64), failures, indices)
 
 
 class TrainImages(Dataset):
-    """Sample `(epoch, index)` -> (augmented image, label); the augmentation's rng is keyed by both and the seed."""
+    """Sample `(epoch, index)` -> (augmented image, label, index); the augmentation's rng is keyed by both and the
+    seed. An unlabelled source (pre-training) gives label -1."""
 
     def __init__(self, source: Source, transform: TrainTransform, seed: int) -> None:
-        self.paths, self.labels = source.paths, source.labels or []
+        self.paths, self.labels = source.paths, source.labels or [-1] * len(source.paths)
         self.transform, self.seed = transform, seed
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor | ImageFailure, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor | ImageFailure, int, int]:
         epoch, index = key
         path = self.paths[index]
         try:
             img = open_image(path)
         except ImageError as exc:
-            return ImageFailure(path, str(exc)), self.labels[index]
+            return ImageFailure(path, str(exc)), self.labels[index], index
         rng = keyed_rng(self.seed, "augment", epoch, index)
-        return self.transform(img, rng), self.labels[index]
+        return self.transform(img, rng), self.labels[index], index
 
 
 class EvalImages(Dataset):

@@ -28,7 +28,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -70,7 +70,7 @@ def classifier_for_pool(pool: str, base: ViTConfig | None = None, **overrides: o
 
 
 def load_feature_encoder(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | Any,
     pool: str | None = None,
     config: ViTConfig | None = None,
     *,
@@ -95,14 +95,14 @@ def load_feature_encoder(
         allow_nonfinite: load tensors holding NaN or infinite values (the load report warns) instead of raising.
     """
     from ..checkpoints.classify import classify
-    from ..checkpoints.read import read_checkpoint
+    from ..checkpoints.read import CheckpointData, read_checkpoint
     from ..models.mae import MaskedAutoencoderViT
 
     if pool is not None:
         global_pool_for(pool)  # a bad name fails before the file is read
     device = resolve_device(device)  # and so does a device this machine lacks
     base = config if config is not None else ViTConfig()
-    data = read_checkpoint(path, trust=trust)  # read once: classified here to choose the pooling, loaded below
+    data = path if isinstance(path, CheckpointData) else read_checkpoint(path, trust=trust)  # classified here, loaded below
     result = classify(data.state_dict, MaskedAutoencoderViT.expected_state(base.mae_view()), data.classifier)
     fine_tuned = result.kind == "fine-tuned"
     if fine_tuned and pool == "cls":

@@ -95,7 +95,7 @@ def convert_checkpoint(source: str | Path, out: str | Path, format: save.Format,
     guard_output(out, checkpoint_inputs(source))
     formats.check_target(out, folder=format == "hf", overwrite=overwrite)  # before the work, not after it
     data = read_checkpoint(source, trust=trust)
-    config = config or MAEConfig.from_architecture()
+    config = config or MAEConfig.from_run(data.run) or MAEConfig.from_architecture()
     check_folder_config(data, config)  # a folder whose config.json the loaders refuse is not converted either
     expected = MaskedAutoencoderViT.expected_state(config)
     result = classify(data.state_dict, expected, data.classifier)
@@ -109,7 +109,8 @@ def convert_checkpoint(source: str | Path, out: str | Path, format: save.Format,
                                           "converting it is not supported, nothing was written")
     state = {**data.state_dict, **data.classifier}
     kind = "fine-tuned" if data.classifier else result.kind
-    choice = _target(source, target, kind, config, trust, allow_nonfinite) if format == "hf" and kind == "full" else None
+    choice = (_target(source, target, kind, config, trust, allow_nonfinite, data.run) if format == "hf" and kind == "full"
+              else None)
     try:
         saved = save.save_as(state, out, format, config=config, norm_pix_loss=choice.norm_pix if choice else None,
                                 mask_ratio=DEFAULT_MASK_RATIO, overwrite=overwrite, allow_nonfinite=allow_nonfinite)
@@ -122,10 +123,10 @@ def convert_checkpoint(source: str | Path, out: str | Path, format: save.Format,
                          choice, verified)
 
 
-def _target(source: Path, requested: str, kind: str, config: MAEConfig, trust: bool,
-            allow_nonfinite: bool) -> TargetChoice:
-    """What the decoder predicts, for `norm_pix_loss` in config.json: asked, catalogue, else measured."""
-    choice = resolve_target(requested, source, kind)
+def _target(source: Path, requested: str, kind: str, config: MAEConfig, trust: bool, allow_nonfinite: bool,
+            run: Any) -> TargetChoice:
+    """What the decoder predicts, for `norm_pix_loss` in config.json: asked, catalogue or the run, else measured."""
+    choice = resolve_target(requested, source, kind, run)
     if choice is not None:
         return choice
     from .forward import detect_target_on_noise

@@ -166,8 +166,8 @@ class CheckpointSummary:
 
 
 def summarize(path: str | Path, *, trust: bool = False, config: MAEConfig | None = None) -> CheckpointSummary:
-    """Read `path` (memory-mapped) and describe it against `config` (default ViT-Large)."""
-    config = config or MAEConfig.vit_large()
+    """Read `path` (memory-mapped) and describe it against `config` (default: the architecture a training run recorded
+    in the file, else ViT-Large)."""
     unsafe_reason = None
     try:
         data = read_checkpoint(path, trust=False)
@@ -176,6 +176,7 @@ def summarize(path: str | Path, *, trust: bool = False, config: MAEConfig | None
             raise
         unsafe_reason = str(exc)
         data = read_checkpoint(path, trust=True)
+    config = config or MAEConfig.from_run(data.run) or MAEConfig.vit_large()
     config_problem, notes = None, []
     try:
         notes = check_folder_config(data, config)

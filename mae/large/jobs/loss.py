@@ -194,7 +194,7 @@ def loss(
     events.loaded(net)
     kind = checkpoint_kind(net)
     checkpoint = net.load_report.path if net.load_report else None
-    choice = resolve_target(target, checkpoint, kind)
+    choice = resolve_target(target, checkpoint, kind, net.load_report.run if net.load_report else None)
     if choice is None:  # a full file the catalogue does not know: measure what its decoder predicts
         choice = (detect_target_on_noise(net, seed=seed, mask_ratio=mask_ratio, dtype=dtype) if images is None else
                   detect_target_on_files(net, collect_images(images, recursive=recursive)[0],

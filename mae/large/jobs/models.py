@@ -20,6 +20,7 @@ from torch import nn
 
 from .. import catalog
 from ..checkpoints.folders import checkpoint_inputs
+from ..checkpoints.read import read_checkpoint
 from ..config import MAEConfig, Size2D
 from ..errors import CheckpointNotFoundError, EncoderOnlyCheckpointError
 from ..models.mae import MaskedAutoencoderViT
@@ -60,12 +61,14 @@ class ModelSource:
                 raise TypeError(f"this job needs a MaskedAutoencoderViT, got {type(self.model).__name__}")
             return self.model
         target = resolve_device(device)
-        config = MAEConfig.from_architecture(None, **({"img_size": self.size} if self.size else {}))
+        size = {"img_size": self.size} if self.size else {}
         torch.manual_seed(self.seed)
         if self.checkpoint is None:
-            return MaskedAutoencoderViT(config).to(target).eval()
+            return MaskedAutoencoderViT(MAEConfig.from_architecture(None, **size)).to(target).eval()
+        data = read_checkpoint(self.checkpoint, trust=self.trust)  # read once: its run may say its architecture
+        config = MAEConfig.from_run(data.run, **size) or MAEConfig.from_architecture(None, **size)
         with self._warnings():
-            return MaskedAutoencoderViT.from_pretrained(self.checkpoint, config, trust=self.trust, device=target,
+            return MaskedAutoencoderViT.from_pretrained(data, config, trust=self.trust, device=target,
                                                         allow_nonfinite=self.allow_nonfinite).eval()
 
     def encoder(self, device: torch.device | str = "cpu", pool: str | None = None) -> VisionTransformer:
@@ -79,9 +82,12 @@ class ModelSource:
 
         if self.checkpoint is None:
             raise CheckpointNotFoundError("features need a trained encoder; name a checkpoint")
-        config = ViTConfig.from_architecture(None, **({"img_size": self.size} if self.size else {}))
+        size = {"img_size": self.size} if self.size else {}
+        data = read_checkpoint(self.checkpoint, trust=self.trust)  # read once: its run may say its architecture
+        run = MAEConfig.from_run(data.run, **size)
+        config = ViTConfig.from_mae(run) if run is not None else ViTConfig.from_architecture(None, **size)
         with self._warnings():
-            return load_feature_encoder(self.checkpoint, pool, config, trust=self.trust, device=device,
+            return load_feature_encoder(data, pool, config, trust=self.trust, device=device,
                                         allow_nonfinite=self.allow_nonfinite)
 
     @contextlib.contextmanager

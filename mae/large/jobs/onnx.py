@@ -256,7 +256,7 @@ def export_onnx(
     if isinstance(inner, MaskedAutoencoderViT):
         loaded = inner.load_report
         if choice is None and loaded is not None:  # auto: the catalogue's word on the file the model came from
-            choice = resolve_target("auto", Path(loaded.path), loaded.kind)
+            choice = resolve_target("auto", Path(loaded.path), loaded.kind, loaded.run)
         if choice is not None:
             inner.norm_pix_loss, how = choice.norm_pix, choice.how
         else:

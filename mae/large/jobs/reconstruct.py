@@ -121,7 +121,8 @@ def reconstruct(
         require_decoder(net, allow_random_decoder)
         maskings = maskings_for(net, ratios=ratios, seeds=[seed], mask=chosen)
         path = net.load_report.path if net.load_report else None
-        choice = resolve_target(target, path, checkpoint_kind(net)) or detect_target_on_files(
+        run = net.load_report.run if net.load_report else None
+        choice = resolve_target(target, path, checkpoint_kind(net), run) or detect_target_on_files(
             net, paths, maskings[0], crop=crop, dtype=dtype)
         net.norm_pix_loss = choice.norm_pix  # the loss is measured against what the decoder predicts
         ev.note(f"decoder target: {choice.target} ({choice.how})")

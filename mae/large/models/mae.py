@@ -24,8 +24,10 @@ from .. import catalog
 from ..checkpoints import load
 from ..checkpoints.classify import ExpectedState, key_part
 from ..checkpoints.load import LoadReport
+from ..checkpoints.read import CheckpointData
 from ..config import MAEConfig
 from ..cost import warn_if_large
+from ..utils.device import resolve_device
 from .filters import FIXED_TABLES, fit_mae_state
 from .intermediates import EncoderTokens, collect_intermediates, grid_tokens
 from .layers import Block, Linear, PatchEmbed, check_images, init_fresh_, init_official_, init_patch_embed_, init_token_
@@ -444,7 +446,8 @@ class MaskedAutoencoderViT(nn.Module):
                               fit=lambda data, result, model: fit_mae_state(data, result, model.config, reference, strict))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, config: MAEConfig | None = None, *, trust: bool = False,
+    def from_pretrained(cls, path: str | Path | CheckpointData, config: MAEConfig | None = None, *,
+                        trust: bool = False,
                         device: str | torch.device = "cpu", strict: bool = True,
                         allow_nonfinite: bool = False) -> MaskedAutoencoderViT:
         """Build a model straight from a checkpoint: built on the meta device, the file memory-mapped and
@@ -457,8 +460,8 @@ class MaskedAutoencoderViT(nn.Module):
 
         Args:
             path: a checkpoint file or model folder (any layout `read_checkpoint` knows).
-            config: the model to build (default ViT-L/16 with the official decoder); a sin-cos table made for
-                another grid is regenerated for its `img_size`.
+            config: the model to build (default: the architecture a `pretrain` run's checkpoint records, else ViT-L/16
+                with the official decoder); a sin-cos table made for another grid is regenerated for its `img_size`.
             trust: read a pickle file with `weights_only=False` (its pickle may run code).
             device: where the model goes (above).
             strict: refuse a file that is neither full nor encoder-only. `False` also takes a file that only lacks
@@ -466,7 +469,10 @@ class MaskedAutoencoderViT(nn.Module):
                 init (kind `partial`); unexpected keys, other shapes or non-float tensors are still refused.
             allow_nonfinite: load tensors holding NaN or infinite values (the report warns, naming them).
         """
-        config = config or MAEConfig.vit_large()
+        if config is None:  # a run of `pretrain` says what it trained; anything else is taken for ViT-L/16
+            resolve_device(device)  # an unavailable device is said before the file is read
+            path = path if isinstance(path, CheckpointData) else load.read(path, trust=trust)
+            config = MAEConfig.from_run(path.run) or MAEConfig.vit_large()
         reference = cls.expected_state(config)
         model = load.from_pretrained(cls, config, path, reference=reference, trust=trust, device=device,
                                      allow_nonfinite=allow_nonfinite,

@@ -12,8 +12,10 @@ folder's `config.json` (`norm_pix_loss`); otherwise `detect_target` measures the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,13 +34,17 @@ class TargetChoice:
         return self.target == "norm-pix"
 
 
-def known_target(path: Path | None, kind: str | None) -> TargetChoice | None:
+def known_target(path: Path | None, kind: str | None, run: Mapping[str, Any] | None = None) -> TargetChoice | None:
     """The target without running the model, when it can be known: the catalogue's entry for the file
-    name, pixels for an encoder-only file (random decoder) or a random init. None: detect it."""
+    name, pixels for an encoder-only file (random decoder) or a random init, what a training run recorded in its
+    checkpoint (`run`, its `args`). None: detect it."""
     if path is None or kind == "random-init":
         return TargetChoice("pixels", "random init: its random decoder is measured against pixels")
     if kind == "encoder-only":
         return TargetChoice("pixels", "encoder-only file: its random decoder is measured against pixels")
+    if isinstance(run, Mapping) and run.get("target") in ("pixels", "norm-pix"):
+        return TargetChoice(run["target"], f"the pre-training run that wrote {Path(path).name} trained it on "
+                                           f"{'normalised pixels' if run['target'] == 'norm-pix' else 'pixels'}")
     entry = catalog.entry_for_file(Path(path).name)
     if entry is not None and entry.target is not None:
         return TargetChoice(entry.target, f"catalogue: {entry.filename} predicts "
@@ -60,13 +66,14 @@ def _folder_target(path: Path) -> TargetChoice | None:
     return TargetChoice("norm-pix" if value else "pixels", f"config.json: norm_pix_loss={str(value).lower()}")
 
 
-def resolve_target(requested: str, path: Path | None, kind: str | None) -> TargetChoice | None:
+def resolve_target(requested: str, path: Path | None, kind: str | None,
+                   run: Mapping[str, Any] | None = None) -> TargetChoice | None:
     """`requested` ("auto", "pixels", "norm-pix") -> the choice; None when "auto" must be detected."""
     if requested not in catalog.TARGETS:
         raise invalid_argument("target", f"target must be one of {', '.join(catalog.TARGETS)}, got {requested!r}")
     if requested != "auto":
         return TargetChoice(requested, "asked for")  # type: ignore[arg-type]
-    return known_target(path, kind)
+    return known_target(path, kind, run)
 
 
 # A decoder was trained to bring its predictions close to one of the two targets: it is much closer to that one

@@ -1,3 +1,3 @@
 """Training recipes: fine-tuning and its run state."""
 
-__all__ = ['finetune', 'loop', 'state']
+__all__ = ['finetune', 'state', 'trainer']

@@ -1,25 +1,21 @@
 """Fine-tuning an MAE encoder as a classifier: the official recipe (facebookresearch/mae `main_finetune.py`,
 `engine_finetune.py`, FINETUNE.md for ViT-L) on current PyTorch, from one process to many nodes.
 
-The order of operations follows `engine_finetune.train_one_epoch`: `optimizer.zero_grad()` once before the
-epoch; every `accum_iter` micro-steps the learning rate is set by the half-cycle cosine with warm-up at the
-fractional epoch `step / steps + epoch` (`util/lr_sched.adjust_learning_rate`, here `lars.cosine_lr` times each
-group's layer-decay `lr_scale`); mixup / cutmix on the batch; the loss under autocast; `loss / accum_iter`
-backward through the gradient scaler; on the last micro-step of an accumulation the scaler unscales, the
-gradients are clipped when `clip_grad` is set, the optimiser steps (`util/misc.NativeScalerWithGradNormCount`)
-and `optimizer.zero_grad()` follows. A non-finite loss stops the run (the official code exits). The
-optimiser is AdamW (0.9, 0.999) over `vit.param_groups_lrd`; lr = blr x effective batch / 256 unless `lr` is
-given. The model is saved, then evaluated, every epoch, as `main_finetune.py` does.
+The loop is `trainer.py`'s, in `engine_finetune.train_one_epoch`'s order; this recipe brings its data (labelled
+ImageFolder trees, `labelled`), its loss (mixup / cutmix on the batch, then the recipe's criterion) and its epoch
+measure (val top-1, which decides `checkpoint-best.pth`). The optimiser is AdamW (0.9, 0.999) over
+`vit.param_groups_lrd`; lr = blr x effective batch / 256 unless `lr` is given. Each epoch is evaluated, then saved
+(the best checkpoint needs the val top-1).
 
 What is this module's own: every random draw is keyed (`keyed.derive_seed`, `keyed.keyed_rng`; data order by epoch,
 augmentation by epoch and sample, mixup and drop path by epoch, step and rank), so a resumed run repeats an
-uninterrupted one bit for bit on the CPU; the data order is defined on the global batch, so N processes see
-what one process with an N times larger batch sees; the checkpoint is loadable with `weights_only=True`.
+uninterrupted one bit for bit on the CPU, from an epoch or from the update where a stop request ended it; the data
+order is defined on the global batch, so N processes see what one process with an N times larger batch sees; the
+checkpoint is loadable with `weights_only=True`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -36,39 +32,37 @@ from .. import catalog
 from ..checkpoints.folders import checkpoint_inputs
 from ..data import augment
 from ..data.labelled import (
+    LabelledBatch,
     TrainImages,
     TrainTransform,
     check_same_classes,
     epoch_batches,
     labelled_folder,
     loader,
+    raise_on_failures,
     steps_per_epoch,
 )
 from ..data.loader import default_workers
 from ..errors import invalid_argument
 from ..evaluate.accuracy import evaluate_model
-from ..models.vit import VisionTransformer, ViTConfig, apply_lr_scale, param_groups_lrd
-from ..utils.device import AMP_CHOICES, autocast, resolve_amp, resolve_device
+from ..models.vit import VisionTransformer, ViTConfig, param_groups_lrd
+from ..utils import cancel
+from ..utils.device import AMP_CHOICES, resolve_amp, resolve_device
 from ..utils.distributed import DistContext, destroy, init_distributed
 from ..utils.keyed import derive_seed, keyed_rng
-from ..utils.optim import cosine_lr
 from ..utils.outputs import guard_output, guard_run_folder
-from .loop import checked_loss, scaler_state
+from .scalars import scalars
 from .state import (
-    BEST,
     CONFIG,
     LAST,
     append_log,
-    link_or_copy,
     load_run_checkpoint,
     plain,
     resume_file,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
     truncate_log,
     write_json,
 )
+from .trainer import LoopConfig, Position, Trainer, accumulation
 
 Progress = Callable[[str, dict[str, Any]], None]  # (event, details), called on rank 0 only
 
@@ -221,38 +215,6 @@ def _check_resume(saved: Mapping[str, Any], args: Mapping[str, Any]) -> None:
                                          "with the run's own settings (resumed_config) so it continues as it began")
 
 
-def _accumulation(config: FinetuneConfig, images: int, world: int) -> int:
-    """The micro-steps per update (`accum_iter`, or effective batch / (batch x processes)), checked against the data:
-    a refusal names the settings that would work."""
-    per_step = config.batch_size * world  # images per micro-step, all processes together
-    accum = config.accum_iter
-    if accum is None:
-        accum, rest = divmod(config.effective_batch, per_step)
-        if accum < 1 or rest:
-            fits = [b for b in range(1, config.effective_batch // world + 1) if config.effective_batch % (b * world) == 0]
-            near = sorted(fits, key=lambda b: (abs(b - config.batch_size), b))[:2]
-            raise invalid_argument("batch_size", f"the effective batch {config.effective_batch} is not a multiple of "
-                                   f"batch size {config.batch_size} x {world} processes; choose batch_size="
-                                   f"{' or '.join(map(str, sorted(near)))}, or another effective_batch, or set accum_iter")
-    steps = steps_per_epoch(images, config.batch_size, world)
-    if steps < accum:
-        most = steps * per_step  # the largest effective batch one epoch of these images holds at this batch size
-        how = (f"use effective_batch={most} or less (accum_iter={steps} at this batch size)"
-               if config.accum_iter is None and steps else
-               f"use accum_iter={steps} or less" if steps else
-               f"use batch_size={max(1, images // world)} or less (the data hold no full batch of {config.batch_size})")
-        raise invalid_argument("effective_batch" if config.accum_iter is None else "accum_iter",
-                               f"{images} training images make {steps} steps of batch {config.batch_size} x {world} "
-                               f"process(es) per epoch, fewer than the {accum} micro-steps of one update (accum_iter="
-                               f"{accum}, effective batch {accum * per_step}); {how}")
-    if config.mixup_active and config.batch_size % 2:
-        even = [b for b in (config.batch_size - 1, config.batch_size + 1) if b > 0]
-        raise invalid_argument("batch_size", f"mixup / cutmix mix each image with its mirror in the batch, so batch size "
-                               f"{config.batch_size} must be even; use batch_size={' or '.join(map(str, even))} (with an "
-                               "effective_batch it divides), or turn both off with mixup=0 and cutmix=0")
-    return accum
-
-
 def build_train_transform(config: FinetuneConfig) -> TrainTransform:
     """The official training transform: RandomResizedCrop bicubic + flip, RandAugment (`auto_augment`, None for
     none), random erasing (`re_prob`, 0 for none)."""
@@ -276,6 +238,7 @@ def finetune(
     train_transform: TrainTransform | None = None,
     on_progress: Progress | None = None,
     ctx: DistContext | None = None,
+    stop: Callable[[], bool] = cancel.requested,
 ) -> FinetuneResult:
     """Fine-tune the encoder of `pretrained` (an MAE checkpoint) on the ImageFolder tree `train`, evaluating on
     `val` after every epoch; checkpoints, `config.json` and `log.jsonl` go to `out_dir` (rank 0 writes).
@@ -295,6 +258,9 @@ def finetune(
         on_progress: `on_progress(event, details)` hears "start", "epoch_start", "step", "eval", "epoch" (rank 0 only).
         ctx: this process's place in a run whose process group the caller set up (and tears down); its device is
             used, not `config.device`. Default: set up here from the torchrun environment on `config.device`.
+        stop: polled at every update (default: the process-wide request of `utils.cancel`, which the CLI sets on
+            SIGTERM, SIGUSR1 or Ctrl-C): True ends the run there with a mid-epoch `checkpoint-last.pth` that `resume`
+            continues from that step, and raises `trainer.RunStopped`.
 
     Returns a `FinetuneResult`: the run folder, this call's epoch records, the best val top-1 and the settings."""
     config = config or FinetuneConfig()
@@ -302,14 +268,15 @@ def finetune(
     ctx = ctx or init_distributed(resolve_device(config.device))
     try:
         return _finetune(Path(train), Path(val), Path(out_dir), config, pretrained, resume, train_transform,
-                         on_progress, ctx)
+                         on_progress, ctx, stop)
     finally:
         if own_ctx:
             destroy(ctx)
 
 
 def _finetune(train: Path, val: Path, out_dir: Path, config: FinetuneConfig, pretrained: Any, resume: Any,
-              train_transform: TrainTransform | None, on_progress: Progress | None, ctx: DistContext) -> FinetuneResult:
+              train_transform: TrainTransform | None, on_progress: Progress | None, ctx: DistContext,
+              stop: Callable[[], bool]) -> FinetuneResult:
     device, world = ctx.device, ctx.world_size
     notify = on_progress if (on_progress is not None and ctx.is_main) else (lambda *_: None)
     if pretrained is None and resume is None:
@@ -327,7 +294,8 @@ def _finetune(train: Path, val: Path, out_dir: Path, config: FinetuneConfig, pre
     if config.num_classes is not None and config.num_classes != len(classes):
         raise invalid_argument("num_classes", f"num_classes={config.num_classes} but {train} has {len(classes)} class "
                                               "folders; leave it unset to take the folders' count")
-    accum = _accumulation(config, len(train_source.paths), world)
+    accum = accumulation(config.batch_size, config.accum_iter, config.effective_batch, len(train_source.paths), world,
+                         mixup=config.mixup_active)
     steps = steps_per_epoch(len(train_source.paths), config.batch_size, world)
     amp = resolve_amp(config.amp, device)
     workers = default_workers(device_type=device.type) if config.workers is None else config.workers
@@ -348,51 +316,80 @@ def _finetune(train: Path, val: Path, out_dir: Path, config: FinetuneConfig, pre
                               layer_decay=config.layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=config.betas)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    start, best = 0, -math.inf
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        if state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        start, best = int(state["epoch"]) + 1, float(state.get("best", -math.inf))
-        set_rng_state(state["rng"], device)
-        if ctx.is_main:
-            truncate_log(out_dir, start - 1)
     net: nn.Module = model
     if ctx.is_distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    if ctx.is_main:
-        write_json(out_dir / CONFIG, args)
-    notify("start", {**args, "start_epoch": start, "steps": steps, "train_images": len(train_source.paths),
-                     "val_images": len(val_source.paths)})
-
-    transform = train_transform or build_train_transform(config)
-    dataset = TrainImages(train_source, transform, config.seed)
-    criterion, mixup = build_criterion(config), config.augment.mixup_fn(len(classes))
-    history: list[dict[str, Any]] = []
-    for epoch in range(start, config.epochs):
-        notify("epoch_start", {"epoch": epoch, "steps": steps})
-        began = time.perf_counter()
-        batches = epoch_batches(len(train_source.paths), config.batch_size, epoch=epoch, seed=config.seed,
-                                rank=ctx.rank, world_size=world)
-        batch_loader = loader(dataset, batches, workers=workers, pin_memory=device.type == "cuda")
-        loss_mean, last_lr = train_epoch(net, model, batch_loader, optimizer, scaler, criterion, mixup, config, ctx,
-                                          epoch=epoch, steps=steps, accum=accum, lr=lr, amp=amp, notify=notify)
-        seconds = time.perf_counter() - began
-        accuracy = evaluate_model(net, val_source, batch_size=config.eval_batch_size or config.batch_size,
-                                  device=device, amp=amp, ctx=ctx, workers=workers,
-                                  on_batch=lambda done, total: notify("eval", {"done": done, "total": total}))
-        improved = accuracy.top1 > best
-        best = max(best, accuracy.top1)
-        record = {"epoch": epoch, "train_loss": loss_mean, "lr": last_lr, "val_loss": accuracy.loss,
-                  "val_top1": accuracy.top1, "val_top5": accuracy.top5, "seconds": seconds,
-                  "images_per_s": steps * config.batch_size * world / seconds, "best_top1": best}
+    loop = LoopConfig(config.epochs, steps, accum, lr, config.warmup_epochs, config.min_lr, config.clip_grad, amp,
+                      config.seed)
+    trainer = Trainer(model, net, optimizer, scaler, loop, ctx, out_dir, args, save_checkpoints=config.save_checkpoints,
+                      keep=lambda epoch: bool(config.save_every) and (epoch + 1) % config.save_every == 0,
+                      notify=notify, stop=stop)
+    # The run's own generator stream (a checkpoint's generator state is the same in any process); TensorBoard scalars.
+    with trainer.generators(), scalars(out_dir, "finetune", accum, notify, enabled=ctx.is_main) as notify:
+        trainer.notify = notify
+        start, best = Position(0), -math.inf
+        if state is not None:
+            start, best = trainer.restore(state), float(state.get("best", -math.inf))
+            if ctx.is_main:
+                truncate_log(out_dir, start.epoch - 1)
         if ctx.is_main:
-            if config.save_checkpoints:
-                _save_epoch(out_dir, model, optimizer, scaler, args, epoch, best, improved, config.save_every, device)
-            append_log(out_dir, record)
-        history.append(record)
-        notify("epoch", dict(record))
-    return FinetuneResult(out_dir, history, best, args)
+            write_json(out_dir / CONFIG, args)
+        notify("start", {**args, "start_epoch": start.epoch, "steps": steps, "train_images": len(train_source.paths),
+                         "val_images": len(val_source.paths)})
+
+        recipe = _Recipe(TrainImages(train_source, train_transform or build_train_transform(config), config.seed),
+                         build_criterion(config), config.augment.mixup_fn(len(classes)), config, ctx, workers)
+        history: list[dict[str, Any]] = []
+        for epoch in range(start.epoch, config.epochs):
+            at = start if epoch == start.epoch else Position(epoch)
+            notify("epoch_start", {"epoch": epoch, "steps": steps})
+            began = time.perf_counter()
+            result = trainer.epoch(recipe, at, lambda best=best: {"best": best})
+            seconds = time.perf_counter() - began + at.seconds
+            accuracy = evaluate_model(net, val_source, batch_size=config.eval_batch_size or config.batch_size,
+                                      device=device, amp=amp, ctx=ctx, workers=workers,
+                                      on_batch=lambda done, total: notify("eval", {"done": done, "total": total}))
+            improved = accuracy.top1 > best
+            best = max(best, accuracy.top1)
+            record = {"epoch": epoch, "train_loss": result.loss, "lr": result.lr, "val_loss": accuracy.loss,
+                      "val_top1": accuracy.top1, "val_top5": accuracy.top5, "seconds": seconds,
+                      "images_per_s": steps * config.batch_size * world / seconds, "best_top1": best}
+            trainer.save_epoch(epoch, {"best": best}, improved=improved)
+            if ctx.is_main:
+                append_log(out_dir, record)
+            history.append(record)
+            notify("epoch", dict(record))
+            if result.stop and epoch + 1 < config.epochs:
+                raise trainer.stopped(Position(epoch + 1), out_dir / LAST if config.save_checkpoints else None)
+        return FinetuneResult(out_dir, history, best, args)
+
+
+class _Recipe:
+    """Fine-tuning's data and loss for the shared loop: the keyed order and augmentation of `labelled`, mixup /
+    cutmix keyed by (seed, epoch, step, rank), the recipe's criterion."""
+
+    def __init__(self, dataset: TrainImages, criterion: nn.Module, mixup: Any, config: FinetuneConfig,
+                 ctx: DistContext, workers: int) -> None:
+        self.dataset, self.criterion, self.mixup, self.config, self.ctx, self.workers = (dataset, criterion, mixup,
+                                                                                          config, ctx, workers)
+
+    def batches(self, epoch: int, start: int) -> Any:
+        batches = epoch_batches(len(self.dataset), self.config.batch_size, epoch=epoch, seed=self.config.seed,
+                                rank=self.ctx.rank, world_size=self.ctx.world_size)
+        return loader(self.dataset, batches[start:], workers=self.workers, pin_memory=self.ctx.device.type == "cuda")
+
+    def loss(self, net: nn.Module, batch: LabelledBatch, epoch: int, step: int) -> torch.Tensor:
+        images = batch.images.to(self.ctx.device, non_blocking=True)
+        target = batch.labels.to(self.ctx.device, non_blocking=True)
+        if self.mixup is not None:
+            images, target = self.mixup(images, target, keyed_rng(self.config.seed, "mixup", epoch, step, self.ctx.rank))
+        return self.criterion(net(images), target)
+
+    def failures(self, batch: LabelledBatch) -> int:
+        return len(batch.failures)
+
+    def raise_failures(self, batch: LabelledBatch) -> None:
+        raise_on_failures(batch)
 
 
 def _build_model(config: FinetuneConfig, classes: int, pretrained: Any, device: torch.device) -> VisionTransformer:
@@ -405,93 +402,3 @@ def _build_model(config: FinetuneConfig, classes: int, pretrained: Any, device: 
         if pretrained is None:
             return VisionTransformer(vit).to(device)
         return VisionTransformer.from_pretrained(pretrained, vit, device=device, head="fresh")
-
-
-def train_epoch(net: nn.Module, model: VisionTransformer, batches: Any, optimizer: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, criterion: nn.Module, mixup: Any, config: FinetuneConfig,
-                 ctx: DistContext, *, epoch: int, steps: int, accum: int, lr: float, amp: str,
-                 notify: Callable[[str, dict[str, Any]], None]) -> tuple[float, float]:
-    """One epoch of `engine_finetune.train_one_epoch`; returns the mean loss (over steps, of the global batch
-    means) and the last learning rate set.
-
-    Args:
-        net: what runs the forward and backward: `model`, or its `DistributedDataParallel` wrapper.
-        model: the classifier itself (its parameters are the ones clipped).
-        batches: this rank's `LabelledBatch`es of the epoch, in order (`labelled.loader`); an unreadable image on any
-            rank stops the run.
-        optimizer: the AdamW over `param_groups_lrd`; its learning rate is set every `accum` steps (times `lr_scale`).
-        scaler: the gradient scaler (enabled for fp16 only).
-        criterion: the loss (`build_criterion`).
-        mixup: the mixup / cutmix function (`config.augment.mixup_fn`), or None.
-        config: the recipe: `epochs`, `warmup_epochs`, `min_lr` (schedule), `clip_grad`, `seed` (keyed draws).
-        ctx: this process's place in the run (its device, its rank in the keyed draws).
-        epoch: the epoch, counted from 0.
-        steps: the steps of an epoch (`steps_per_epoch`): the schedule's fraction and the mean's divisor.
-        accum: micro-steps per optimiser step.
-        lr: the peak learning rate of the schedule.
-        amp: `off`, `bf16` or `fp16`, already resolved (`resolve_amp`).
-        notify: called as `notify("step", details)` after each step.
-    """
-    device = ctx.device
-    net.train()
-    optimizer.zero_grad(set_to_none=True)
-    losses, step_lr = 0.0, 0.0
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):  # drop path's draws are keyed per step; the caller's stream is kept
-        # The loader is iterated as it is: the main process keeps its own torch threads whatever the number of
-        # workers (`data.loader_batches` would lower them), since the thread count changes CPU sums in their last
-        # bits, and a run resumed with other `workers` must continue bit for bit.
-        for step, batch in enumerate(batches):
-            if step % accum == 0:  # a per-iteration (not per-epoch) schedule, set at each accumulation start
-                step_lr = cosine_lr(step / steps + epoch, lr=lr, epochs=config.epochs,
-                                    warmup_epochs=config.warmup_epochs, min_lr=config.min_lr)
-                apply_lr_scale(optimizer, step_lr)
-            torch.manual_seed(derive_seed(config.seed, "step", epoch, step, ctx.rank))
-            failed = len(batch.failures)
-            images = batch.images.to(device, non_blocking=True)
-            target = batch.labels.to(device, non_blocking=True)
-            if mixup is not None and not failed:
-                images, target = mixup(images, target, keyed_rng(config.seed, "mixup", epoch, step, ctx.rank))
-            update = (step + 1) % accum == 0
-            sync = update or not ctx.is_distributed
-            with contextlib.nullcontext() if sync else net.no_sync():  # type: ignore[operator]
-                loss = None
-                if not failed:
-                    with autocast(amp, device):
-                        loss = criterion(net(images), target)
-                # Read and checked between the forward and the backward, as `engine_finetune.py` does: every rank
-                # learns of an unreadable image before the backward, whose gradient all-reduce it would block, and
-                # a non-finite loss stops the run before the update. (Queuing the backward first made the bare step
-                # 0.97x instead of 0.89x of plain PyTorch on an H200, but the whole command 0.72-0.74x instead of
-                # 0.80x, so the official order stays; docs/benchmarks.md.)
-                value = checked_loss(loss, failed, batch, ctx, epoch, step)
-                scaler.scale(loss / accum).backward()
-            if update:
-                if config.clip_grad is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-            losses += value
-            notify("step", {"epoch": epoch, "step": step, "steps": steps, "loss": value, "lr": step_lr})
-    return losses / steps, step_lr
-
-
-def _save_epoch(out_dir: Path, model: VisionTransformer, optimizer: torch.optim.Optimizer,
-                scaler: torch.amp.GradScaler, args: dict[str, Any], epoch: int, best: float, improved: bool,
-                save_every: int, device: torch.device) -> None:
-    """The epoch's checkpoint (`util/misc.save_model` entries + rng + best). Written as `checkpoint-best.pth`
-    first when val top-1 improved, then `checkpoint-last.pth` linked to it: a run killed in between repeats the
-    epoch identically on resume."""
-    state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-             "optimizer": optimizer.state_dict(), "epoch": epoch, "scaler": scaler_state(scaler), "args": args,
-             "rng": rng_state(device), "best": best}
-    if improved:
-        save_checkpoint(out_dir / BEST, state)
-        link_or_copy(out_dir / BEST, out_dir / LAST)
-    else:
-        save_checkpoint(out_dir / LAST, state)
-    if save_every and (epoch + 1) % save_every == 0:
-        link_or_copy(out_dir / LAST, out_dir / f"checkpoint-{epoch}.pth")
-

@@ -16,7 +16,8 @@ from ..data.images import denormalize
 from ..models.mae import MaskedAutoencoderViT
 from ..utils.atomic import atomic_path
 
-__all__ = ["PANEL_TITLES", "ReconstructionPanels", "error_map", "make_panels", "panel_of", "pil_image", "save_panel"]
+__all__ = ["PANEL_TITLES", "ReconstructionPanels", "error_map", "make_panels", "panel_of", "pil_image", "save_panel",
+           "unnormalize_pred"]
 
 # The official demo's subplot titles, in order.
 PANEL_TITLES = ("original", "masked", "reconstruction", "reconstruction + visible")
@@ -70,7 +71,7 @@ def make_panels(
     n = x.shape[0]
 
     if norm_pix:
-        pred = _unnormalize_pred(model, x, pred, mask)
+        pred = unnormalize_pred(model, x, pred, mask)
 
     y = model.unpatchify(pred)  # (N, C, H, W)
     pixel_mask = model.unpatchify(mask.unsqueeze(-1).repeat(1, 1, p * p * c))  # (N, C, H, W)
@@ -126,7 +127,7 @@ def error_map(model: MaskedAutoencoderViT, imgs: torch.Tensor, pred: torch.Tenso
     return model.unpatchify(per_patch.unsqueeze(-1).expand(-1, -1, values).contiguous())[:, 0].contiguous()
 
 
-def _unnormalize_pred(
+def unnormalize_pred(
     model: MaskedAutoencoderViT, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
     """Map a norm_pix prediction back to normalised-image units with visible-patch statistics."""

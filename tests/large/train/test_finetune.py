@@ -23,7 +23,14 @@ from mae.large.evaluate.accuracy import evaluate_checkpoint
 from mae.large.models.vit import VisionTransformer, ViTConfig
 from mae.large.train.finetune import FinetuneConfig, finetune, resumed_config
 from mae.large.utils.keyed import derive_seed
-from tests.helpers import save_official, small_state_dict, use_small_architecture, write_digits_tree
+from tests.helpers import (
+    run_files,
+    save_official,
+    small_state_dict,
+    tensorboard_scalars,
+    use_small_architecture,
+    write_digits_tree,
+)
 
 
 class ShiftFlip:
@@ -96,12 +103,18 @@ def test_fine_tuning_learns_digits_and_writes_a_fine_tuned_checkpoint(small, dig
     assert run.history[-1]["train_loss"] < run.history[0]["train_loss"]
     assert events[0] == "start" and events.count("epoch") == 4 and events.count("step") == 4 * (1000 // 16)
 
-    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    names = run_files(tmp_path / "run")
     assert names == ["checkpoint-1.pth", "checkpoint-3.pth", "checkpoint-best.pth", "checkpoint-last.pth",
                      "config.json", "log.jsonl"]
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1, 2, 3] and log[-1]["val_top1"] == run.history[-1]["val_top1"]
     assert {"train_loss", "lr", "val_loss", "val_top1", "val_top5", "seconds", "images_per_s"} <= set(log[0])
+    # TensorBoard, as engine_finetune.py and main_finetune.py write it: `loss` and `lr` at each update against
+    # int((data_iter_step / len(data_loader) + epoch) * 1000), the val numbers against the epoch.
+    logged = tensorboard_scalars(tmp_path / "run")
+    assert len(logged["loss"]) == len(logged["lr"]) == 4 * (1000 // 16)
+    assert [x for x, _ in logged["loss"][:3]] == [0, 16, 32]  # 62 steps an epoch: int(1 / 62 * 1000) = 16
+    assert [(x, round(v, 3)) for x, v in logged["perf/test_acc1"]] == [(r["epoch"], round(r["val_top1"], 3)) for r in log]
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     # Written out: this test's settings (LIGHT, epochs 4, save_every 2), and for the rest the official ViT-L recipe
     # (FINETUNE.md: `--epochs 50 --blr 1e-3 --layer_decay 0.75 --weight_decay 0.05 --drop_path 0.2 --reprob 0.25
@@ -296,5 +309,5 @@ def test_vit_l_smoke_run_on_the_cpu(vit_l_files, digits_tree, tmp_path) -> None:
                             save_checkpoints=False)
     run = finetune(tree, tree, tmp_path / "run", config, pretrained=encoder)
     assert len(run.history) == 1 and math.isfinite(run.history[0]["train_loss"])
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "log.jsonl"]
+    assert run_files(tmp_path / "run") == ["config.json", "log.jsonl"]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["architecture"] == "vit_large_patch16"
