@@ -53,7 +53,8 @@ def test_the_reconstruct_messages_are_the_ones_printed(runner, small_arch, small
                                                        monkeypatch) -> None:
     shown = readme_block("mae-large reconstruct photos/ --out outputs")
     messages = shown[:shown.index("")]  # what goes to stderr before the table
-    _, stderr = printed(runner, monkeypatch, "reconstruct", images[0].parent, "-c", small_ckpts[0], "--out", tmp_path)
+    _, stderr = printed(runner, monkeypatch, "reconstruct", images[0].parent, "-c", small_ckpts[0], "--out",
+                         tmp_path / "out")  # not the folder holding the images: that is refused
 
     def kind(line: str) -> str:  # "full checkpoint", "- took", "note: decoder"
         return " ".join(line.split()[:2])
