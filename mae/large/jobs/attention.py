@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..data.images import Crop, ImageFailure
+from ..models.mae import check_mask_ratio
 from ..models.masks import MaskSpec, build_mask, parse_mask
 from ..utils.device import resolve_device
 from ..utils.outputs import output_stems
@@ -85,8 +86,11 @@ def attention(
         ev.loaded(net)
         removed = None
         if spec is not None or mask_ratio > 0:
+            ratio = mask_ratio if mask_ratio > 0 else 0.75
+            if spec is None or (spec.kind in ("random", "block") and spec.ratio is None):  # the ratio is mask_ratio's
+                check_mask_ratio(ratio, net.config.num_patches)
             removed = build_mask(spec if spec is not None else parse_mask("random"), net.config.img_size,
-                                 net.config.patch_size, ratio=mask_ratio if mask_ratio > 0 else 0.75, seed=seed)
+                                 net.config.patch_size, ratio=ratio, seed=seed)
         return net, removed
 
     def work(state: Any, local: list[Path], ctx: Any, ev: Events):
