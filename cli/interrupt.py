@@ -1,4 +1,5 @@
-"""Ctrl-C and SIGTERM: end the run with one line, the right exit code, and no temporary file left.
+"""Ctrl-C and SIGTERM: end the run with one line, the right exit code, and no temporary file left (and SIGXFSZ,
+the file-size limit's signal, ignored so that the write fails with EFBIG and is reported like a full disk).
 
 `install()` (called first thing by the console script) makes SIGINT and SIGTERM raise `Interrupted`, a
 `KeyboardInterrupt`, in the main thread: every `finally` and every atomic writer then cleans up on the way
@@ -87,11 +88,17 @@ def _watch(sock: socket.socket) -> None:
 
 
 def install() -> None:
-    """Route SIGINT and SIGTERM to `Interrupted`, and a second one to an immediate exit (main thread only;
-    elsewhere a no-op)."""
+    """Route SIGINT and SIGTERM to `Interrupted`, and a second one to an immediate exit; ignore SIGXFSZ (main thread
+    only; elsewhere a no-op).
+
+    SIGXFSZ is what a write past the file-size limit (`ulimit -f`, RLIMIT_FSIZE) sends: its default action kills the
+    process at once, with no message and the temporary file left behind. Ignored, the write fails with EFBIG instead,
+    which the atomic writer cleans up and `errors.handle_errors` reports as one line naming the file."""
     try:
         signal.signal(signal.SIGINT, _handler)
         signal.signal(signal.SIGTERM, _handler)
+        if hasattr(signal, "SIGXFSZ"):  # POSIX only
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     except ValueError:  # not the main thread (an embedding application): leave its handlers alone
         return
     reader, writer = socket.socketpair()

@@ -144,7 +144,7 @@ def test_norm_pix_and_center_crop(runner, small_arch, small_ckpts, images, tmp_p
 
 @pytest.mark.parametrize(("args", "code"), [
     (["--mask-ratio", "1.0"], 2), (["--batch-size", "0"], 2), (["--crop", "zoom"], 2), (["--size", "100"], 2),
-    (["--dtype", "int8"], 2), (["--device", "tpu"], 1),
+    (["--dtype", "int8"], 2), (["--device", "tpu"], 2),  # an unknown device name: a usage error, before torch
 ])
 def test_bad_options(runner, small_arch, small_ckpts, images, tmp_path: Path, args, code) -> None:
     result = _run(runner, images[0], "-c", small_ckpts[0], "--out", tmp_path / "o", *args)
