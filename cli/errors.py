@@ -13,7 +13,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -68,6 +68,11 @@ FLAGS: dict[str, str] = {
     "drop_path": "--drop-path",
     "save_every": "--save-every",
     "input_size": "--size",
+    "k": "--k",
+    "temperature": "--temperature",
+    "weighting": "--weighting",
+    "chunk_rows": "--chunk-rows",
+    "top_k": "--top-k",
 }
 
 
@@ -129,11 +134,12 @@ def handle_errors(fn: F) -> F:
             fail(f"interrupted by {interrupt.describe(signum)}; {written_summary()}; no half-written file was left",
                  interrupt.exit_code(signum))
         except MAEError as exc:
+            known = command_flags(fn)
             if type(exc).__name__ == "RunStopped":  # a training run a signal stopped, with a checkpoint
-                _stopped(exc)
+                _stopped(exc, known)
             if debug_enabled():
                 raise
-            fail(with_flag(flags_for(str(exc)), exc.argument))
+            fail(with_flag(flags_for(str(exc), known), exc.argument, known))
         except OSError as exc:  # disk full, read-only folder, permission denied: the user's to fix
             if debug_enabled():
                 raise
@@ -146,7 +152,7 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _stopped(exc: BaseException) -> None:
+def _stopped(exc: BaseException, known: Collection[str] | None) -> None:
     """A stopped run exits with the code of the signal that stopped it; SIGUSR1 (SLURM's warning) asks for a requeue."""
     import signal
 
@@ -154,16 +160,19 @@ def _stopped(exc: BaseException) -> None:
 
     signum = interrupt.received() or signal.SIGTERM
     note = interrupt.requeue() if signum == signal.SIGUSR1 else None
-    fail(f"interrupted by {interrupt.describe(signum)}: {flags_for(str(exc))}" + (f"; {note}" if note else ""),
+    fail(f"interrupted by {interrupt.describe(signum)}: {flags_for(str(exc), known)}" + (f"; {note}" if note else ""),
          interrupt.exit_code(signum))
 
 
-def with_flag(message: str, argument: str | None) -> str:
+def with_flag(message: str, argument: str | None, known: Collection[str] | None = None) -> str:
     """A library message in the CLI's words: `argument=VALUE` becomes the flag (`trust=True` ->
     `--trust-checkpoint`, `device='cpu'` -> `--device cpu`); where the message does not spell the argument
-    out, the flag is added at the end."""
+    out, the flag is added at the end. With `known` (the flags of the command that runs), a flag the command does
+    not have is never named: the message stays as the library wrote it."""
     flag = FLAGS.get(argument or "")
-    if not flag or (flag in message and f"{argument}=" not in message):  # already in the CLI's words
+    if not flag or (known is not None and flag not in known):
+        return message
+    if flag in message and f"{argument}=" not in message:  # already in the CLI's words
         return message
     pattern = re.compile(rf"\b{re.escape(argument or '')}=(True\b|'([^']*)'|(\S+?)(?=[\s,;)]|$))")
     if not pattern.search(message):
@@ -171,13 +180,35 @@ def with_flag(message: str, argument: str | None) -> str:
     return pattern.sub(lambda m: flag if m.group(1) == "True" else f"{flag} {m.group(2) or m.group(3)}", message)
 
 
-def flags_for(text: str) -> str:
+def flags_for(text: str, known: Collection[str] | None = None) -> str:
     """A library sentence in the CLI's words: every API argument it spells out (`recursive=True`, `device='cpu'`)
-    becomes its flag."""
+    becomes its flag (with `known`, only the flags the running command has)."""
     for argument in FLAGS:
         if f"{argument}=" in text:
-            text = with_flag(text, argument) if _spelled(text, argument) else text
+            text = with_flag(text, argument, known) if _spelled(text, argument) else text
     return text
+
+
+def command_flags(fn: Callable[..., Any]) -> set[str] | None:
+    """The option names of the command function `fn` (`--mask-ratio`, `-c`, ...), read from its `typer.Option`
+    annotations as Typer reads them; None when they cannot be read (then every flag of `FLAGS` may be named)."""
+    import typing
+
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception:  # noqa: BLE001 - an annotation that does not evaluate: fall back to every flag
+        return None
+    flags: set[str] = set()
+    for name, hint in hints.items():
+        for info in getattr(hint, "__metadata__", ()):
+            if isinstance(info, typer.models.OptionInfo):
+                # Under Annotated, Typer takes the first name from `default` (typer.Option("--out", "-o")).
+                named = (info.default, *(info.param_decls or ())) if isinstance(info.default, str) else info.param_decls
+                decls = [d for d in (named or ()) if isinstance(d, str) and d.startswith("-")]
+                flags.update(d for decl in decls for d in decl.split("/") if d)
+                if not decls:
+                    flags.add(f"--{name.replace('_', '-')}")
+    return flags
 
 
 def _spelled(text: str, argument: str) -> bool:

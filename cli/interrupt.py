@@ -1,4 +1,5 @@
-"""Ctrl-C, SIGTERM and SIGUSR1: end the run with one line, the right exit code, and no temporary file left.
+"""Ctrl-C, SIGTERM and SIGUSR1: end the run with one line, the right exit code, and no temporary file left (and
+SIGXFSZ, the file-size limit's signal, ignored so that the write fails with EFBIG and is reported like a full disk).
 
 `install()` (called first thing by the console script) makes SIGINT, SIGTERM and SIGUSR1 raise `Interrupted`, a
 `KeyboardInterrupt`, in the main thread: every `finally` and every atomic writer then cleans up on the way
@@ -118,12 +119,16 @@ def _watch(sock: socket.socket) -> None:
 
 def install() -> None:
     """Route SIGINT, SIGTERM and SIGUSR1 to `Interrupted` (or, after `graceful()`, to a stop request), and a second one
-    to an immediate exit (main thread only; elsewhere a no-op). SIGXFSZ is ignored: a write over the file size limit
-    then fails with EFBIG, which is said in one line, instead of killing the process mid-write."""
+    to an immediate exit; ignore SIGXFSZ (main thread only; elsewhere a no-op).
+
+    SIGXFSZ is what a write past the file-size limit (`ulimit -f`, RLIMIT_FSIZE) sends: its default action kills the
+    process at once, with no message and the temporary file left behind. Ignored, the write fails with EFBIG instead,
+    which the atomic writer cleans up and `errors.handle_errors` reports as one line naming the file."""
     try:
         for signum in SIGNALS:
             signal.signal(signum, _handler)
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        if hasattr(signal, "SIGXFSZ"):  # POSIX only
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     except ValueError:  # not the main thread (an embedding application): leave its handlers alone
         return
     reader, writer = socket.socketpair()

@@ -33,14 +33,14 @@ def knn_command(
         raise typer.BadParameter(f"weighting must be softmax or uniform, got {weighting!r}", param_hint="--weighting")
 
     from mae.large.evaluate.knn import knn
-    from mae.large.evaluate.source import check_compatible, labels_of
+    from mae.large.evaluate.source import check_compatible, labels_of, named_classes
     from mae.large.evaluate.store import open_features
 
     train_set, val_set = open_features(train), open_features(val)
     check_compatible(train_set.meta, val_set.meta, train_set.classes, val_set.classes)
-    result = knn(train_set, labels_of(train_set, "train"), val_set, labels_of(val_set, "val"), k=k,
-                 temperature=temperature, weighting=weighting, chunk_rows=chunk_rows,
-                 num_classes=len(train_set.classes) if train_set.classes else None)
+    train_labels, val_labels = labels_of(train_set, "train"), labels_of(val_set, "val")
+    result = knn(train_set, train_labels, val_set, val_labels, k=k, temperature=temperature, weighting=weighting,
+                 chunk_rows=chunk_rows, num_classes=named_classes(train_set, {"train": train_labels, "val": val_labels}))
     classes = train_set.classes or [str(i) for i in range(max(result.per_class, default=-1) + 1)]
     if json_:
         print_json({"train": str(train), "val": str(val), "k": k, "temperature": temperature, "weighting": weighting,

@@ -6,12 +6,14 @@ error, exit 2). Torch-free at import (`mae.large.catalog`, `config`, `cost` and 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from mae.large import catalog
+from mae.large.errors import shown
 
 DEFAULT_CHECKPOINT = catalog.FULL.default_path
 
@@ -25,7 +27,19 @@ TrustOpt = Annotated[bool, typer.Option(
 AllowNonfiniteOpt = Annotated[bool, typer.Option(
     "--allow-nonfinite", help="Load a checkpoint even if some weights are NaN or infinite (they are named); "
     "results that are not finite are still never written.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
+_DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+
+
+def check_device_name(value: str) -> str:
+    """`--device`'s name, checked before torch is imported (a usage error, exit 2, naming the flag); whether the
+    device exists on this machine is the library's check (`utils.device.resolve_device`, once torch is loaded)."""
+    if not isinstance(value, str) or not _DEVICE_NAME.fullmatch(value.strip().lower()):
+        raise typer.BadParameter(f"device must be {DEVICE_NAMES}, got {value!r}", param_hint="--device")
+    return value
+
+
+DeviceOpt = Annotated[str, typer.Option("--device", callback=check_device_name, help=f"{DEVICE_NAMES}.")]
 MaskRatioOpt = Annotated[float, typer.Option("--mask-ratio", min=0.0, max=0.99, help="Fraction of patches removed.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 SizeOpt = Annotated[str | None, typer.Option(
@@ -77,6 +91,8 @@ def resolve_target_option(target: str, norm_pix_alias: bool) -> str:
     return target
 
 
+MAX_SIDE = 2**20  # pixels a side: 65,536 patches a side at patch 16, far over any --max-patches
+
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
     """`224` -> (224, 224); `224x320` -> (224, 320); None (not given) -> None: the model's own size."""
@@ -86,10 +102,12 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     try:
         values = [int(p) for p in parts]
     except ValueError:
-        raise typer.BadParameter(f"size must be like 224 or 224x320, got {text!r}", param_hint="--size") from None
+        raise typer.BadParameter(f"size must be like 224 or 224x320, got {shown(text, 40)}", param_hint="--size") from None
     if len(values) not in (1, 2) or any(v <= 0 or v % 16 for v in values):
-        raise typer.BadParameter(f"size must be positive multiples of 16 (224 or 224x320), got {text!r}",
+        raise typer.BadParameter(f"size must be positive multiples of 16 (224 or 224x320), got {shown(text, 40)}",
                                  param_hint="--size")
+    if any(v > MAX_SIDE for v in values):  # far beyond --max-patches; the cost estimate itself would overflow a float
+        raise typer.BadParameter(f"size must be at most {MAX_SIDE} pixels a side, got {shown(text, 40)}", param_hint="--size")
     return (values[0], values[-1])
 
 
@@ -154,8 +172,6 @@ def parse_layers(value: str, option: str = "--layer") -> list[int]:
     if not layers:
         raise typer.BadParameter("give at least one block index, such as -1 (the last)", param_hint=option)
     return layers
-
-
 
 
 def parse_ratios(value: str | None, option: str = "--mask-ratio") -> list[float] | None:

@@ -82,7 +82,8 @@ def pca_command(
     ok = [r for r in run.rows if "error" not in r]
     if json_:
         print_json({"checkpoint": str(checkpoint), "layer": ok[0]["layer"] if ok else layer, "joint": run.joint,
-                    "variance": run.variance, "seconds": round(run.seconds, 3), "images": run.rows, "failed": len(bad)})
+                    "variance": run.variance, "explained": run.explained, "seconds": round(run.seconds, 3),
+                    "images": run.rows, "failed": len(bad)})
     else:
         table = Table(title=f"patch-feature maps ({'joint PCA' if run.joint else 'a PCA per image'})")
         table.add_column("image", overflow="fold")
@@ -90,6 +91,9 @@ def pca_command(
         for r in run.rows:
             table.add_row(escape(r["image"]), f"[red]failed[/] {escape(r['error'])}" if "error" in r else escape(r["output"]))
         out.print(table)
+        for r in ok:
+            if r.get("warning"):
+                err.print(f"[yellow]warning:[/] {escape(Path(r['image']).name)}: {escape(r['warning'])}")
     if bad:
         if not json_:
             err.print(f"[red]{failures_summary(len(bad), len(ok))}")

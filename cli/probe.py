@@ -38,7 +38,7 @@ def probe_command(
         raise typer.BadParameter(f"{out_path} is a folder; give a file name such as probe_head.pth", param_hint="--out")
 
     from mae.large.evaluate.probe import probe, save_probe
-    from mae.large.evaluate.source import check_compatible, labels_of
+    from mae.large.evaluate.source import check_compatible, labels_of, named_classes
     from mae.large.evaluate.store import open_features
 
     train_set, val_set = open_features(train), open_features(val)
@@ -53,7 +53,8 @@ def probe_command(
 
         result = probe(train_set, train_labels, val_set, val_labels, epochs=epochs, batch_size=batch_size, blr=blr,
                        weight_decay=weight_decay, warmup_epochs=warmup_epochs, seed=seed,
-                       num_classes=len(train_set.classes) if train_set.classes else None, on_epoch=on_epoch)
+                       num_classes=named_classes(train_set, {"train": train_labels, "val": val_labels}),
+                       on_epoch=on_epoch)
     extra = {"train": str(train), "val": str(val), "classes": train_set.classes,
              **{f"features_{k}": str(v) for k, v in train_set.meta.items()}}
     save_probe(result, out_path, extra)

@@ -114,7 +114,7 @@ def reconstruct_command(
         return
     if json_:
         print_json({"checkpoint": str(checkpoint), "kind": run.kind, "mask": run.mask,
-                    "mask_ratio": run.ratios if len(run.ratios) > 1 else run.ratios[0], "seed": seed,
+                    "mask_ratio": run.ratios if run.sweep else run.ratios[0], "seed": seed,
                     "target": run.target.target, "target_how": run.target.how, "norm_pix": run.target.norm_pix,
                     "dtype": dtype, "seconds": round(run.seconds, 3), "images": run.rows, "failed": len(run.failures),
                     "gallery": str(run.gallery) if run.gallery else None})

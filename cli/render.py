@@ -113,5 +113,6 @@ def verdict_panel(s: CheckpointSummary) -> Panel:
         hidden = max(0, len(c.mismatched) - 10) + max(0, len(c.missing) - 10) + max(0, len(c.unexpected) - 10)
         if hidden:
             lines.append(f"  ... and {hidden} more (--json lists them all)")
-    style = "red" if s.damaged else {"full": "green", "encoder-only": "yellow", "fine-tuned": "cyan"}.get(c.kind, "red")
+    colours = {"full": "green", "encoder-only": "yellow", "fine-tuned": "cyan"}
+    style = "red" if s.damaged or s.config_problem else colours.get(c.kind, "red")
     return Panel("\n".join(lines), title=f"verdict against {s.model_name}", border_style=style, expand=False)

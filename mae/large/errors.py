@@ -92,3 +92,9 @@ def short_list(items: list[str], limit: int = 3) -> str:
     """`a, b, c and 4 more`."""
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """`text` read from outside (a name in a file, an option value) quoted for a one-line message: `repr` escapes
+    newlines and control characters, and more than `limit` characters are cut ("'abc'...")."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."

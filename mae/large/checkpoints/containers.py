@@ -8,6 +8,8 @@ states a transformers `ViTMAEConfig` (`config.json`) for a model configuration, 
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,15 +93,42 @@ def compact(tensor: torch.Tensor) -> torch.Tensor:
 def write_torch(sd: StateDict, path: Path) -> None:
     """`torch.save({"model": sd})`, the official container, in `sd`'s order; atomic."""
     with atomic_path(path) as tmp:
-        torch.save({"model": sd}, tmp)
+        save_torch({"model": sd}, tmp, path)
+
+
+def save_torch(obj: Any, tmp: Path, target: Path) -> None:
+    """`torch.save(obj, tmp)`, its I/O failures raised as the `OSError` they are, naming `target`: torch's zip writer
+    reports a failed write (a full disk, a file-size limit) as a `RuntimeError` ("unexpected pos"), so it is given a
+    Python file, whose own `OSError` is then the one behind torch's."""
+    with open(tmp, "wb") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:
+            cause = exc.__context__
+            if not isinstance(cause, OSError):
+                raise
+            raise OSError(cause.errno, cause.strerror, str(target)) from None
 
 
 def write_safetensors(sd: StateDict, path: Path) -> None:
     """A safetensors file with the `{"format": "pt"}` metadata torch writers give it (transformers checks it); atomic."""
+    with atomic_path(path) as tmp:
+        save_safetensors(sd, tmp, path)
+
+
+def save_safetensors(tensors: StateDict, tmp: Path, target: Path, metadata: Mapping[str, str] | None = None) -> None:
+    """`safetensors.torch.save_file(tensors, tmp)`, its I/O failures (a full disk, a file-size limit: safetensors
+    reports them as its own error type, "... (os error 27)") raised as the `OSError` they are, naming `target`."""
     from safetensors.torch import save_file
 
-    with atomic_path(path) as tmp:
-        save_file(sd, str(tmp), metadata={"format": "pt"})
+    try:
+        save_file(tensors, str(tmp), metadata=dict(metadata or {"format": "pt"}))
+    except Exception as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        number = int(code.group(1))
+        raise OSError(number, os.strerror(number), str(target)) from None
 
 
 def hf_config(config: EncoderConfig, *, encoder_only: bool, norm_pix_loss: bool, mask_ratio: float) -> dict[str, Any]:
@@ -116,11 +145,13 @@ def hf_config(config: EncoderConfig, *, encoder_only: bool, norm_pix_loss: bool,
 
 def write_hf_folder(names: StateDict, config_json: Mapping[str, Any], path: Path, *, overwrite: bool) -> None:
     """A model folder as `save_pretrained` writes it: `config.json` and `model.safetensors`; the folder appears whole."""
-    from safetensors.torch import save_file
-
     with atomic_dir(path, overwrite=overwrite) as tmp:
-        (tmp / HF_CONFIG).write_text(json.dumps(config_json, indent=2) + "\n")
-        save_file(names, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
+        try:
+            (tmp / HF_CONFIG).write_text(json.dumps(config_json, indent=2) + "\n")
+        except OSError as exc:
+            exc.filename = str(path / HF_CONFIG)  # the file as it will be named, not the hidden folder's
+            raise
+        save_safetensors(names, tmp / HF_WEIGHTS, path / HF_WEIGHTS)
 
 
 def size_on_disk(path: Path) -> int:

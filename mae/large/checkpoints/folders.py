@@ -9,12 +9,13 @@ Only names are resolved here; reading the tensors is `checkpoint.read_checkpoint
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, shown
+from ..utils.jsontext import JSONProblem, parse_json
 
 # In the order transformers prefers them: safetensors first (no pickle, read lazily), then the pickles.
 WEIGHT_FILES: tuple[str, ...] = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -48,6 +49,7 @@ def open_folder(path: Path) -> ModelFolder:
     config = _config(path)
     what = f"{found} and {CONFIG_FILE}" if config is not None else f"{found} (no {CONFIG_FILE}: sizes not checked)"
     version = (config or {}).get("transformers_version")
+    version = version if isinstance(version, str) and _VERSION.fullmatch(version) else None  # shown: only a version
     notes.append(f"read the transformers model folder: {what}" + (f", written by transformers {version}" if version else ""))
     weight_map = None
     if found.endswith(".index.json"):
@@ -56,7 +58,8 @@ def open_folder(path: Path) -> ModelFolder:
         files = tuple(path / name for name in shards)
         absent = [f.name for f in files if not f.is_file()]
         if absent:
-            raise CheckpointError(f"{path / found} names {len(absent)} shard(s) the folder lacks ({', '.join(absent[:3])}); "
+            raise CheckpointError(f"{path / found} names {len(absent)} shard(s) the folder lacks "
+                                  f"({', '.join(shown(a) for a in absent[:3])}); "
                                   "the download is incomplete, fetch the folder again")
         notes.append(f"read the {len(files)} shards that {found} lists")
     else:
@@ -68,8 +71,9 @@ def _snapshot(root: Path, notes: list[str]) -> Path:
     """The snapshot of a hub cache `models--ORG--NAME` that `refs/main` names (or its only snapshot)."""
     snapshots = sorted(p for p in (root / "snapshots").iterdir() if p.is_dir())
     ref = root / "refs" / "main"
-    commit = ref.read_text().strip() if ref.is_file() else ""
-    if commit and (root / "snapshots" / commit).is_dir():
+    commit = ref.read_bytes()[:100].decode("ascii", "replace").strip() if ref.is_file() else ""
+    # A commit is a hash: anything else (a path such as ../.., text that is not one) is not followed.
+    if _COMMIT.fullmatch(commit) and (root / "snapshots" / commit).is_dir():
         notes.append(f"took snapshot {commit[:12]} of the hub cache (refs/main)")
         return root / "snapshots" / commit
     if len(snapshots) == 1:
@@ -79,30 +83,59 @@ def _snapshot(root: Path, notes: list[str]) -> Path:
                           "give the path of one snapshot folder")
 
 
+_COMMIT = re.compile(r"[0-9a-fA-F]{7,64}")
+_VERSION = re.compile(r"[0-9A-Za-z.+_-]{1,40}")
+
+
+def read_json_file(path: Path, what: str) -> Any:
+    """The JSON value of the file `path` (`utils.jsontext.parse_json`'s bounds); `CheckpointError` naming the path,
+    what it should be (`what`, e.g. "a JSON object of the model's settings") and the reason in words otherwise."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read ({exc.strerror or type(exc).__name__}); it should be {what}") from None
+    try:
+        return parse_json(data)
+    except JSONProblem as exc:
+        raise CheckpointError(f"{path} is not {what}: {exc}; fetch the folder again") from None
+
+
 def _config(folder: Path) -> dict[str, Any] | None:
+    """The folder's parsed `config.json` (a JSON object; its fields are checked where they are used:
+    `load.check_folder_config` for the sizes, `models.target` for `norm_pix_loss`)."""
     path = folder / CONFIG_FILE
     if not path.is_file():
         return None
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}); fetch the folder again") from None
+    config = read_json_file(path, CONFIG_WHAT)
     if not isinstance(config, dict):
-        raise CheckpointError(f"{path} holds a {type(config).__name__}, not a JSON object; fetch the folder again")
+        raise CheckpointError(f"{path} holds a JSON {_json_type(config)}, not {CONFIG_WHAT}; fetch the folder again")
     return config
+
+
+CONFIG_WHAT = "a JSON object of the model's settings (transformers' config.json)"
+INDEX_WHAT = 'a shard index (a JSON object whose "weight_map" maps each tensor name to a shard file name)'
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type (array, not list)."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def _weight_map(index: Path) -> dict[str, str]:
     """The index's tensor -> shard map; shard names must be plain file names inside the folder."""
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise TypeError
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise CheckpointError(f"{index} is not a shard index (no 'weight_map' of tensor -> file); fetch it again") from None
-    outside = [name for name in weight_map.values() if Path(name).name != name or name in ("", ".", "..")]
+    data = read_json_file(index, INDEX_WHAT)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        found = ("no weight_map" if not isinstance(data, dict) or "weight_map" not in data else
+                 f"a weight_map that is a JSON {_json_type(weight_map)}" if not isinstance(weight_map, dict) else
+                 "a weight_map with a shard name that is not a string")
+        raise CheckpointError(f"{index} is not {INDEX_WHAT}: it has {found}; fetch it again")
+    outside = [name for name in weight_map.values()
+               if Path(name).name != name or name in ("", ".", "..") or "\0" in name or len(name.encode()) > 255]
     if outside:
-        raise CheckpointError(f"{index} names a shard outside its folder ({outside[0]!r}); it is not a transformers index")
+        raise CheckpointError(f"{index} names a shard that is not a file name inside its folder ({shown(outside[0])}); "
+                              "it is not a transformers index")
     return weight_map
 
 

@@ -226,13 +226,19 @@ def read(path: str | Path | CheckpointData, *, trust: bool) -> CheckpointData:
 
 def check_folder_config(data: CheckpointData, config: Any) -> list[str]:
     """Check a model folder's config.json against the model's `config`: every size of `convert.HF_CONFIG_SIZES`
-    the model has must match, except `image_size` (a model at another input size regenerates its position tables,
+    it states must be a whole number from 1 to 2**31 - 1 (`image_size` and `patch_size` also a pair of them), and
+    each the model has must match, except `image_size` (a model at another input size regenerates its position tables,
     as from any file), (else `IncompatibleCheckpointError` naming the field and both values) and the
-    activation must be the exact GELU. A different `layer_norm_eps` is not refused (the weights are the same):
-    the model's value is used and the returned warning says what the folder's would change."""
+    activation must be the exact GELU. A different `layer_norm_eps` (a positive number) is not refused (the weights
+    are the same): the model's value is used and the returned warning says what the folder's would change."""
     folder = data.folder_config
     if not folder or config is None:
         return []
+    for field_name in HF_CONFIG_SIZES:  # the types first, whatever the model: a size that is not one is never used
+        if field_name in folder and not _is_size(folder[field_name], pair=field_name in ("image_size", "patch_size")):
+            raise IncompatibleCheckpointError(
+                f"{data.path}: its config.json gives {field_name} as {_described(folder[field_name])}, not a whole "
+                f"number from 1 to {_MAX_SIZE - 1}; the folder is damaged or not a ViTMAE model, fetch it again")
     for field_name, attr in HF_CONFIG_SIZES.items():
         if field_name not in folder or not hasattr(config, attr):
             continue
@@ -246,11 +252,16 @@ def check_folder_config(data: CheckpointData, config: Any) -> list[str]:
             )
     act = folder.get("hidden_act", HF_ACTIVATION)
     if act != HF_ACTIVATION:
+        shown = repr(act) if isinstance(act, str) and len(act) <= 40 else _described(act)
         raise IncompatibleCheckpointError(
-            f"{data.path}: its config.json says hidden_act={act!r} but this model's blocks use the exact GELU "
+            f"{data.path}: its config.json says hidden_act={shown} but this model's blocks use the exact GELU "
             f"({HF_ACTIVATION!r}); the weights were trained for another activation")
     eps, own = folder.get("layer_norm_eps"), getattr(config, "layer_norm_eps", None)
-    if not isinstance(eps, (int, float)) or own is None or float(eps) == own:
+    if eps is not None and not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and 0 < eps < 1):
+        raise IncompatibleCheckpointError(
+            f"{data.path}: its config.json gives layer_norm_eps as {_described(eps)}, not a positive number below 1; "
+            "the folder is damaged or not a ViTMAE model, fetch it again")
+    if eps is None or own is None or float(eps) == own:
         return []
     # LayerNorm divides by sqrt(var + eps): the two values differ by about |eps1 - eps2| / (2 var) relative,
     # measured with torch.nn.functional.layer_norm over 1024-wide tokens (tests/large/test_load.py checks these).
@@ -258,6 +269,28 @@ def check_folder_config(data: CheckpointData, config: Any) -> list[str]:
             f"1e-6, which the weights were trained with), and {own:g} is used: LayerNorm divides by sqrt(var + eps), "
             "so the two differ by about 5e-7 relative on tokens of variance 1 (natural images), 0.5% at variance 1e-4 "
             "and 41% at 1e-6 (near-flat tokens); transformers runs this folder with its own value"]
+
+
+_MAX_SIZE = 2**31
+
+
+def _is_size(value: Any, *, pair: bool = False) -> bool:
+    """A JSON whole number from 1 to 2**31 - 1 (not a bool, a float or a string); or, with `pair`, a list of two."""
+    if pair and isinstance(value, list) and len(value) == 2:
+        return all(_is_size(v) for v in value)
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < _MAX_SIZE
+
+
+def _described(value: Any) -> str:
+    """A config.json value in a message, without echoing more than a short number: `a string`, `300 digits`."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if value is not None else "null"
+    if isinstance(value, int):
+        digits = len(str(abs(value)))
+        return str(value) if digits <= 12 else f"a number of {digits} digits"
+    if isinstance(value, float):
+        return repr(value)  # 1024.0: not a whole number to JSON readers that keep types
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
 
 
 def _plain(value: Any) -> str:

@@ -13,8 +13,8 @@ caller opts in with `trust=True` for a file they trust.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import math
 import re
 import struct
 from dataclasses import dataclass, field
@@ -31,7 +31,9 @@ from ..errors import (
     UnsafeCheckpointError,
     first_line,
     short_list,
+    shown,
 )
+from ..utils.jsontext import parse_json
 from . import folders as model_folder
 from . import keys as convert
 from .keys import StateDict
@@ -178,7 +180,7 @@ def _read_file(path: Path, *, trust: bool, mmap: bool) -> tuple[Any, str, bool]:
     container = _sniff(path)
     if container == "safetensors":
         return _load_safetensors(path), container, True
-    return _torch_load(path, trust=trust, mmap=mmap and container == "torch-zip"), container, not trust
+    return torch_load(path, trust=trust, mmap=mmap and container == "torch-zip"), container, not trust
 
 
 def _read_shards(folder: model_folder.ModelFolder, *, trust: bool, mmap: bool, fixes: list[str],
@@ -196,7 +198,8 @@ def _read_shards(folder: model_folder.ModelFolder, *, trust: bool, mmap: bool, f
         part = _unwrap(raw, file, fixes, extras)
         twice = next((k for k in part if k in sd), None)
         if twice is not None:
-            raise CheckpointError(f"{folder.path}: tensor {twice!r} is in two shards; the folder is damaged, fetch it again")
+            raise CheckpointError(f"{folder.path}: tensor {shown(twice)} is in two shards; the folder is damaged, "
+                                  "fetch it again")
         sd.update(part)
     if folder.weight_map is not None:
         listed = set(folder.weight_map)
@@ -205,7 +208,8 @@ def _read_shards(folder: model_folder.ModelFolder, *, trust: bool, mmap: bool, f
             extra = sorted(set(sd) - listed)
             raise CheckpointError(
                 f"{folder.path}: the shards do not hold what the index lists ({len(lacking)} listed but absent: "
-                f"{short_list(lacking)}; {len(extra)} present but not listed: {short_list(extra)}); fetch the folder again"
+                f"{short_list([shown(k) for k in lacking])}; {len(extra)} present but not listed: "
+                f"{short_list([shown(k) for k in extra])}); fetch the folder again"
             )
     if not containers:
         raise CheckpointError(f"{folder.path}: its index lists no weight file; the folder is damaged, fetch it again")
@@ -250,11 +254,41 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 }
 
 
-def _whole(value: Any) -> int:
-    """A JSON integer of the header (not a float, a bool or a string that would convert)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"not an integer: {value!r}")
-    return value
+# The format's own bound on the header (safetensors refuses a longer one before reading it).
+MAX_HEADER_BYTES = 100_000_000
+MAX_DIMS = 64  # torch's limit on a tensor's dimensions
+
+
+def _count(value: Any) -> bool:
+    """A JSON whole number that fits an int64 and is not negative (not a float, a bool or a string that would convert)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def _header_entries(header: Any) -> dict[str, tuple[str, list[int], int, int]]:
+    """The header's entries (name -> dtype, shape, start, stop), checked against the format before any is used;
+    `ValueError` with what is wrong, in words (never the header's text)."""
+    if not isinstance(header, dict):
+        raise ValueError("it is not a JSON object")
+    metadata = header.get("__metadata__")
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise ValueError("its __metadata__ is not an object of strings")
+    entries = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict):
+            raise ValueError(f"tensor {shown(name)} is not an object of dtype, shape and data_offsets")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dtype, str):
+            raise ValueError(f"tensor {shown(name)} has a dtype that is not a type name such as \"F32\"")
+        if not isinstance(shape, list) or not all(_count(n) for n in shape):
+            raise ValueError(f"tensor {shown(name)} has a shape that is not a list of non-negative whole numbers")
+        if len(shape) > MAX_DIMS:
+            raise ValueError(f"tensor {shown(name)} has a shape of {len(shape)} dimensions (torch allows {MAX_DIMS})")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_count(n) for n in offsets):
+            raise ValueError(f"tensor {shown(name)} has data_offsets that are not two non-negative whole numbers")
+        entries[name] = (dtype, shape, offsets[0], offsets[1])
+    return entries
 
 
 def _load_safetensors(path: Path) -> StateDict:
@@ -262,27 +296,29 @@ def _load_safetensors(path: Path) -> StateDict:
 
     The map is copy-on-write (`UntypedStorage.from_file(shared=False)`, as `torch.load(mmap=True)` maps zip
     files): pages are read on first touch, and writing to a tensor changes this process's copy, never the
-    file. The header is checked first (every tensor's bytes inside the file, sizes matching dtype and shape),
-    so a damaged file is refused before anything is mapped. Tensors come in the header's order. As with any
+    file. The header is checked first (parsed with bounds, `utils.jsontext`; every entry's dtype, shape and
+    offsets of the format's types; every tensor's bytes inside the file, sizes matching dtype and shape), so a
+    damaged file is refused before anything is mapped. Tensors come in the header's order. As with any
     memory map (`torch.load(mmap=True)`, `safe_open`), a file truncated by another process while its tensors are
     in use makes the next read of a lost page a bus error: replace checkpoints by renaming, never in place.
     """
     size = path.stat().st_size
     with path.open("rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
-        header_bytes = f.read(header_len) if header_len <= size - 8 else b""
+        if header_len > min(size - 8, MAX_HEADER_BYTES):
+            raise CheckpointError(f"{path} has a corrupt safetensors header (its length field says {header_len} bytes, "
+                                  f"{'over the format limit of 100 MB' if header_len <= size - 8 else f'the file has {size}'}); "
+                                  "the file is damaged, fetch it again")
+        header_bytes = f.read(header_len)
     try:
-        header = json.loads(header_bytes)
-        entries = {k: (v["dtype"], [_whole(n) for n in v["shape"]], _whole(v["data_offsets"][0]),
-                       _whole(v["data_offsets"][1])) for k, v in header.items() if k != "__metadata__"}
-        if any(len(v["data_offsets"]) != 2 or not isinstance(v["shape"], list) for k, v in header.items()
-               if k != "__metadata__"):
-            raise ValueError("offsets are a pair, the shape a list")
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-        raise CheckpointError(f"{path} has a corrupt safetensors header; the file is damaged, fetch it again") from None
+        entries = _header_entries(parse_json(header_bytes))
+    except ValueError as exc:  # JSONProblem included: a reason in words
+        raise CheckpointError(f"{path} has a corrupt safetensors header ({exc}); it should be a JSON object of "
+                              "tensor name -> dtype, shape and data_offsets: the file is damaged, fetch it again") from None
     unknown = sorted({e[0] for e in entries.values()} - set(SAFETENSORS_DTYPES))
     if unknown:
-        raise CheckpointError(f"{path} holds tensors of type {', '.join(unknown)}, which this tool does not read; "
+        names = [u if u.isprintable() and len(u) <= 20 else shown(u, 20) for u in unknown]
+        raise CheckpointError(f"{path} holds tensors of type {short_list(names)}, which this tool does not read; "
                               "save them as F32, F16 or BF16")
     entries = {k: (SAFETENSORS_DTYPES[d], shape, start, stop) for k, (d, shape, start, stop) in entries.items()}
     base = 8 + header_len
@@ -293,12 +329,10 @@ def _load_safetensors(path: Path) -> StateDict:
             "fetch it again"
         )
     for name, (dtype, shape, start, stop) in entries.items():
-        numel = 1
-        for n in shape:
-            numel *= n
-        if min(shape, default=0) < 0 or not 0 <= start <= stop or stop - start != numel * dtype.itemsize:
-            raise CheckpointError(f"{path} is a damaged safetensors file (tensor {name!r}: {stop - start} bytes for "
-                                  f"{shape} {str(dtype).removeprefix('torch.')}); fetch it again")
+        numel = math.prod(shape)
+        if not start <= stop or stop - start != numel * dtype.itemsize:
+            raise CheckpointError(f"{path} is a damaged safetensors file (tensor {shown(name)}: {stop - start} bytes "
+                                  f"for {shape} {str(dtype).removeprefix('torch.')}); fetch it again")
     # As the format requires (and safetensors' own reader checks): the tensors tile the data buffer, in offset
     # order, with no gap, no overlap and nothing after the last one, so no two tensors share bytes.
     spans = sorted((start, stop) for _, _, start, stop in entries.values())
@@ -316,13 +350,22 @@ def _load_safetensors(path: Path) -> StateDict:
     return out
 
 
-def _torch_load(path: Path, *, trust: bool, mmap: bool) -> Any:
+TRUST_ADVICE = "if you trust its source, pass trust=True"
+
+
+def torch_load(path: Path, *, trust: bool = False, mmap: bool = False, advice: str = TRUST_ADVICE,
+               damaged: str = "fetch it again") -> Any:
+    """`torch.load` of a pickle file, safely: `weights_only=True` (tensors, plain containers and `SAFE_GLOBALS`)
+    unless `trust`. A pickle that asks for more is refused with `UnsafeCheckpointError` naming the globals it asked
+    for, ending with `advice` (what the caller offers instead: by default `trust=True`); a damaged one is a
+    `CheckpointError` with the unpickler's own complaint (never torch's advice to set weights_only=False), ending
+    with `damaged`."""
     if trust:
         log.warning("%s: loading with weights_only=False (trusted file): its pickle may run code", path)
         try:
             return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
         except Exception as exc:  # anything the pickle raised
-            raise CheckpointError(f"{path} could not be read even as a trusted file: {exc}") from None
+            raise CheckpointError(f"{path} could not be read even as a trusted file: {first_line(str(exc))}") from None
     try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
@@ -333,10 +376,9 @@ def _torch_load(path: Path, *, trust: bool, mmap: bool) -> Any:
                                                     or "Unsupported global" in message) else []
         if names:
             raise UnsafeCheckpointError(
-                f"{path} asks to build objects beyond tensors ({', '.join(names)}), so it was not loaded; "
-                "if you trust its source, pass trust=True"
+                f"{path} asks to build objects beyond tensors ({short_list(names)}), so it was not loaded; {advice}"
             ) from None
-        raise CheckpointError(f"{path} is truncated or corrupt ({_pickle_detail(message)}); fetch it again") from None
+        raise CheckpointError(f"{path} is truncated or corrupt ({_pickle_detail(message)}); {damaged}") from None
 
 
 def _pickle_detail(message: str) -> str:

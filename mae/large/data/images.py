@@ -13,7 +13,6 @@ CLI can report it in one line and carry on with the next image.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from ..catalog import CROPS, EVAL_RESIZE
 from ..errors import ImageError, invalid_argument
+from ..utils.imagefile import decode_image
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -178,52 +178,13 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
 
     The EXIF orientation is applied (phone photos come out upright) and every mode becomes RGB:
     transparency is composited over white, 16-bit and float grayscale are scaled to 0-255 (see
-    `to_rgb_image`). Pillow's decompression-bomb warning is treated as an error.
+    `to_rgb_image`). The guards are `utils.imagefile.decode_image`'s (a mask image gets the same): Pillow's
+    decompression-bomb warning is treated as an error.
 
     Raises `ImageError`, with one sentence naming the file and the problem, for a missing file, a
     folder, an empty file, a file Pillow cannot read, a truncated or damaged file, and a bomb.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ImageError(f"image {path} does not exist; check the path")
-    if path.is_dir():
-        raise ImageError(f"{path} is a directory, not an image file; pass the image files inside it instead")
-    try:
-        if path.stat().st_size == 0:
-            raise ImageError(f"image {path} is empty (0 bytes); re-download or re-export it")
-    except OSError as exc:  # pragma: no cover - a race with deletion, or a permission problem
-        raise ImageError(f"image {path} cannot be read ({exc.strerror or exc})") from exc
-
-    # catch_warnings is process-wide state, but only for the duration of the decode; it turns
-    # Pillow's DecompressionBombWarning (between 1x and 2x the limit) into an exception too.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(path) as src:
-                # Image.open only reads the header; load() decodes every byte, which is where
-                # truncated and damaged files fail.
-                src.load()
-                return to_rgb_image(_upright(src))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            limit = Image.MAX_IMAGE_PIXELS
-            raise ImageError(
-                f"image {path} is larger than Pillow's safety limit of {limit} pixels; "
-                "raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
-            ) from exc
-        except UnidentifiedImageError as exc:
-            raise ImageError(f"{path} is not an image Pillow can read (unknown or unsupported format)") from exc
-        except PermissionError as exc:
-            raise ImageError(f"image {path} cannot be read (permission denied)") from exc
-        except OSError as exc:
-            if "truncated" in str(exc):
-                raise ImageError(f"image {path} is truncated ({exc}); re-download or re-export it") from exc
-            raise ImageError(f"image {path} is damaged and cannot be decoded ({exc})") from exc
-        except MemoryError:
-            raise
-        except Exception as exc:  # Pillow's plugins also raise SyntaxError, ValueError, struct.error...
-            raise ImageError(
-                f"image {path} is damaged and cannot be decoded ({type(exc).__name__}: {exc})"
-            ) from exc
+    return decode_image(path, lambda src: to_rgb_image(_upright(src)))
 
 
 def _upright(img: Image.Image) -> Image.Image:

@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from ..errors import MAEError, invalid_argument
+from ..errors import MAEError, invalid_argument, short_list
 
 COMPATIBILITY_KEYS = ("checkpoint", "layer", "pool", "transform")
 
@@ -151,6 +151,22 @@ def check_labels(labels: torch.Tensor, rows: int, name: str) -> torch.Tensor:
     if rows and int(labels.min()) < 0:
         raise invalid_argument(name, f"{name} holds a negative class {int(labels.min())}; classes are 0, 1, 2, ...")
     return labels.cpu()
+
+
+def named_classes(features: object, labels: Mapping[str, torch.Tensor]) -> int | None:
+    """The number of classes the train features name (`classes`, from the folders of their tree), checked against
+    the labels of each set (`{"train": ..., "val": ...}`): a label outside them refuses, naming the set (its value is
+    the `num_classes` of `knn` and `probe`). None when the features name no classes."""
+    classes = getattr(features, "classes", None)
+    if not classes:
+        return None
+    for which, values in labels.items():
+        largest = int(values.max()) if values.numel() else -1
+        if largest >= len(classes):
+            raise invalid_argument(which, f"the {which} features hold class {largest} but the train features name "
+                                   f"{len(classes)} classes ({short_list(list(classes))}); embed both from trees with "
+                                   "the same class folders")
+    return len(classes)
 
 
 def resolve_classes(num_classes: int | None, *labels: torch.Tensor) -> int:

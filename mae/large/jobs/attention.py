@@ -19,6 +19,7 @@ from torch import nn
 
 from ..data.images import Crop, ImageFailure
 from ..errors import invalid_argument
+from ..models.mae import check_mask_ratio
 from ..models.masks import MaskSpec, build_mask, parse_mask
 from ..utils.device import resolve_device
 from ..utils.outputs import guard_output, output_stems
@@ -87,8 +88,11 @@ def attention(
         ev.loaded(net)
         removed = None
         if spec is not None or mask_ratio > 0:
+            ratio = mask_ratio if mask_ratio > 0 else 0.75
+            if spec is None or (spec.kind in ("random", "block") and spec.ratio is None):  # the ratio is mask_ratio's
+                check_mask_ratio(ratio, net.config.num_patches)
             removed = build_mask(spec if spec is not None else parse_mask("random"), net.config.img_size,
-                                 net.config.patch_size, ratio=mask_ratio if mask_ratio > 0 else 0.75, seed=seed)
+                                 net.config.patch_size, ratio=ratio, seed=seed)
             if not bool(removed.any()):
                 raise invalid_argument("mask", f"mask {spec.text if spec else 'random'} removes no patch of the "
                                                f"{removed.numel()}; choose a mask that removes at least one")

@@ -108,9 +108,12 @@ class CheckpointSummary:
         if self.damaged:
             bad = self.nonfinite
             names = short_list([f"{t.name} ({t.nonfinite} of {t.numel} values)" for t in bad])
-            also = f"; besides, {c.problem()}" if not c.loadable else ""
+            also = "".join(f"; besides, {p}" for p in (self.config_problem, None if c.loadable else c.problem()) if p)
             return (f"damaged: {len(bad)} tensors hold NaN or infinite values ({names}), so loading refuses the file "
                     f"unless allow_nonfinite=True{also}; fetch or export it again")
+        if self.config_problem:  # whatever the tensors are: loading refuses the folder (`loadable` says so too)
+            also = f"; besides, {c.problem()}" if not c.loadable else ""
+            return f"not loadable into {self.model_name}: {self.config_problem}{also}"
         if c.kind == "full":
             return f"loadable as is: all {c.num_expected} tensors of {self.model_name} (encoder + decoder)"
         if c.kind == "encoder-only":
@@ -121,8 +124,6 @@ class CheckpointSummary:
             return (f"a fine-tuned classifier ({c.num_classes} classes, {pooling}): "
                     f"loadable with VisionTransformer.from_pretrained(head='file') and for features (its own pooling "
                     f"and trained fc_norm); no final norm and no decoder, so not for reconstructions")
-        if self.config_problem and c.loadable:
-            return f"not loadable into {self.model_name}: {self.config_problem}"
         hint = f"; {c.hint}" if c.hint else ""
         return f"not loadable into {self.model_name}: {c.problem()}{hint}"
 

@@ -347,8 +347,12 @@ def _export(graph: nn.Module, model: nn.Module, target: Path, what: str, *, dyna
     # Staged in a hidden folder beside the target under the final names: the model file names its data file.
     with staging_folder(target.parent) as staging:
         staged = staging / target.name
-        with _quiet_exporter():
-            program.save(staged)  # torch moves the weights to `NAME.data` beyond 1.5 GiB
+        try:
+            with _quiet_exporter():
+                program.save(staged)  # torch moves the weights to `NAME.data` beyond 1.5 GiB
+        except OSError as exc:  # a full disk, a file-size limit: the file being written is `target` (staged here)
+            exc.filename = str(target)
+            raise
         del program
         staged_data = staging / f"{target.name}.data"
         data = staged_data if staged_data.exists() else None

@@ -6,6 +6,9 @@ error panels, separate panels, animations and a gallery; as one process or as se
 list of ratios draws a row per ratio (masks nested: one seed's noise). What the decoder predicts is asked for,
 known (the catalogue, a folder's `config.json`) or measured on the first images (`models.target`). Under torchrun
 each process draws its own share of the images; rank 0 gathers the rows and writes the gallery.
+
+Every figure (and every animation frame) states its mask: the `--mask` text with the ratio and seed it was drawn
+with, and the share of patches actually removed. The gallery records the run's settings.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ..models.target import TargetChoice, resolve_target
 from ..utils.device import resolve_device
 from ..utils.outputs import guard_output, output_stems
 from ..viz.animation import ANIMATION_RATIOS, save_animation
-from ..viz.figures import SweepRow, check_panel_names, panels_figure, save_figure, sweep_figure
+from ..viz.figures import SweepRow, check_panel_names, mask_statement, panels_figure, save_figure, sweep_figure
 from ..viz.gallery import write_gallery
 from ..viz.panels import error_map, make_panels, save_panel
 from .forward import Masking, SweepResult, detect_target_on_files, maskings_for, sweep_files
@@ -48,10 +51,11 @@ class ReconstructRun(JobRun):
     failures: list[ImageFailure]
     kind: str  # the checkpoint's kind (full, encoder-only, random-init, ...)
     mask: str  # the mask as given (random, block:0.6, ...)
-    ratios: list[float]
+    ratios: list[float]  # each ratio once, in the order first given
     seed: int
     target: TargetChoice
     gallery: Path | None
+    sweep: bool = False  # a list of ratios was given: a row per ratio, and a "sweep" in every row
 
 
 def reconstruct(
@@ -83,7 +87,8 @@ def reconstruct(
         inputs: image files and folders (`recursive`: their sub-folders too).
         model: a `MaskedAutoencoderViT`, a checkpoint path, a `ModelSource`, or None for a seeded random init.
         out_dir: the folder for `<stem>.png` (and `<stem>.<panel>.png`, `<stem>.gif`, `index.html`).
-        mask_ratios: one ratio (default 0.75, or the mask's own), or several: a row per ratio.
+        mask_ratios: one ratio (default 0.75, or the mask's own), or several: a row per ratio (a ratio given twice
+            is drawn once, with a note).
         mask: `random` (the official mask at the ratio and `seed`) or any `masks.parse_mask` text / `MaskSpec`.
         seed: the masking seed (the official demo's is 2).
         panels: the panels in order, of `viz.figures.PANEL_NAMES`.
@@ -99,9 +104,10 @@ def reconstruct(
     Returns the rows on rank 0 (None on the other ranks of a torchrun run). An input that cannot be read, or whose
     reconstruction is not finite, is a failure row; nothing is drawn for it."""
     spec = parse_mask(mask) if isinstance(mask, str) else mask
-    ratios = _ratios(mask_ratios, spec)
+    sweep = mask_ratios is not None and len(mask_ratios) > 1
+    ratios = _ratios(mask_ratios, spec, events)
     names = check_panel_names(panels)
-    if save_panels and len(ratios) > 1:
+    if save_panels and sweep:
         raise invalid_argument("ratios", "save_panels writes the panels of one reconstruction; give one mask ratio")
     if animate not in (None, "ratios", "seeds") or animate_format not in ("gif", "webp"):
         raise invalid_argument("animate", f"animate must be ratios or seeds and its format gif or webp, got "
@@ -113,7 +119,7 @@ def reconstruct(
     stems = output_stems(paths, out_dir, _files(save_panels, suffix))  # from every input: ranks agree on names
     chosen = None if spec.kind == "random" and spec.ratio is None else spec
     drawn = _Drawer(names, out_dir, stems, nested=spec.kind == "random", save_panels=save_panels, animate=animate,
-                    animate_format=animate_format, seed=seed, ratio=ratios[0], mask=chosen)
+                    animate_format=animate_format, seed=seed, ratios=ratios, mask=chosen, spec=spec, sweep=sweep)
 
     def setup(ctx: Any, ev: Events) -> tuple[nn.Module, list[Masking], TargetChoice]:
         net = source.mae(ctx.device)
@@ -153,15 +159,32 @@ def reconstruct(
     failures += failed
     ok = [r for r in rows if "error" not in r]
     wants_gallery = any(Path(i).is_dir() for i in inputs) if gallery is None else gallery
-    written = write_gallery(out_dir, [(Path(r["image"]).name, r["loss"], r["output"], r.get("note")) for r in ok]) \
-        if ok and wants_gallery else None
+    settings = {"checkpoint": _checkpoint_label(source, net), "kind": checkpoint_kind(net), "mask": spec.text or spec.kind,
+                "mask ratios": ratios, "seed": seed, "target": f"{choice.target} ({choice.how})"}
+    written = write_gallery(out_dir, [(Path(r["image"]).name, r["loss"], r["output"], r.get("note")) for r in ok],
+                            settings=settings) if ok and wants_gallery else None
     return ReconstructRun(rows=rows, failures=failures, kind=checkpoint_kind(net), mask=spec.text, ratios=ratios, seed=seed,
-                          target=choice, gallery=written, seconds=time.perf_counter() - started, model=net)
+                          target=choice, gallery=written, sweep=sweep, seconds=time.perf_counter() - started, model=net)
 
 
-def _ratios(mask_ratios: Sequence[float] | None, spec: MaskSpec) -> list[float]:
-    """The ratios of the run: as given, else the mask's own, else the official 0.75; a fixed-shape mask takes one."""
+def _checkpoint_label(source: ModelSource, net: Any) -> str:
+    """Where the model came from, for the gallery: the checkpoint path, or what stood in for one."""
+    report = getattr(net, "load_report", None)
+    if source.checkpoint is not None or report is not None:
+        return str(source.checkpoint if source.checkpoint is not None else report.path)
+    return "none: a model given in Python" if source.model is not None else f"none: random init (seed {source.seed})"
+
+
+def _ratios(mask_ratios: Sequence[float] | None, spec: MaskSpec, events: Events = QUIET) -> list[float]:
+    """The ratios of the run: as given (each once, with a note for repeats), else the mask's own, else the official
+    0.75; a fixed-shape mask takes one."""
     ratios = [float(r) for r in mask_ratios] if mask_ratios is not None else None
+    if ratios is not None and len(set(ratios)) < len(ratios):
+        repeated = sorted({r for r in ratios if ratios.count(r) > 1})
+        shown = ", ".join(f"{r:g}" for r in repeated)
+        events.note(f"mask ratio{'s' if len(repeated) > 1 else ''} {shown} {'were' if len(repeated) > 1 else 'was'} "
+                    "given more than once; each ratio is drawn once")
+        ratios = list(dict.fromkeys(ratios))
     if ratios is not None and spec.fixed_shape and len(ratios) > 1:
         raise invalid_argument("ratios", f"mask {spec.text} removes the same patches at every ratio; give one mask "
                                          "ratio (or none) with it")
@@ -187,22 +210,28 @@ class _Drawer:
     """Draws and saves one image's figure (a row per masking), its panels and animation; returns its row."""
 
     def __init__(self, names: tuple[str, ...], out_dir: Path, stems: dict[Path, str], *, nested: bool, save_panels: bool,
-                 animate: str | None, animate_format: str, seed: int, ratio: float, mask: MaskSpec | None) -> None:
+                 animate: str | None, animate_format: str, seed: int, ratios: list[float], mask: MaskSpec | None,
+                 spec: MaskSpec, sweep: bool) -> None:
         self.names, self.out_dir, self.stems, self.nested, self.save_panels = names, out_dir, stems, nested, save_panels
-        self.animate, self.animate_format, self.seed, self.ratio, self.mask = animate, animate_format, seed, ratio, mask
+        self.animate, self.animate_format, self.seed, self.ratio, self.mask = animate, animate_format, seed, ratios[0], mask
+        self.ratios, self.spec, self.sweep = ratios, spec, sweep
 
     def __call__(self, model: Any, item: SweepResult, norm_pix: bool) -> dict[str, Any]:
         note = _note(model, norm_pix)
         rows = []
-        for masking, pred, mask, loss in zip(item.maskings, item.preds, item.masks, item.losses):
+        # A row is titled with the ratio asked for (a block mask's masking carries the ratio it reached instead).
+        fits = len(self.ratios) == len(item.maskings) and not self.spec.fixed_shape
+        asked = self.ratios if fits else [m.ratio for m in item.maskings]
+        for ratio, pred, mask, loss in zip(asked, item.preds, item.masks, item.losses):
             panels = make_panels(model, item.image[None], pred[None], mask[None], norm_pix=norm_pix)[0]
             error = error_map(model, item.image[None], pred[None], mask[None])[0] if "error" in self.names else None
-            rows.append(SweepRow(masking.ratio, loss, panels, error))
-        if len(rows) == 1:
+            rows.append(SweepRow(ratio, loss, panels, error))
+        if not self.sweep:
             fig = panels_figure(rows[0].panels, self.names, error=rows[0].error, title=item.path.name, loss=rows[0].loss,
-                                note=note)
+                                note=note, mask=_describe(self.spec, ratio=item.maskings[0].ratio, seed=self.seed))
         else:
-            fig = sweep_figure(rows, names=self.names, title=item.path.name, note=note, nested=self.nested)
+            fig = sweep_figure(rows, names=self.names, title=item.path.name, note=note, nested=self.nested and len(rows) > 1,
+                               mask=_describe(self.spec, ratio=None, seed=self.seed))
         stem = self.stems[item.path]
         figure_path = save_figure(fig, self.out_dir / f"{stem}.png")
         written = [str(figure_path)]
@@ -214,7 +243,7 @@ class _Drawer:
         masks = [[int(i) for i in mask.nonzero().flatten().tolist()] for mask in item.masks]
         row = {"image": str(item.path), "loss": item.losses[0], "output": str(figure_path), "files": written,
                "note": note, "mask": masks[0]}
-        if len(rows) > 1:
+        if self.sweep:
             row["sweep"] = [{"mask_ratio": m.ratio, "loss": loss, "mask": removed}
                             for m, loss, removed in zip(item.maskings, item.losses, masks)]
         return row
@@ -222,17 +251,33 @@ class _Drawer:
     def _animation(self, model: Any, item: SweepResult, norm_pix: bool, path: Path) -> Path:
         """One forward per frame, frames drawn with PIL."""
         if self.animate == "seeds":
-            maskings = maskings_for(model, ratios=[self.ratio], seeds=list(range(ANIMATION_SEEDS)), mask=self.mask)
+            seeds = list(range(ANIMATION_SEEDS))
+            maskings = maskings_for(model, ratios=[self.ratio], seeds=seeds, mask=self.mask)
+            described = [_describe(self.spec, ratio=self.ratio, seed=s) for s in seeds]
         else:
             usable = [r for r in ANIMATION_RATIOS if int(model.config.num_patches * (1 - r)) >= 1]
             maskings = maskings_for(model, ratios=usable, seeds=[self.seed], mask=self.mask)
+            described = [_describe(self.spec, ratio=None, seed=self.seed)] * len(maskings)
         swept = next(iter(sweep_files(model, [item.path], maskings, overlap=False)))
         if not isinstance(swept, SweepResult):
             raise ImageError(swept.reason)
         frames = [make_panels(model, swept.image[None], pred[None], mask[None], norm_pix=norm_pix)[0]
                   for pred, mask in zip(swept.preds, swept.masks)]
-        labels = [f"{m.label} | loss {loss:.4f}" for m, loss in zip(maskings, swept.losses)]
+        labels = [f"{m.label} | loss {loss:.4f}\n{mask_statement(text, float(mask.float().mean()))}"
+                  for m, loss, text, mask in zip(maskings, swept.losses, described, swept.masks)]
         return save_animation(frames, path, labels=labels)
+
+
+_SEEDED = ("random", "block")  # the mask kinds drawn from the seed
+
+
+def _describe(spec: MaskSpec, *, ratio: float | None, seed: int) -> str:
+    """The mask as a figure states it, in the `--mask` syntax with what it was drawn with: "random:0.75, seed 2",
+    "block:0.6, seed 2", "right". `ratio` None: the ratio is stated elsewhere (a sweep's rows, the frames)."""
+    text = spec.text or spec.kind
+    if spec.kind in _SEEDED and spec.ratio is None and ratio is not None:
+        text = f"{spec.kind}:{ratio:g}"
+    return f"{text}, seed {seed}" if spec.kind in _SEEDED else text
 
 
 def _note(model: Any, norm_pix: bool) -> str | None:

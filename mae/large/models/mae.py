@@ -27,6 +27,7 @@ from ..checkpoints.load import LoadReport
 from ..checkpoints.read import CheckpointData
 from ..config import MAEConfig
 from ..cost import warn_if_large
+from ..errors import invalid_argument
 from ..utils.device import resolve_device
 from .filters import FIXED_TABLES, fit_mae_state
 from .intermediates import EncoderTokens, collect_intermediates, grid_tokens
@@ -61,16 +62,16 @@ DEFAULT_MASK_RATIO = 0.75  # the official pre-training ratio
 def check_mask_ratio(mask_ratio: float, num_patches: int) -> int:
     """Validate `mask_ratio` and return how many patches stay visible (the official `len_keep`)."""
     if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, numbers.Real):
-        raise ValueError(f"mask_ratio must be a number in [0, 1), got {mask_ratio!r}")
+        raise invalid_argument("mask_ratio", f"mask_ratio must be a number in [0, 1), got {mask_ratio!r}")
     mask_ratio = float(mask_ratio)
     if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(
-            f"mask_ratio must be in [0, 1) (at 1.0 no patch is visible to the encoder), got {mask_ratio}"
+        raise invalid_argument(
+            "mask_ratio", f"mask_ratio must be in [0, 1) (at 1.0 no patch is visible to the encoder), got {mask_ratio}"
         )
     len_keep = int(num_patches * (1 - mask_ratio))
     if len_keep < 1:
-        raise ValueError(
-            f"mask_ratio {mask_ratio} leaves no visible patch out of {num_patches}; use a smaller ratio"
+        raise invalid_argument(
+            "mask_ratio", f"mask_ratio={mask_ratio:g} leaves no visible patch out of {num_patches}; use a smaller ratio"
         )
     return len_keep
 

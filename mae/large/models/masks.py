@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from ..config import Size2D
-from ..errors import ImageError, invalid_argument
+from ..errors import invalid_argument, shown
+from ..utils.imagefile import decode_image
 
 KINDS: tuple[str, ...] = ("random", "block", "grid", "box", "left", "right", "top", "bottom", "center", "file",
                           "patches")
@@ -153,14 +154,10 @@ def file_mask(path: str | os.PathLike[str], grid: Size2D) -> torch.Tensor:
     """A black-and-white image, white = removed, laid over the grid: a patch is removed when more than half of its
     area is white (grey levels are thresholded at 128 first), the fraction weighted by the exact area each mask
     pixel covers of the patch's cell, whatever the image's size (`_cell_overlaps`; integer arithmetic, no rounding)."""
-    from PIL import Image
-
     path = Path(path)
-    try:
-        with Image.open(path) as img:
-            white = np.asarray(img.convert("L"), dtype=np.uint8) >= 128  # (H, W)
-    except (OSError, ValueError) as exc:
-        raise ImageError(f"mask image {path} cannot be read ({exc}); give a black-and-white PNG") from None
+    # The guards of every image this project reads (`utils.imagefile`): a bomb is refused from its header.
+    white = decode_image(path, lambda img: np.asarray(img.convert("L"), dtype=np.uint8) >= 128, what="mask image",
+                         folder_hint="give a black-and-white image file (white = removed)")  # (H, W)
     rows, cols = grid
     height, width = white.shape
     oy, ox = _cell_overlaps(height, rows), _cell_overlaps(width, cols)  # (rows, H), (cols, W)
@@ -207,10 +204,14 @@ class MaskSpec:
 
 
 def _numbers(text: str, what: str) -> list[float]:
+    """Comma-separated finite numbers (`1e400`, `inf` and `nan` are refused: no mask parameter is infinite)."""
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise invalid_argument("mask", f"{what} must be numbers separated by commas, got {text!r}") from None
+        raise invalid_argument("mask", f"{what} must be numbers separated by commas, got {shown(text)}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise invalid_argument("mask", f"{what} must be finite numbers, got {shown(text)}")
+    return values
 
 
 def parse_mask(text: str) -> MaskSpec:
@@ -220,15 +221,18 @@ def parse_mask(text: str) -> MaskSpec:
     if kind == "half":
         kind, arg = arg.lower(), ""
     if kind not in KINDS:
-        raise invalid_argument("mask", f"unknown mask {text!r}; use one of {', '.join(KINDS)} (e.g. block:0.75, "
+        raise invalid_argument("mask", f"unknown mask {shown(text)}; use one of {', '.join(KINDS)} (e.g. block:0.75, "
                                        "box:60,40,180,200, right, file:mask.png, patches:0,1,14)")
     if kind in ("random", "block", "center"):
-        ratio = _check_ratio(_numbers(arg, "a ratio")[0], "mask ratio") if arg else None
+        values = _numbers(arg, "a ratio") if arg else []
+        if arg and len(values) != 1:
+            raise invalid_argument("mask", f"{kind} takes one ratio such as {kind}:0.75, got {shown(arg)}")
+        ratio = _check_ratio(values[0], "mask ratio") if values else None
         return MaskSpec(kind, ratio=ratio, text=text)
     if kind == "box":
         values = _numbers(arg, "box coordinates")
         if len(values) != 4:
-            raise invalid_argument("mask", f"box needs 4 numbers x0,y0,x1,y1, got {arg!r}")
+            raise invalid_argument("mask", f"box needs 4 numbers x0,y0,x1,y1, got {shown(arg)}")
         fractions = all(0.0 <= v <= 1.0 for v in values) and "." in arg
         return MaskSpec(kind, box=(values[0], values[1], values[2], values[3]), fractions=fractions, text=text)
     if kind == "file":
@@ -237,11 +241,11 @@ def parse_mask(text: str) -> MaskSpec:
         return MaskSpec(kind, path=Path(arg), text=text)
     if kind == "patches":
         values = _numbers(arg, "patch indices")
-        if not values or any(v != int(v) for v in values):
-            raise invalid_argument("mask", f"patches needs whole indices such as patches:0,1,14, got {arg!r}")
+        if not values or any(v != int(v) or abs(v) >= 2**53 for v in values):  # beyond 2**53 a float is not exact
+            raise invalid_argument("mask", f"patches needs whole indices such as patches:0,1,14, got {shown(arg)}")
         return MaskSpec(kind, indices=tuple(int(v) for v in values), text=text)
     if arg:
-        raise invalid_argument("mask", f"mask {kind} takes no parameter, got {text!r}")
+        raise invalid_argument("mask", f"mask {kind} takes no parameter, got {shown(text)}")
     return MaskSpec(kind, text=text)
 
 

@@ -27,8 +27,11 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, CheckpointNotFoundError
+from ..checkpoints.containers import save_torch
+from ..checkpoints.read import torch_load
+from ..errors import CheckpointError, CheckpointNotFoundError, MAEError
 from ..utils.atomic import atomic_path
+from ..utils.jsontext import JSONProblem, parse_json
 
 LAST = "checkpoint-last.pth"
 BEST = "checkpoint-best.pth"
@@ -69,7 +72,7 @@ def plain(value: Any) -> Any:
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
     """`torch.save(state)` atomically: a reader (or a run killed meanwhile) never sees half a file."""
     with atomic_path(path) as tmp:
-        torch.save(dict(state), tmp)
+        save_torch(dict(state), tmp, path)
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -100,13 +103,19 @@ def resume_file(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+RESUME_ADVICE = ("a fine-tuning run's checkpoints hold only tensors and plain data, so resume from one written by a "
+                 "run (checkpoint-last.pth)")
+
+
 def load_run_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint written by a run (`torch.load(weights_only=True)`), with every entry resuming needs."""
+    """A checkpoint written by a run (`torch.load(weights_only=True)`, as `checkpoints.read.torch_load` reads every
+    pickle: one that asks for more is refused naming the globals), with every entry resuming needs."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file, said in one sentence
-        raise CheckpointError(f"{path} cannot be resumed from ({str(exc).splitlines()[0][:200]}); name a checkpoint "
-                              "written by a fine-tuning run") from None
+        state = torch_load(path, advice=RESUME_ADVICE, damaged="it cannot be resumed from: name a checkpoint "
+                           "written by a fine-tuning run (checkpoint-last.pth)")
+    except CheckpointError as exc:  # a pickle that carries code, or a damaged file: the run's file to fix
+        exc.argument = "resume"
+        raise
     missing = [k for k in (*RUN_ENTRIES, "rng") if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path} has no {', '.join(missing)} entr{'y' if len(missing) == 1 else 'ies'}; resume "
@@ -119,12 +128,38 @@ def write_json(path: Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
+LOG_WHAT = "one JSON object per finished epoch"
+
+
 def read_log(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of `log.jsonl` (none when it does not exist)."""
+    """The records of `log.jsonl` (none when it does not exist); a line that is not a JSON object (with a whole
+    `epoch`, when it has one) is a `MAEError` naming the file, the line and what each line should be."""
     path = run_dir / LOG
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_bytes().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = parse_json(line, allow_nan=True)  # a diverged epoch logs NaN, as json.dumps writes it
+        except JSONProblem as exc:
+            raise _log_error(path, number, str(exc)) from None
+        if not isinstance(record, dict):
+            raise _log_error(path, number, "not a JSON object")
+        epoch = record.get("epoch", 0)
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            raise _log_error(path, number, "its epoch is not a whole number")
+        records.append(record)
+    return records
+
+
+def _log_error(path: Path, number: int, reason: str) -> MAEError:
+    reason = reason.replace("(line 1, column", "(column")  # a log line is one line
+    error = MAEError(f"{path} line {number} is {reason if reason.startswith('not') else f'not usable ({reason})'}; "
+                     f"the run's log holds {LOG_WHAT}: remove the damaged line (or the file) to resume the run")
+    error.argument = "resume"
+    return error
 
 
 def append_log(run_dir: Path, record: Mapping[str, Any]) -> None:

@@ -1,3 +1,3 @@
-"""Helpers with no model in them: devices and autocast, atomic writes, stop requests, NaN / Inf, keyed seeds, torchrun."""
+"""Helpers with no model in them: devices, atomic writes, stop requests, NaN / Inf, keyed seeds, torchrun, outside files."""
 
-__all__ = ['atomic', 'cancel', 'device', 'distributed', 'keyed', 'nonfinite', 'optim', 'outputs']
+__all__ = ['atomic', 'cancel', 'device', 'distributed', 'imagefile', 'jsontext', 'keyed', 'nonfinite', 'optim', 'outputs']

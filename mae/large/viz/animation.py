@@ -38,7 +38,9 @@ _FRAME_PANELS = (("masked", "masked"), ("visible", "reconstruction + visible"))
 
 def animation_frame(panels: ReconstructionPanels, label: str, *, scale: int | None = None) -> Image.Image:
     """One animation frame, an RGB image: masked | reconstruction + visible side by side, the panel names
-    over them and `label` (e.g. `mask_ratio_label(0.35)` or "seed 4") on top.
+    over them and `label` (e.g. `mask_ratio_label(0.35)` or "seed 4") on top. A label of several lines
+    ("mask ratio 0.35 | loss 0.41\nmask random, seed 2 | removed 0.352") has its first line large and the
+    others in the captions' size; each line makes the frame taller (give every frame of an animation as many).
 
     Drawn with Pillow and its default font, so a frame costs milliseconds. Each panel is enlarged by the
     whole factor `scale` (nearest neighbour, patch edges stay sharp); by default the smallest factor that
@@ -54,18 +56,23 @@ def animation_frame(panels: ReconstructionPanels, label: str, *, scale: int | No
         raise invalid_argument("scale", f"scale must be a whole number >= 1, got {scale!r}")
     w, h = width * scale, height * scale
     pad = _FRAME_PAD
-    band = pad + _LABEL_PX + 6 + _CAPTION_PX + 4
+    first, *more = label.split("\n")
+    lines_px = len(more) * (_CAPTION_PX + 4)  # the label's further lines, each in the captions' size
+    band = pad + _LABEL_PX + 6 + lines_px + _CAPTION_PX + 4
     frame = Image.new("RGB", (2 * w + 3 * pad, band + h + pad), "white")
     draw = ImageDraw.Draw(frame)
     label_font, caption_font = _pil_font(_LABEL_PX), _pil_font(_CAPTION_PX)
-    _centred_text(draw, frame.width / 2, pad, _latin1_text(label), label_font, (0, 0, 0))
+    _centred_text(draw, frame.width / 2, pad, _latin1_text(first), label_font, (0, 0, 0))
+    for i, line in enumerate(more):
+        _centred_text(draw, frame.width / 2, pad + _LABEL_PX + 4 + i * (_CAPTION_PX + 4), _latin1_text(line),
+                      caption_font, (0, 0, 0))
     for i, (name, caption) in enumerate(_FRAME_PANELS):
         x = pad + i * (w + pad)
         image = pil_image(panel_of(panels, name))
         if scale != 1:
             image = image.resize((w, h), Image.Resampling.NEAREST)
         frame.paste(image, (x, band))
-        _centred_text(draw, x + w / 2, pad + _LABEL_PX + 6, caption, caption_font, (70, 70, 70))
+        _centred_text(draw, x + w / 2, pad + _LABEL_PX + 6 + lines_px, caption, caption_font, (70, 70, 70))
     return frame
 
 

@@ -34,8 +34,10 @@ __all__ = [
     "check_panel_names",
     "drawable_text",
     "mask_ratio_label",
+    "mask_statement",
     "panels_figure",
     "reconstruction_figure",
+    "removed_fraction",
     "save_figure",
     "sweep_figure",
 ]
@@ -57,15 +59,18 @@ def reconstruction_figure(
     title: str | None = None,
     loss: float | None = None,
     note: str | None = None,
+    mask: str | None = None,
     figsize: tuple[float, float] = (16.0, 4.8),
 ) -> Figure:
     """One row of four images titled as in the official demo, with title, loss and note on top.
 
     The suptitle joins the parts that are given, e.g. "cat.jpg | loss 0.4321 | random decoder"; there
-    is none when all three are None. Axes are switched off (no ticks, no frame), as `plt.axis('off')`
-    in the demo. The same figure as `panels_figure(panels, DEFAULT_PANELS, ...)`.
+    is none when all three are None. `mask` (how the image was masked, e.g. "block:0.6, seed 2") adds a
+    line under it with the share of patches actually removed (`mask_statement`). Axes are switched off (no
+    ticks, no frame), as `plt.axis('off')` in the demo. The same figure as `panels_figure(panels,
+    DEFAULT_PANELS, ...)`.
     """
-    return panels_figure(panels, DEFAULT_PANELS, title=title, loss=loss, note=note, figsize=figsize)
+    return panels_figure(panels, DEFAULT_PANELS, title=title, loss=loss, note=note, mask=mask, figsize=figsize)
 
 
 def panels_figure(
@@ -77,6 +82,7 @@ def panels_figure(
     title: str | None = None,
     loss: float | None = None,
     note: str | None = None,
+    mask: str | None = None,
     figsize: tuple[float, float] | None = None,
 ) -> Figure:
     """One row of the panels `names` (a subset of `PANEL_NAMES`, in the order given), titled as
@@ -94,6 +100,8 @@ def panels_figure(
         error: this image's (H, W) map from `error_map`, needed by the "error" panel.
         error_max: the top of the error colour scale, > 0 (default the map's largest finite value).
         title, loss, note: joined by " | " on top ("cat.jpg | loss 0.4321 | random decoder"); None parts are left out.
+        mask: how the image was masked ("random:0.75, seed 2", "block:0.6, seed 2", "right"): a line under the
+            title, with the share of patches the panels show removed ("mask right | removed 0.50").
         figsize: (width, height) in inches; default 4 x 4.8 inches a panel, plus 1 inch of height for the colour bar.
     """
     names = check_panel_names(names)
@@ -102,11 +110,17 @@ def panels_figure(
     fig = Figure(figsize=figsize)
     parts = _title_parts(title, loss, note)
     if parts:
-        fig.suptitle(" | ".join(parts), fontsize=16)
+        fig.suptitle(" | ".join(parts), fontsize=16, y=1.0 - 0.08 / figsize[1], va="top")
+    top_in = (0.58 if parts else 0.2) + 0.36  # the title (if any) and the panel names
+    if mask is not None:
+        statement = mask_statement(mask, removed_fraction(panels))
+        fig.text(0.5, 1.0 - (top_in - 0.36 + 0.02) / figsize[1], statement, ha="center", va="top",
+                 fontsize=_fit(12.0, statement, figsize[0]))
+        top_in += 0.3
     # Fixed margins instead of a layout engine: the saved size stays exactly figsize * dpi.
     bottom = 0.02 + (_COLORBAR_IN / figsize[1] if error is not None else 0.0)
     _draw_row(fig, panels, names, error, _error_max(error_max, [error]), fontsize=16, titles=True,
-              margins=(0.01, 0.99, bottom, 0.82 if parts else 0.9))
+              margins=(0.01, 0.99, bottom, max(bottom + 0.1, 1.0 - top_in / figsize[1])))
     return fig
 
 
@@ -130,27 +144,32 @@ def sweep_figure(
     names: Sequence[str] = DEFAULT_PANELS,
     title: str | None = None,
     note: str | None = None,
+    mask: str | None = None,
     nested: bool = False,
     error_max: float | None = None,
     figsize: tuple[float, float] | None = None,
 ) -> Figure:
     """One image at several mask ratios: a row per `SweepRow` (in the order given) of the panels `names`,
-    each row titled with its ratio and loss ("mask ratio 0.50 | loss 0.4321"), the panel names over the
-    first row only.
+    each row titled with its ratio, the share of patches it removed and its loss ("mask ratio 0.50, removed
+    0.50 | loss 0.4321"), the panel names over the first row only.
 
-    `title` and `note` go on top, joined as in `reconstruction_figure`; `nested=True` (the caller drew
-    every mask from the same seed, e.g. `masks.nested_masks`) adds `NESTED_NOTE` below them. With an
-    "error" panel every row needs its error map, and all rows share one colour scale (0 to `error_max`,
-    default the largest error of any row), so the rows can be compared. Each row is a subfigure
-    (`fig.subfigs`, after a header subfigure when there is a title, note or `nested`).
+    `title` and `note` go on top, joined as in `reconstruction_figure`, then `mask` ("mask random, seed 2":
+    how the rows were masked); `nested=True` (the caller drew every mask from the same seed, e.g.
+    `masks.nested_masks`) adds `NESTED_NOTE` below them. With an "error" panel every row needs its error map,
+    and all rows share one colour scale (0 to `error_max`, default the largest error of any row), so the rows
+    can be compared. Each row is a subfigure (`fig.subfigs`, after a header subfigure when there is a title,
+    note, mask or `nested`); its title (the subfigure's suptitle) sits just above its own panels, with the gap
+    between rows above the title, so a title reads with the row below it.
 
     Args:
         rows: the rows, at least one: `SweepRow`s or plain `(ratio, loss, panels[, error])` tuples.
         names: the panels of every row, in order, of `PANEL_NAMES`, each at most once.
         title, note: joined by " | " on top (either may be None).
+        mask: how every row was masked, without the ratio ("random, seed 2"): a header line "mask ...".
         nested: add `NESTED_NOTE` under them.
         error_max: the top of the shared error colour scale, > 0 (default the largest finite error of any row).
-        figsize: (width, height) in inches; default 3 inches a panel, plus room for the titles and colour bars.
+        figsize: (width, height) in inches; default 3 inches a panel's width (its height follows the image's
+            aspect), plus room for the titles and colour bars.
     """
     names = check_panel_names(names)
     checked = _check_rows(rows, "error" in names)
@@ -160,34 +179,54 @@ def sweep_figure(
 
     header = _title_parts(title, None, note)
     header_lines = [" | ".join(header)] if header else []
+    if mask is not None:
+        header_lines.append(f"mask {drawable_text(mask)}")
     if nested:
         header_lines.append(NESTED_NOTE)
     has_error = "error" in names
-    row_in = _SWEEP_PANEL_IN + _SWEEP_ROW_TITLE_IN + (_COLORBAR_IN if has_error else 0.0)
+    height, width = checked[0].panels.mask.shape
+    panel_in = _SWEEP_PANEL_IN * min(max(height / max(width, 1), 0.25), 4.0)
+    # A row, top to bottom: the gap that separates it from the row above, its title, (on the first row) the
+    # panel names, the panels, (with an error panel) the colour bar, a small margin.
+    row_in = [_SWEEP_ROW_GAP_IN + _SWEEP_ROW_TITLE_IN + (_SWEEP_NAMES_IN if i == 0 else 0.0) + panel_in
+              + (_COLORBAR_IN if has_error else 0.0) + 0.05 for i in range(len(checked))]
     header_in = 0.15 + 0.32 * len(header_lines) if header_lines else 0.0
-    natural = (_SWEEP_PANEL_IN * len(names) + 0.2, header_in + row_in * len(checked))
+    natural = (_SWEEP_PANEL_IN * len(names) + 0.2, header_in + sum(row_in))
     fig = Figure(figsize=figsize or natural)
-    heights = ([header_in] if header_lines else []) + [row_in] * len(checked)
+    heights = ([header_in] if header_lines else []) + row_in
     subfigs = list(fig.subfigures(len(heights), 1, height_ratios=heights, hspace=0.0, squeeze=False)[:, 0])
     if header_lines:
         head = subfigs.pop(0)
-        width_pt = fig.get_figwidth() * 72.0 * 0.96
         for i, line in enumerate(header_lines):
-            # Smaller type for a line that would not fit (DejaVu Sans averages about 0.55 em a character).
-            size = min(14.0 if i == 0 and header else 11.0, width_pt / (0.55 * max(len(line), 1)))
+            size = _fit(14.0 if i == 0 and header else 11.0, line, fig.get_figwidth())
             head.text(0.5, 1.0 - (0.1 + 0.32 * (i + 0.5)) / header_in, line, ha="center", va="center", fontsize=size)
-    for i, (row, sub) in enumerate(zip(checked, subfigs)):
-        sub.suptitle(_row_title(row.ratio, row.loss), fontsize=13, y=1.0 - 0.04 / row_in, va="top")
-        bottom = (0.05 + (_COLORBAR_IN if has_error else 0.0)) / row_in
-        top = 1.0 - _SWEEP_ROW_TITLE_IN / row_in
-        _draw_row(sub, row.panels, names, row.error, scale_max, fontsize=11, titles=i == 0,
-                  margins=(0.01, 0.99, bottom, top))
+    for i, (row, sub, sub_in) in enumerate(zip(checked, subfigs, row_in)):
+        row_title = _row_title(row.ratio, removed_fraction(row.panels), row.loss)
+        sub.suptitle(row_title, fontsize=13, y=1.0 - (_SWEEP_ROW_GAP_IN + 0.03) / sub_in, va="top")
+        bottom = (0.05 + (_COLORBAR_IN if has_error else 0.0)) / sub_in
+        top = 1.0 - (_SWEEP_ROW_GAP_IN + _SWEEP_ROW_TITLE_IN + (_SWEEP_NAMES_IN if i == 0 else 0.0)) / sub_in
+        axes = _draw_row(sub, row.panels, names, row.error, scale_max, fontsize=11, titles=i == 0,
+                         margins=(0.01, 0.99, bottom, top))
+        for ax in axes:
+            ax.set_anchor("N")  # a panel shorter than its slot stays under its title
     return fig
 
 
 def mask_ratio_label(ratio: float) -> str:
     """"mask ratio 0.35": two decimals, more only when the ratio needs them ("mask ratio 0.125")."""
     return f"mask ratio {_format_ratio(ratio)}"
+
+
+def removed_fraction(panels: ReconstructionPanels) -> float:
+    """The share of the image's patches that `panels` show removed (every patch has the same number of pixels,
+    so it is the share of removed pixels)."""
+    return float(panels.mask.detach().float().mean())
+
+
+def mask_statement(mask: str, removed: float) -> str:
+    """How an image was masked, as its figure says it: `mask` (the `--mask` text with what it was drawn with,
+    e.g. "block:0.6, seed 2") and the share of patches actually removed: "mask block:0.6, seed 2 | removed 0.602"."""
+    return f"mask {drawable_text(mask)} | removed {_format_share(removed)}"
 
 
 def check_panel_names(names: Sequence[str]) -> tuple[str, ...]:
@@ -210,7 +249,9 @@ def check_panel_names(names: Sequence[str]) -> tuple[str, ...]:
 # ---- layout helpers -------------------------------------------------------------------------------
 _COLORBAR_IN = 1.0  # height under a row for the error colour bar, its ticks and its label
 _SWEEP_PANEL_IN = 3.0
-_SWEEP_ROW_TITLE_IN = 0.6  # the row title and, on the first row, the panel names
+_SWEEP_ROW_GAP_IN = 0.3  # above a row's title: what separates it from the row above
+_SWEEP_ROW_TITLE_IN = 0.32  # the row title
+_SWEEP_NAMES_IN = 0.3  # the panel names, over the first row only
 
 
 def _title_parts(title: str | None, loss: float | None, note: str | None) -> list[str]:
@@ -229,8 +270,21 @@ def _format_ratio(ratio: float) -> str:
     return f"{ratio:.2f}" if round(ratio, 2) == ratio else f"{ratio:g}"
 
 
-def _row_title(ratio: float, loss: float | None) -> str:
-    return mask_ratio_label(ratio) + ("" if loss is None else f" | loss {float(loss):.4f}")
+def _format_share(share: float) -> str:
+    """A share of patches: two decimals when exact ("0.75"), else three ("0.602")."""
+    share = float(share)
+    return f"{share:.2f}" if abs(round(share, 2) - share) < 1e-9 else f"{share:.3f}"
+
+
+def _row_title(ratio: float, removed: float, loss: float | None) -> str:
+    return (f"{mask_ratio_label(ratio)}, removed {_format_share(removed)}"
+            + ("" if loss is None else f" | loss {float(loss):.4f}"))
+
+
+def _fit(size: float, line: str, width_in: float) -> float:
+    """A font size for `line` no larger than `size`, small enough for it to fit `width_in` inches (DejaVu Sans
+    averages about 0.55 em a character)."""
+    return min(size, width_in * 72.0 * 0.96 / (0.55 * max(len(line), 1)))
 
 
 def _check_error(error: torch.Tensor | None, panels: ReconstructionPanels, where: str) -> torch.Tensor:

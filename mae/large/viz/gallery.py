@@ -4,7 +4,8 @@ The page is self-contained (no network, no external script or style sheet): thum
 themselves, scaled by CSS and loaded lazily, and a few lines of inline script re-sort the table (worst or
 best loss first, by name). Every name is HTML-escaped and every link URL-quoted relative to the index, so
 any file name, in any script, shows and opens. The index is written atomically and marked as ours
-(`GENERATOR_META`); an `index.html` the tool did not write is never overwritten.
+(`GENERATOR_META`); an `index.html` the tool did not write is never overwritten. The settings of the run that
+drew the figures (checkpoint, mask, ratios, seed, ...) are listed above the table, escaped as the names are.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import html
 import math
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import quote
@@ -58,22 +59,27 @@ def write_gallery(
     entries: Sequence[GalleryEntry | tuple],
     *,
     title: str = "mae-large reconstructions",
+    settings: Mapping[str, object] | None = None,
 ) -> Path:
     """Write `out_dir/index.html` listing `entries` (worst loss first) and return its path.
 
     Each row shows the figure as a thumbnail linking to the full file, the image's name, its loss and
-    note. Raises `MAEError` (argument `out_dir`), leaving the file as it is, when `index.html` exists and
-    was not written by this tool. The figures are not checked: the page links to where `entries` say they are.
+    note. `settings` (e.g. `{"checkpoint": ..., "mask": "block:0.6", "seed": 2}`) are listed above the table,
+    in the order given, each value as `str(value)` (a list joined by ", "), escaped. Raises `MAEError` (argument
+    `out_dir`), leaving the file as it is, when `index.html` exists and was not written by this tool. The
+    figures are not checked: the page links to where `entries` say they are.
     """
     out_dir = Path(out_dir)
     index = out_dir / GALLERY_INDEX
     rows = [_check_entry(i, e) for i, e in enumerate(entries)]
+    if settings is not None and not isinstance(settings, Mapping):
+        raise invalid_argument("settings", f"settings must be a mapping of names to values, got {type(settings).__name__}")
     if (index.exists() or index.is_symlink()) and not is_our_index(index):
         error = MAEError(f"{index} exists and was not written by mae-large; choose another out_dir or remove the file")
         error.argument = "out_dir"
         raise error
     rows.sort(key=_worst_first)
-    page = _page(title, [_row(rank, entry, out_dir) for rank, entry in enumerate(rows, 1)], len(rows))
+    page = _page(title, [_row(rank, entry, out_dir) for rank, entry in enumerate(rows, 1)], len(rows), settings or {})
     with atomic_path(index) as tmp:
         tmp.write_text(page, encoding="utf-8", newline="\n")
     return index
@@ -123,6 +129,21 @@ def _js_number(value: float) -> str:
     return repr(value) if math.isfinite(value) else ("Infinity" if value > 0 else "-Infinity")
 
 
+def _value(value: object) -> str:
+    """A setting as shown: a list or tuple joined by ", ", anything else as `str`."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_value(v) for v in value)
+    return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+
+
+def _settings(settings: Mapping[str, object]) -> list[str]:
+    """The run's settings as a definition list (nothing when there are none)."""
+    if not settings:
+        return []
+    items = "".join(f"<dt>{_text(str(name))}</dt><dd>{_text(_value(value))}</dd>" for name, value in settings.items())
+    return [f'<dl class="settings">{items}</dl>']
+
+
 def _row(rank: int, entry: GalleryEntry, out_dir: Path) -> str:
     href = _href(entry.figure, out_dir)
     name = _text(entry.name)
@@ -148,6 +169,9 @@ td.loss, td.rank { text-align: right; font-variant-numeric: tabular-nums; }
 td.name { word-break: break-all; max-width: 24em; }
 img { width: 480px; max-width: 60vw; height: auto; display: block; }
 button { margin-right: 0.4em; }
+dl.settings { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; margin: 0 0 1em 0; }
+dl.settings dt { font-weight: bold; }
+dl.settings dd { margin: 0; word-break: break-all; }
 """
 
 # Sorts the rows in place: by loss (rows without one last) or by name; no network, no library.
@@ -167,7 +191,7 @@ function sortRows(key) {
 """
 
 
-def _page(title: str, rows: list[str], count: int) -> str:
+def _page(title: str, rows: list[str], count: int, settings: Mapping[str, object]) -> str:
     title_html = _text(title)
     return "\n".join([
         "<!DOCTYPE html>",
@@ -181,6 +205,7 @@ def _page(title: str, rows: list[str], count: int) -> str:
         "</head>",
         "<body>",
         f"<h1>{title_html}</h1>",
+        *_settings(settings),
         f"<p>{count} figure{'' if count == 1 else 's'}, worst loss first. Sort: "
         '<button type="button" onclick="sortRows(\'worst\')">worst loss first</button>'
         '<button type="button" onclick="sortRows(\'best\')">best loss first</button>'

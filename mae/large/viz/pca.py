@@ -14,19 +14,34 @@ heuristic as in the DINOv2 figures.
 
 Each component's sign is arbitrary in PCA; here the largest-magnitude entry of each component is made
 positive, so the same tokens always give the same colours.
+
+Explained variance: each component's variance over the tokens' total variance (the covariance's trace),
+`explained_share`.
+
+A near-uniform image (`uniform_warning`): the rule is on the model input's pixels, not on the tokens. When
+every colour channel's standard deviation over the image is below `UNIFORM_PIXEL_STD` (2% of the range, about
+5 of 255 levels), the patches are (nearly) all the same, and the tokens differ by their position embeddings
+alone: the PCA still finds three directions and the map still shows "structure" and a "foreground", but they
+are the grid's positions, not the image's content. The tokens' own variance cannot tell this case apart:
+position alone gives them a variance that depends on the model (with the tests' small model a grey image's
+tokens vary a few percent as much as a picture's), so no threshold on it would hold for every checkpoint.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 
+from ..data.images import denormalize
 from ..errors import invalid_argument
 
-__all__ = ["SIGMAS", "CovarianceAccumulator", "PCABasis", "fit_pca", "foreground", "project", "to_rgb"]
+__all__ = ["SIGMAS", "UNIFORM_PIXEL_STD", "CovarianceAccumulator", "PCABasis", "explained_share", "fit_pca",
+           "foreground", "pixel_spread", "project", "to_rgb", "uniform_warning"]
 
 SIGMAS = 2.0  # +-SIGMAS standard deviations of a component span its colour channel
+UNIFORM_PIXEL_STD = 0.02  # an image whose every channel varies less than this (pixels in [0, 1]) is near-uniform
 
 
 class PCABasis(NamedTuple):
@@ -34,6 +49,7 @@ class PCABasis(NamedTuple):
     components: torch.Tensor  # (k, D) float64, orthonormal rows, by decreasing variance
     variance: torch.Tensor  # (k,) float64: the variance along each component (covariance eigenvalues)
     count: int  # tokens the basis was fitted on
+    total: float = math.nan  # the tokens' total variance (the covariance's trace): what the components explain part of
 
 
 class CovarianceAccumulator:
@@ -71,7 +87,8 @@ class CovarianceAccumulator:
         components = vectors[:, order].T.contiguous()  # (k, D), largest variance first
         peak = components.abs().argmax(dim=1, keepdim=True)
         components = components * torch.gather(components, 1, peak).sign()  # sign: largest entry positive
-        return PCABasis(mean, components, values[order].clamp_min(0.0), self.count)
+        total = float(torch.diagonal(cov).sum().clamp_min(0.0))
+        return PCABasis(mean, components, values[order].clamp_min(0.0), self.count, total)
 
 
 def fit_pca(tokens: torch.Tensor, k: int = 3) -> PCABasis:
@@ -102,3 +119,30 @@ def foreground(first: torch.Tensor) -> torch.Tensor:
     positive = first > 0  # (N, L)
     fewer_positive = positive.sum(dim=1, keepdim=True) * 2 <= first.shape[1]  # (N, 1)
     return torch.where(fewer_positive, positive, ~positive)
+
+
+def explained_share(basis: PCABasis) -> torch.Tensor:
+    """(k,) float64: the share of the tokens' total variance each component explains (NaN when the basis does not
+    know its total, or the tokens do not vary at all)."""
+    total = float(basis.total)
+    if not math.isfinite(total) or total <= 0.0:
+        return torch.full_like(basis.variance, math.nan)
+    return basis.variance / total
+
+
+def pixel_spread(image: torch.Tensor) -> float:
+    """How much a normalised (3, H, W) model input varies: the largest, over the colour channels, of the standard
+    deviation of its pixels in [0, 1]."""
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise invalid_argument("image", f"image must be a normalised (3, H, W) tensor, got {tuple(image.shape)}")
+    pixels = denormalize(image.detach().float().cpu()).flatten(1)  # (3, H * W)
+    return float(pixels.std(dim=1, unbiased=False).max())
+
+
+def uniform_warning(image: torch.Tensor) -> str | None:
+    """A warning for a near-uniform normalised (3, H, W) model input (the rule: the module docstring), else None."""
+    spread = pixel_spread(image)
+    if spread >= UNIFORM_PIXEL_STD:
+        return None
+    return (f"near-uniform image (pixel standard deviation {spread:.3f} < {UNIFORM_PIXEL_STD}): its patches differ "
+            "only by position, so the colours and any foreground show the patch grid, not the image")

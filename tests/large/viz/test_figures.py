@@ -439,13 +439,15 @@ def test_sweep_figure_rows_and_titles() -> None:
     header, *row_figs = fig.subfigs
     assert len(row_figs) == 3
     for row, sub in zip(rows, row_figs):
-        assert sub.get_suptitle() == f"mask ratio {row.ratio:.2f} | loss {row.loss:.4f}"
+        # the issue's change: each row states the share of patches it actually removed
+        assert sub.get_suptitle() == f"mask ratio {row.ratio:.2f}, removed {row.ratio:.2f} | loss {row.loss:.4f}"
         assert len(image_axes(sub)) == 4
-    assert row_figs[0].get_suptitle().startswith("mask ratio 0.25 | loss ")
+    assert row_figs[0].get_suptitle().startswith("mask ratio 0.25, removed 0.25 | loss ")
     assert [ax.get_title() for ax in image_axes(row_figs[0])] == list(PANEL_TITLES)
     assert all(ax.get_title() == "" for sub in row_figs[1:] for ax in image_axes(sub))  # names on the first row only
-    # rows top to bottom in the order given
-    tops = [max(ax.get_position().y1 for ax in image_axes(sub)) for sub in row_figs]
+    # rows top to bottom in the order given (in display units: an axes' position is relative to its subfigure,
+    # and the first row, with the panel names, is taller than the others)
+    tops = [max(ax.get_window_extent().y1 for ax in image_axes(sub)) for sub in row_figs]
     assert tops == sorted(tops, reverse=True)
     texts = [t.get_text() for t in header.texts]
     assert texts[0] == "cat.jpg" and texts[1] == NESTED_NOTE and "superset" in NESTED_NOTE
