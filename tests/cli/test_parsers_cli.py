@@ -229,7 +229,7 @@ def test_knn_with_a_val_class_the_train_features_lack_names_no_flag_it_lacks(run
                                                     "--epochs", "1"]):
         line = one_error_line(runner.invoke(app, command))
         assert "--num-classes" not in line and "num_classes" not in line, line
-        assert "the val features hold class 2 but the train features name 2 classes (a, b)" in line
+        assert "label 2: train none, val 'c'" in line and "2 against 3 classes" in line, line
 
 
 @pytest.mark.parametrize("extra", [[], ["--mask", "block"], ["--mask", "random"]])
@@ -270,7 +270,7 @@ def test_a_flag_the_command_lacks_is_never_named() -> None:
 COMMANDS_WITH_DEVICE = {
     "reconstruct": ["reconstruct", "x.png"], "loss": ["loss", "x.png"], "features": ["features", "x.png"],
     "attention": ["attention", "x.png"], "pca": ["pca", "x.png"], "evaluate": ["evaluate", "val"],
-    "finetune": ["finetune", "train", "val"],
+    "finetune": ["finetune", "train", "val"], "pretrain": ["pretrain", "train", "--from-scratch"],
 }
 
 

@@ -225,7 +225,10 @@ def test_a_failing_write_leaves_nothing(tmp_path: Path, monkeypatch, format: str
     import safetensors.torch
 
     def broken(tensors, filename, *args, **kwargs):  # the signature of both save_file and torch.save
-        Path(filename).write_bytes(b"half")
+        if hasattr(filename, "write"):  # torch.save is handed the open temporary file
+            filename.write(b"half")
+        else:
+            Path(filename).write_bytes(b"half")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(safetensors.torch, "save_file", broken)
