@@ -188,6 +188,20 @@ def parse_ratios(value: str | None, option: str = "--mask-ratio") -> list[float]
     return ratios
 
 
+def parse_floats(value: str | None, option: str) -> list[float] | None:
+    """`1e-3,0.01,0.1` -> the numbers (each finite and >= 0); None when not given."""
+    if value is None:
+        return None
+    try:
+        numbers = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"give comma-separated numbers such as 1e-3,0.01,0.1, got {value!r}",
+                                 param_hint=option) from None
+    if not numbers or not all(0.0 <= n < float("inf") for n in numbers):
+        raise typer.BadParameter(f"give one or more finite numbers >= 0, got {value!r}", param_hint=option)
+    return numbers
+
+
 def parse_mask_option(value: str | None, option: str = "--mask") -> Any:  # -> masks.MaskSpec | None
     """`--mask` text -> `masks.MaskSpec` (None when not given); a bad spec is a usage error naming the flag."""
     if value is None:

@@ -1,5 +1,5 @@
 """Feature sources for the evaluations (`evaluate.knn`, `probe.probe`): tensors or streamed blocks, their labels,
-and the check that train and val features come from the same embedding.
+the check that train and val features come from the same embedding, and shuffled batches gathered from a source.
 
 A *feature source* is a `torch.Tensor` (N, D), or any object with `rows: int`, `dim: int` and
 `chunks(size) -> Iterator[Tensor]` yielding (<= size, D) float blocks in row order (what
@@ -178,3 +178,34 @@ def resolve_classes(num_classes: int | None, *labels: torch.Tensor) -> int:
         raise invalid_argument("num_classes", f"num_classes={num_classes} does not cover the largest label {largest}; "
                                f"pass at least {largest + 1} or leave it out")
     return num_classes
+
+
+def batches_in_order(source: FeatureSource, order: torch.Tensor, batch: int, budget_rows: int,
+                     chunk_rows: int) -> Iterator[torch.Tensor]:
+    """The rows `order[i * batch:(i + 1) * batch]` for each whole batch i, in order (`order` may be any subset of
+    the rows, in any order; a last incomplete batch is dropped).
+
+    A `TensorSource` is indexed. Anything else is gathered a group of batches at a time: one sequential pass
+    over the source per `budget_rows` rows picks the rows of the group, so the shuffle is global and exact
+    while memory holds at most one group.
+    """
+    steps = order.numel() // batch
+    if isinstance(source, TensorSource):
+        for step in range(steps):
+            yield source.tensor[order[step * batch:(step + 1) * batch]]
+        return
+    group = max(1, budget_rows // batch)
+    slot = torch.full((source.rows,), -1, dtype=torch.int64)
+    for first in range(0, steps, group):
+        wanted = order[first * batch:min(first + group, steps) * batch]
+        slot.fill_(-1)
+        slot[wanted] = torch.arange(wanted.numel())
+        rows = torch.empty(wanted.numel(), source.dim, dtype=torch.float32)
+        offset = 0
+        for block in iter_rows(source, chunk_rows):
+            where = slot[offset:offset + block.shape[0]]
+            hit = where >= 0
+            rows[where[hit]] = block[hit].float()
+            offset += block.shape[0]
+        for step in range(wanted.numel() // batch):
+            yield rows[step * batch:(step + 1) * batch]
