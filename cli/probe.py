@@ -96,14 +96,9 @@ def probe_command(
     steps and warns when a run makes fewer than 1000."""
     if out_path.is_dir():
         raise typer.BadParameter(f"{out_path} is a folder; give a file name such as probe_head.pth", param_hint="--out")
-    given = {"--blr": blr, "--weight-decay": weight_decay, "--warmup-epochs": warmup_epochs, "--lrs": lrs,
-             "--weight-decays": weight_decays, "--holdout": holdout, "--min-steps": min_steps,
-             "--refit/--no-refit": refit}
-    other = "grid" if protocol == "official" else "official"
-    for flag in ONLY[other]:
-        if given[flag] is not None:
-            raise typer.BadParameter(f"{flag} is a setting of --protocol {other}; leave it out or pass --protocol "
-                                     f"{other}", param_hint=flag)
+    _only_its_protocols_flags(protocol, {"--blr": blr, "--weight-decay": weight_decay, "--warmup-epochs": warmup_epochs,
+                                         "--lrs": lrs, "--weight-decays": weight_decays, "--holdout": holdout,
+                                         "--min-steps": min_steps, "--refit/--no-refit": refit})
     learning_rates, decays = parse_floats(lrs, "--lrs"), parse_floats(weight_decays, "--weight-decays")
 
     from mae.large.evaluate.probe import OFFICIAL, probe, save_probe
@@ -125,6 +120,20 @@ def probe_command(
     extra = {"train": str(train), "val": str(val), "classes": train_set.classes,
              **{f"features_{k}": str(v) for k, v in train_set.meta.items()}}
     save_probe(result, out_path, extra)
+    _render(result, protocol, train_set.rows, val_set.rows, out_path, json_)
+
+
+def _only_its_protocols_flags(protocol: str, given: dict[str, Any]) -> None:
+    """A setting of the other protocol is a usage error naming it."""
+    other = "grid" if protocol == "official" else "official"
+    for flag in ONLY[other]:
+        if given[flag] is not None:
+            raise typer.BadParameter(f"{flag} is a setting of --protocol {other}; leave it out or pass --protocol "
+                                     f"{other}", param_hint=flag)
+
+
+def _render(result: Any, protocol: str, train_rows: int, val_rows: int, out_path: Path, json_: bool) -> None:
+    """The warnings, the grid and the result table (or the JSON)."""
     warnings = [flags_for(message) for message in result.warnings]
     if json_:
         print_json({"head": str(out_path), "top1": result.top1, "top5": result.top5, "history": result.history,
@@ -142,7 +151,7 @@ def probe_command(
     table = Table(title=title)
     for column in ("train rows", "val rows", "top-1 %", "top-5 %", "head"):
         table.add_column(column, justify="right" if column != "head" else "left")
-    table.add_row(f"{train_set.rows:,}", f"{val_set.rows:,}", f"{result.top1:.2f}", f"{result.top5:.2f}",
+    table.add_row(f"{train_rows:,}", f"{val_rows:,}", f"{result.top1:.2f}", f"{result.top5:.2f}",
                   escape(str(out_path)))
     out.print(table)
 
