@@ -220,3 +220,37 @@ def test_a_continued_decoder_keeps_its_target_and_another_one_is_said(small, tmp
     run = tmp_path / "run.pth"
     torch.save({"model": small_state_dict(), "args": {"target": "pixels"}}, run)
     assert build_model(small, run, target="auto", seed=0, device=cpu).target.target == "pixels"
+
+
+def test_each_images_masking_is_keyed_by_seed_epoch_and_index(small) -> None:
+    """random: the official `random_masking` rule on noise from the image's own generator (seed, "mask", epoch, index),
+    so an image is masked the same in any batch, on any rank; block and grid: the paper's Figure 6 masks."""
+    from mae.large.data.labelled import LabelledBatch
+    from mae.large.models.masks import block_mask, grid_mask
+    from mae.large.train.pretrain import _Recipe
+    from mae.large.utils.distributed import DistContext
+    from mae.large.utils.keyed import derive_seed
+
+    def masking(mask: str, indices: list[int], epoch: int) -> dict:
+        recipe = _Recipe(None, small, PretrainConfig(mask=mask, input_size=32), DistContext(device=torch.device("cpu")), 0)
+        batch = LabelledBatch(torch.zeros(len(indices), 3, 32, 32), torch.full((len(indices),), -1), [],
+                              torch.tensor(indices))
+        return recipe.masking(batch, epoch)
+
+    random = masking("random", [5, 9, 2], epoch=3)
+    assert random["mask_ratio"] == 0.75
+    expected = torch.rand(small.num_patches, generator=torch.Generator().manual_seed(derive_seed(0, "mask", 3, 9)))
+    assert torch.equal(random["noise"][1], expected)
+    assert torch.equal(masking("random", [9], epoch=3)["noise"][0], expected)  # another batch, the same image's noise
+    assert not torch.equal(masking("random", [9], epoch=4)["noise"][0], expected)  # a new draw each epoch
+    grid = (small.img_size[0] // small.patch_size, small.img_size[1] // small.patch_size)
+    block = masking("block", [5, 9], epoch=0)["mask"]
+    assert torch.equal(block[1], block_mask(grid, 0.75, derive_seed(0, "mask", 0, 9)))
+    assert int(block[0].sum()) == int(block[1].sum()) and not torch.equal(block[0], block[1])
+    assert all(torch.equal(m, grid_mask(grid)) for m in masking("grid", [5, 9], epoch=0)["mask"])
+
+
+@pytest.mark.parametrize("mask", ["block", "grid"])
+def test_a_run_with_another_mask_kind_trains(small, digits_tree, tmp_path, mask) -> None:
+    run = pretrain(digits_tree, tmp_path / "run", PretrainConfig(epochs=1, mask=mask, **LIGHT))
+    assert math.isfinite(run.history[0]["train_loss"]) and run.args["config"]["mask"] == mask
