@@ -5,7 +5,8 @@ small architecture, and optionally stop at a chosen point so a test can send a s
 
 POINT is `none`, or where to write the file `$MAE_TEST_READY` and then wait (60 s at most):
 `figure` (inside a figure write: its temporary file exists), `features` (inside the features file write),
-`step` (a training run's 5th optimiser update is done: wait there until a signal asks the run to stop),
+`step` (a training run's 5th optimiser update is done: wait there until a signal asks the run to stop), `held`
+(the same place, held whatever is asked),
 `batch` (the worker thread is computing a batch, between two figures), `shard` (inside the second shard
 write of `features --out DIR`), `rss` (no stop: resident memory sampled every 250 shard rows, written to
 $MAE_TEST_READY at exit), `stuck-cleanup` (inside a figure
@@ -111,6 +112,20 @@ def main() -> None:
             return result
 
         torch.optim.AdamW.step = waiting_step
+    elif point == "held":  # after the 5th update: held (60 s at most) whatever is asked, until the process is killed
+        import torch
+
+        step = torch.optim.AdamW.step
+        updates = [0]
+
+        def held_step(self, *a, **k):
+            result = step(self, *a, **k)
+            updates[0] += 1
+            if updates[0] == 5:
+                _arrive()
+            return result
+
+        torch.optim.AdamW.step = held_step
     elif point == "batch":
         import mae.large.data.images as image
 
