@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install test test-fast lint demo bench clean
+.PHONY: install test test-fast lint demo figures bench clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,11 @@ demo: install
 	$(BIN)/mae-large reconstruct "$$($(BIN)/python -c "import matplotlib.cbook as c; print(c.get_sample_data('grace_hopper.jpg', asfileobj=False))")" \
 		--checkpoint $(DEMO_CKPT) --out outputs
 	@echo "figure: outputs/grace_hopper.png"
+
+# The README's figures: two small MAEs pre-trained here on images scikit-learn and matplotlib ship (about an hour on
+# two CPU cores, most of it the photographs' model), then the figures of a held-out photograph.
+figures: install
+	MAE_LARGE=$(BIN)/mae-large PYTHON=$(BIN)/python docs/figures/make_figures.sh
 
 bench: install
 	$(BIN)/python bench/run_all.py

@@ -2,8 +2,9 @@
 
 From scratch (the official init), or continued from a checkpoint (`--checkpoint`: a full one continues with its
 decoder; an encoder-only one gets a fresh decoder); `--freeze-encoder` trains the decoder alone; `--decoder-depth /
---decoder-dim / --decoder-heads` change the decoder (the paper's Table 1 ablations); `--mask block|grid` the masking
-(Figure 6). One process, or many under torchrun (`torchrun --nproc_per_node 8 -m cli pretrain ...`; multi-node with
+--decoder-dim / --decoder-heads` change the decoder (the paper's Table 1 ablations), `--model` or `--patch-size /
+--encoder-depth / --encoder-dim / --encoder-heads` the encoder (a small MAE for a small data set); `--mask block|grid`
+the masking (Figure 6). One process, or many under torchrun (`torchrun --nproc_per_node 8 -m cli pretrain ...`; multi-node with
 the standard `--nnodes / --node_rank / --master_addr` flags): only rank 0 prints and writes. SIGTERM, SIGUSR1 (what
 SLURM sends before a kill or requeue) or Ctrl-C end the run at the next update with a checkpoint `--resume`
 continues from that very step; a second signal stops at once. The option defaults are
@@ -20,8 +21,9 @@ import typer
 from cli.console import err, out
 from cli.errors import handle_errors, print_json
 from cli.finetune import AMP, EpochReport
-from cli.options import DeviceOpt, JsonOpt, TrustOpt, choice
+from cli.options import DeviceOpt, JsonOpt, TrustOpt, choice, optional_choice
 from cli.render import escape
+from mae.large import catalog
 
 MASKS = ("random", "block", "grid")  # = mae.large.train.pretrain.MASKS (a test keeps them equal)
 TARGETS = ("auto", "norm-pix", "pixels")
@@ -61,6 +63,18 @@ def pretrain_command(
     mask_ratio: Annotated[float, typer.Option("--mask-ratio", min=0.01, max=0.99)] = 0.75,
     freeze_encoder: Annotated[bool, typer.Option("--freeze-encoder", help="Train the decoder (and mask_token) only; "
                                                  "the encoder stays bit for bit.")] = False,
+    model: Annotated[str | None, typer.Option(
+        "--model", callback=optional_choice("--model", tuple(catalog.ARCHITECTURES)),
+        help=f"The model size: {', '.join(catalog.ARCHITECTURES)}. Default: {catalog.DEFAULT_ARCHITECTURE}.",
+        show_default=False)] = None,
+    patch_size: Annotated[int | None, typer.Option("--patch-size", min=1, help="Default: the model's (16).",
+                                                   show_default=False)] = None,
+    encoder_depth: Annotated[int | None, typer.Option("--encoder-depth", min=1, help="Default: the model's (24).",
+                                                      show_default=False)] = None,
+    encoder_dim: Annotated[int | None, typer.Option("--encoder-dim", min=1, help="Default: the model's (1024).",
+                                                    show_default=False)] = None,
+    encoder_heads: Annotated[int | None, typer.Option("--encoder-heads", min=1, help="Default: the model's (16).",
+                                                      show_default=False)] = None,
     decoder_depth: Annotated[int | None, typer.Option("--decoder-depth", min=1, help="Default 8.",
                                                       show_default=False)] = None,
     decoder_dim: Annotated[int | None, typer.Option("--decoder-dim", min=1, help="Default 512.", show_default=False)] = None,
@@ -157,17 +171,26 @@ def _print_settings(info: dict[str, Any]) -> None:
     start = {"scratch": "from scratch (the official init)", "full": f"continuing {info['checkpoint']}",
              "encoder": f"from the encoder of {info['checkpoint']}"}.get(info["start"], info["start"])
     err.print(f"pre-training {start} on {info['images']:,} images ({escape(', '.join(info['data']))}); "
-              f"{info['steps']} steps per epoch; held-out: {info['heldout']}"
+              f"{info['steps']} steps per epoch; held-out: {escape(info['heldout'])}"
               + (f"; resuming at epoch {info['start_epoch']}, step {info['start_step']}" if info["start_epoch"] or
                  info["start_step"] else ""))
     err.print("  " + ", ".join(f"{key}={value}" for key, value in settings.items()), highlight=False)
+    initial = info.get("heldout_initial")
+    if initial and not (info["start_epoch"] or info["start_step"]):
+        err.print(f"before training: {_heldout(initial)}", highlight=False)
     for note in info.get("notes", []):
         err.print(f"[yellow]note:[/] {escape(note)}")
 
 
-def _epoch_line(info: dict[str, Any], epochs: int) -> str:
-    held = (f", held-out loss {info['val_loss']:.4f} (pixels {info['val_pixel_loss']:.4f}, baseline "
+def _heldout(info: dict[str, Any]) -> str:
+    """The held-out numbers of an epoch (or of the model before training): losses, k-NN top-1."""
+    held = (f"held-out loss {info['val_loss']:.4f} (pixels {info['val_pixel_loss']:.4f}, baseline "
             f"{info['val_baseline_pixel_loss']:.4f})" if "val_loss" in info else "")
-    knn = f", k-NN top-1 {info['knn_top1']:.2f}%" if "knn_top1" in info else ""
-    return (f"epoch {info['epoch'] + 1}/{epochs}: train loss {info['train_loss']:.4f}, lr {info['lr']:.2e}{held}{knn}, "
-            f"{info['images_per_s']:.1f} images/s")
+    knn = f"k-NN top-1 {info['knn_top1']:.2f}%" if "knn_top1" in info else ""
+    return ", ".join(part for part in (held, knn) if part)
+
+
+def _epoch_line(info: dict[str, Any], epochs: int) -> str:
+    held = _heldout(info)
+    return (f"epoch {info['epoch'] + 1}/{epochs}: train loss {info['train_loss']:.4f}, lr {info['lr']:.2e}"
+            f"{', ' + held if held else ''}, {info['images_per_s']:.1f} images/s")

@@ -20,7 +20,7 @@ README_0_1 = (
 )
 # The jobs behind the commands: the same result from Python.
 JOBS = ("reconstruct", "loss", "features", "attention", "pca", "summarize", "convert_checkpoint", "export_onnx",
-        "download", "finetune", "evaluate_checkpoint", "knn", "probe")
+        "download", "finetune", "pretrain", "evaluate_checkpoint", "knn", "probe")
 
 
 @pytest.mark.parametrize("name", PUBLIC_0_1 + README_0_1 + JOBS)

@@ -61,6 +61,8 @@ _EXPORTS: dict[str, str] = {
     # training
     "FinetuneConfig": "train.finetune",
     "finetune": "train.finetune",
+    "PretrainConfig": "train.pretrain",
+    "pretrain": "train.pretrain",
     # the jobs behind the commands
     "ModelSource": "jobs.models",
     "Events": "jobs.run",
@@ -76,12 +78,13 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = ["EncoderConfig", "Events", "FinetuneConfig", "MAEConfig", "MAEOutput", "MaskedAutoencoderViT",
-    "ModelSource", "Reconstruction", "ViTConfig", "VisionTransformer", "apply_lr_scale", "attention",
-    "attention_maps", "build_mask", "classify", "convert_checkpoint", "download", "evaluate_checkpoint",
-    "export_onnx", "extract_features", "features", "finetune", "from_huggingface", "head_entropy", "knn",
-    "load_feature_encoder", "load_features", "load_image", "loss", "mae_vit_large_patch16", "open_features",
-    "param_groups_lrd", "parse_mask", "pca", "probe", "read_checkpoint", "reconstruct", "rollout", "save_as",
-    "save_features", "save_probe", "summarize", "to_huggingface", "vit_large_patch16"]
+    "ModelSource", "PretrainConfig", "Reconstruction", "ViTConfig", "VisionTransformer", "apply_lr_scale",
+    "attention", "attention_maps", "build_mask", "classify", "convert_checkpoint", "download",
+    "evaluate_checkpoint", "export_onnx", "extract_features", "features", "finetune", "from_huggingface",
+    "head_entropy", "knn", "load_feature_encoder", "load_features", "load_image", "loss", "mae_vit_large_patch16",
+    "open_features", "param_groups_lrd", "parse_mask", "pca", "pretrain", "probe", "read_checkpoint",
+    "reconstruct", "rollout", "save_as", "save_features", "save_probe", "summarize", "to_huggingface",
+    "vit_large_patch16"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .checkpoints.classify import classify
@@ -110,6 +113,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .models.masks import build_mask, parse_mask
     from .models.vit import VisionTransformer, ViTConfig, apply_lr_scale, param_groups_lrd, vit_large_patch16
     from .train.finetune import FinetuneConfig, finetune
+    from .train.pretrain import PretrainConfig, pretrain
     from .viz.attention import attention_maps, head_entropy, rollout
 
 

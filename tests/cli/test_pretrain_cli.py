@@ -132,3 +132,44 @@ def test_a_sigterm_mid_epoch_stops_at_an_update_and_resume_continues_bit_for_bit
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
     for s, t in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert all(torch.equal(s[k], t[k]) for k in s)
+
+
+SIZES = ["--patch-size", "4", "--encoder-depth", "2", "--encoder-dim", "32", "--encoder-heads", "2", "--decoder-depth",
+         "1", "--decoder-dim", "16", "--decoder-heads", "2"]
+
+
+def test_an_encoder_of_any_size_is_trained_recorded_and_read_back_by_every_command(runner, digits_tree, tmp_path) -> None:
+    """No architecture registered: the size options build the model, the run records it, the other commands build it
+    from the checkpoint alone, and a run continued from that checkpoint keeps the encoder and the decoder."""
+    run = tmp_path / "run"
+    done = runner.invoke(app, ["pretrain", str(digits_tree), "--from-scratch", "-o", str(run), "--epochs", "1", *SIZES,
+                               *LIGHT])
+    assert done.exit_code == 0, done.output
+    assert "patch_size=4, encoder_depth=2, encoder_dim=32, encoder_heads=2" in " ".join(done.output.split())
+    saved = torch.load(run / "checkpoint-last.pth", weights_only=True)
+    arch = saved["args"]["architecture"]
+    assert (arch["patch_size"], arch["depth"], arch["embed_dim"], arch["num_heads"]) == (4, 2, 32, 2)
+    assert (arch["decoder_depth"], arch["decoder_embed_dim"], arch["decoder_num_heads"]) == (1, 16, 2)
+    assert arch["name"] == "vit_d32_depth2_heads2_patch4" and saved["model"]["patch_embed.proj.weight"].shape == (32, 3, 4, 4)
+    ckpt, image = run / "checkpoint-last.pth", next((digits_tree / "3").iterdir())
+    for args in (["reconstruct", str(image), "-c", str(ckpt), "-o", str(tmp_path / "figs")],
+                 ["attention", str(image), "-c", str(ckpt), "-o", str(tmp_path / "figs")],
+                 ["features", str(image), "-c", str(ckpt), "-o", str(tmp_path / "f.safetensors")]):
+        done = runner.invoke(app, args)
+        assert done.exit_code == 0, (args[0], done.output)
+
+    more = tmp_path / "more"
+    done = runner.invoke(app, ["pretrain", str(digits_tree), "-c", str(ckpt), "-o", str(more), "--epochs", "1", *LIGHT])
+    assert done.exit_code == 0, done.output
+    assert f"continuing {ckpt}" in " ".join(done.output.split()) and "starts fresh" not in done.output
+    config = json.loads((more / "config.json").read_text())
+    assert config["start"] == "full" and config["config"]["encoder_dim"] == 32 and config["config"]["decoder_dim"] == 16
+    resumed = runner.invoke(app, ["pretrain", "--resume", str(more), "--epochs", "2"])
+    assert resumed.exit_code == 0, resumed.output
+
+
+def test_a_model_that_cannot_be_built_is_one_error_line(runner, digits_tree, tmp_path) -> None:
+    done = runner.invoke(app, ["pretrain", str(digits_tree), "--from-scratch", "-o", str(tmp_path / "run"),
+                               "--encoder-dim", "30", "--encoder-heads", "4", *LIGHT])
+    assert done.exit_code == 1 and "embed_dim 30 must be divisible by num_heads 4" in done.output, done.output
+    assert not (tmp_path / "run").exists()

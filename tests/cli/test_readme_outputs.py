@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
+import shlex
 
 import pytest
 
@@ -68,3 +71,54 @@ def test_the_noise_loss_table_is_what_the_command_prints(runner, monkeypatch) ->
     shown = [line.rstrip() for line in readme_block("mae-large loss --noise --random-init --check")]
     stdout, stderr = printed(runner, monkeypatch, "loss", "--noise", "--random-init", "--check")
     assert shown == [line.rstrip() for line in [*stderr, *stdout] if line.strip()]
+
+
+def console_command(prefix: str) -> tuple[list[str], list[str]]:
+    """(the arguments, the output lines) of the README's console block whose command starts with `$ {prefix}`: the
+    command's continuation lines (ending in a backslash) joined, an environment assignment and `mae-large` left out."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start = text.index(f"```console\n$ {prefix}") + len("```console\n$ ")
+    lines = text[start:text.index("```", start)].rstrip("\n").split("\n")
+    command = []
+    while lines[0].endswith("\\"):
+        command.append(lines.pop(0)[:-1])
+    command.append(lines.pop(0))
+    args = shlex.split(" ".join(command))
+    while "=" in args[0]:
+        args.pop(0)
+    assert args[0] == "mae-large"
+    return args[1:], lines
+
+
+@pytest.mark.slow  # 40 epochs of a small MAE: about 3 minutes at one thread
+def test_the_digits_pretraining_prints_what_the_readme_shows(runner, monkeypatch, tmp_path) -> None:
+    """The README's digits run, run again as written on the same digits (docs/figures/make_data.py) with one thread, as
+    shown: the same settings, held-out losses and k-NN numbers, to the digit (only the images/s differ). A README line
+    `...` stands for the lines it leaves out, ` ... ` inside a line for the text it leaves out."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("make_data", REPO / "docs" / "figures" / "make_data.py")
+    make_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_data)
+    make_data.digits(tmp_path / "digits")
+    monkeypatch.chdir(tmp_path)
+    args, shown = console_command("OMP_NUM_THREADS=1 mae-large pretrain digits/train")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        stdout, stderr = printed(runner, monkeypatch, *args)
+    finally:
+        torch.set_num_threads(threads)
+    said = [line.strip() for line in [*stderr, *stdout] if line.strip() and "━" not in line]
+
+    def pattern(line: str) -> str:  # the README's line: its images/s any number, its " ... " any text
+        if line.strip() == "...":
+            return r"(?:[^\n]*\n)*?"
+        line = re.sub(r"[\d.]+ images/s", "@ images/s", line.strip())
+        return ".*".join(re.escape(part) for part in line.split(" ... ")).replace("@", r"[\d.]+") + "\n"
+
+    assert sum(line.strip() != "..." for line in shown) >= 10
+    assert re.fullmatch("".join(pattern(line) for line in shown), "".join(line + "\n" for line in said)), said
+    log = [json.loads(line) for line in (tmp_path / "runs" / "digits" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 40
+    assert log[-1]["val_pixel_loss"] < min(log[0]["val_baseline_pixel_loss"], 0.5 * log[0]["val_pixel_loss"])

@@ -58,6 +58,10 @@ class PretrainConfig:
 
     model: str | None = None  # an architecture of catalog.ARCHITECTURES; None: catalog.DEFAULT_ARCHITECTURE (ViT-L)
     input_size: int = 224
+    patch_size: int | None = None  # None: the architecture's (16); the encoder sizes below change `model`'s
+    encoder_depth: int | None = None  # None: the architecture's (24 blocks)
+    encoder_dim: int | None = None  # None: 1024
+    encoder_heads: int | None = None  # None: 16
     decoder_depth: int | None = None  # None: the architecture's (8 blocks)
     decoder_dim: int | None = None  # None: 512
     decoder_heads: int | None = None  # None: 16
@@ -92,7 +96,8 @@ class PretrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise invalid_argument(name, f"{name} must be a positive integer, got {value!r}")
-        for name in ("accum_iter", "decoder_depth", "decoder_dim", "decoder_heads", "workers"):
+        for name in ("accum_iter", "patch_size", "encoder_depth", "encoder_dim", "encoder_heads", "decoder_depth",
+                     "decoder_dim", "decoder_heads", "workers"):
             value = getattr(self, name)
             least = 0 if name == "workers" else 1
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
@@ -121,10 +126,18 @@ class PretrainConfig:
             raise invalid_argument("scale", f"scale must be 0 < min <= max <= 1, got {self.scale!r}")
 
     def architecture(self) -> MAEConfig:
-        """The masked autoencoder this run trains (the architecture's sizes, the decoder asked for)."""
+        """The masked autoencoder this run trains: the architecture's sizes, with the encoder and decoder sizes asked
+        for (a run records it, and every command builds it again from the run's checkpoint)."""
+        encoder = {k: v for k, v in (("patch_size", self.patch_size), ("depth", self.encoder_depth),
+                                     ("embed_dim", self.encoder_dim), ("num_heads", self.encoder_heads)) if v is not None}
         decoder = {k: v for k, v in (("decoder_depth", self.decoder_depth), ("decoder_embed_dim", self.decoder_dim),
                                      ("decoder_num_heads", self.decoder_heads)) if v is not None}
-        return MAEConfig.from_architecture(self.model, img_size=(self.input_size, self.input_size), **decoder)
+        try:
+            config = MAEConfig.from_architecture(self.model, img_size=(self.input_size, self.input_size), **encoder,
+                                                 **decoder)
+        except ValueError as exc:
+            raise invalid_argument("model", f"the model asked for cannot be built: {exc}") from None
+        return config.replace(name=config.architecture_name) if encoder else config
 
     def to_dict(self) -> dict[str, Any]:
         return plain(dataclasses.asdict(self))
@@ -228,6 +241,8 @@ def _pretrain(data: Any, out_dir: Path, config: PretrainConfig, checkpoint: Any,
     workers = default_workers(device_type=device.type) if config.workers is None else config.workers
     lr = config.lr if config.lr is not None else config.blr * config.batch_size * accum * world / 256
 
+    if state is None and checkpoint is not None:
+        config = _sizes_of(checkpoint, config, trust)
     arch = config.architecture()
     started = build_model(arch, checkpoint if state is None else None, target=config.target, seed=config.seed,
                           device=device, trust=trust)
@@ -279,7 +294,7 @@ def _pretrain(data: Any, out_dir: Path, config: PretrainConfig, checkpoint: Any,
             write_json(out_dir / CONFIG, args)
         notify("start", {**args, "start_epoch": start.epoch, "start_step": start.step, "steps": steps,
                          "images": len(source.paths), "notes": started.notes if state is None else [],
-                         "heldout": "val" if val else "training images"})
+                         "heldout": os.fspath(val) if val else "the first training images"})
         history: list[dict[str, Any]] = []
         curve: list[tuple[float, float]] = []
         records = [r for r in _read_records(out_dir) if r["epoch"] < start.epoch] if ctx.is_main else []
@@ -361,6 +376,22 @@ def _images(inputs: list[Any], name: str) -> Source:
     if not source.paths:
         raise invalid_argument(name, f"{', '.join(map(str, inputs))} holds no readable image; give a folder of images")
     return Source(source.paths)
+
+
+def _sizes_of(checkpoint: Any, config: PretrainConfig, trust: bool) -> PretrainConfig:
+    """A run continued from a checkpoint of this tool's runs has the model that run recorded (its encoder and decoder
+    sizes), but for the sizes asked for; the run's settings then name them, so that `--resume` builds it again."""
+    from ..checkpoints.read import read_checkpoint
+
+    recorded = MAEConfig.from_run(read_checkpoint(checkpoint, trust=trust).run)
+    if recorded is None:
+        return config
+    sizes = {"patch_size": recorded.patch_size, "encoder_depth": recorded.depth, "encoder_dim": recorded.embed_dim,
+             "encoder_heads": recorded.num_heads, "decoder_depth": recorded.decoder_depth,
+             "decoder_dim": recorded.decoder_embed_dim, "decoder_heads": recorded.decoder_num_heads}
+    encoder = config.model is None and all(getattr(config, k) is None for k in sizes if k.startswith(("patch", "enc")))
+    changes = {k: v for k, v in sizes.items() if getattr(config, k) is None and (encoder or k.startswith("decoder"))}
+    return config.replace(**changes)
 
 
 def _check_resume(saved: Mapping[str, Any], args: Mapping[str, Any]) -> None:
