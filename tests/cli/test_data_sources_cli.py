@@ -6,6 +6,7 @@ failure of that image, and nothing half-written."""
 from __future__ import annotations
 
 import json
+import sys
 import tarfile
 
 import pytest
@@ -68,6 +69,11 @@ def test_features_are_the_image_folder_rows_bit_for_bit(runner, small_arch, sets
     assert all("#" in name for name in b.names) and len(set(b.names)) == len(b.names) == 60
     source = json.loads(b.meta["source"])
     assert source["form"] == form and source["items"] == 60 and len(source["files"]) in (2, 3)
+    knn = [runner.invoke(app, ["knn", str(f), str(f), "--k", "3", "--json"]) for f in (tmp_path / "tree.safetensors",
+                                                                                       tmp_path / "f.safetensors")]
+    assert all(done.exit_code == 0 for done in knn), [done.output for done in knn]
+    want, got = ({k: v for k, v in json.loads(done.stdout).items() if k not in ("train", "val")} for done in knn)
+    assert got == want
 
 
 def test_a_shard_folder_from_tars_records_the_source_and_knn_runs_on_it(runner, small_arch, sets, encoder,
@@ -201,6 +207,17 @@ def test_a_label_column_of_the_wrong_type_names_the_flag(runner, small_arch, set
     out = tmp_path / "f.safetensors"
     line = one_line(features(runner, [root], out, "-c", encoder, "--out", out, "--label-column", "nope"))
     assert "has no column --label-column nope" in line and not out.exists()
+
+
+def test_without_pyarrow_a_parquet_path_is_one_line(runner, small_arch, sets, encoder, tmp_path, monkeypatch) -> None:
+    _, forms = sets
+    for name in ("pyarrow", "pyarrow.parquet", "pyarrow.ipc"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as where pyarrow is not installed
+    out = tmp_path / "f.safetensors"
+    line = one_line(features(runner, [forms["parquet"]], out, "-c", encoder, "--out", out))
+    assert "needs pyarrow; install it with pip install 'mae-large[datasets]'" in line and not out.exists()
+    done = features(runner, [forms["webdataset"]], out, "-c", encoder, "--out", out)  # tars need no pyarrow
+    assert done.exit_code == 0, done.output
 
 
 def test_an_image_column_of_missing_paths_fails_each_image(runner, small_arch, encoder, tmp_path) -> None:

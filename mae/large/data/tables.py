@@ -20,6 +20,8 @@ Nothing here prints.
 from __future__ import annotations
 
 import json
+import os
+import threading
 from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -98,6 +100,8 @@ class _Cache:
     def __init__(self) -> None:
         self.open: OrderedDict[Path, Any] = OrderedDict()
         self.group: tuple[Path, int, Any, Any] | None = None  # (file, group, image values, paths or None)
+        self.pid = os.getpid()
+        self.lock = threading.Lock()  # a job may read ahead in a thread (reconstruct's overlap)
 
     def handle(self, file: TableFile) -> Any:
         handle = self.open.get(file.path)
@@ -110,8 +114,21 @@ class _Cache:
         return handle
 
     def image_bytes(self, row: TableRow) -> bytes:
+        with self.lock:
+            return self._image_bytes(row)
+
+    def after_fork(self) -> None:
+        """In a forked child: a lock another thread held at the fork would never be released there."""
+        self.lock = threading.Lock()
+        self.open.clear()
+        self.group, self.pid = None, os.getpid()
+
+    def _image_bytes(self, row: TableRow) -> bytes:
         file = row.file
         g = bisect_right(file.group_starts, row.row) - 1
+        if self.pid != os.getpid():  # a forked worker opens its own files: a handle is not shared across processes
+            self.open.clear()
+            self.group, self.pid = None, os.getpid()
         if self.group is None or self.group[:2] != (file.path, g):
             self.group = None  # the last group goes before the next is read: one in memory
             try:
@@ -152,6 +169,7 @@ class _Cache:
 
 
 _CACHE = _Cache()  # one per process: a worker process starts with its own (fork copies an empty or small one)
+os.register_at_fork(after_in_child=_CACHE.after_fork)
 
 
 def _open(path: Path, kind: str) -> tuple[Any, Any, list[int]]:

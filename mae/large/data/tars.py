@@ -23,6 +23,7 @@ import glob as globbing
 import os
 import re
 import tarfile
+import threading
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -134,7 +135,8 @@ class TarMember(Record):
             raise ImageError(f"{self} is truncated: the shard ends inside it (the tar was cut short); "
                              "re-download the shard")
         try:
-            data = os.pread(_fd(self.shard), self.size, self.offset)
+            with _LOCK:  # the descriptor stays open while it is read (the LRU closes others)
+                data = os.pread(_fd(self.shard), self.size, self.offset)
         except OSError as exc:
             raise ImageError(f"{self} cannot be read ({exc.strerror or type(exc).__name__})") from None
         if len(data) != self.size:
@@ -145,6 +147,15 @@ class TarMember(Record):
 
 _FDS: OrderedDict[Path, int] = OrderedDict()  # per process; a forked worker opens its own (pid checked below)
 _PID = [os.getpid()]
+_LOCK = threading.Lock()
+
+
+def _after_fork() -> None:  # a lock another thread held at the fork would never be released in the child
+    global _LOCK
+    _LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _fd(path: Path) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tarfile
 from pathlib import Path
 
@@ -232,3 +233,37 @@ def test_unlabelled_rows_make_an_unlabelled_source_and_training_refuses_it(digit
     assert source.labels is None and json.dumps(source.describe())
     with pytest.raises(InvalidArgumentError, match="has no labels"):
         labelled_source(tmp_path / "t.parquet", "train")
+
+
+def test_bytes_that_are_not_an_image_fail_behind_the_same_guards(tmp_path) -> None:
+    pq.write_table(pa.table({"image": [b"not an image", b""]}), tmp_path / "x.parquet")
+    source = open_source([tmp_path / "x.parquet"])
+    with pytest.raises(ImageError, match=rf"^{tmp_path / 'x.parquet'}#0 is not an image Pillow can read"):
+        open_image(source.paths[0])
+    with pytest.raises(ImageError, match=r"x.parquet#1 is empty \(0 bytes\)"):
+        open_image(source.paths[1])
+
+
+def test_without_pyarrow_parquet_and_arrow_paths_are_one_sentence(digits, tmp_path, monkeypatch) -> None:
+    _, samples, classes = digits
+    root = write_hub_parquet(tmp_path / "hub", samples, classes, files=1)
+    pytest.importorskip("datasets")
+    saved = write_arrow_folder(tmp_path / "saved", samples, classes, shards=1)
+    for name in ("pyarrow", "pyarrow.parquet", "pyarrow.ipc"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as where pyarrow is not installed
+    for given in (root, root / "data" / "train-00000-of-00001.parquet", saved):
+        with pytest.raises(DatasetError, match=r"^reading parquet and arrow files needs pyarrow; install it with "
+                                               r"pip install 'mae-large\[datasets\]'$"):
+            open_source([given])
+
+
+def test_a_forked_worker_does_not_inherit_a_held_read_lock() -> None:
+    from mae.large.data import tars
+
+    with tables._CACHE.lock, tars._LOCK:  # as when a read-ahead thread reads while the loader forks its workers
+        pid = os.fork()
+        if pid == 0:  # the child: both locks are its own, free
+            free = tables._CACHE.lock.acquire(timeout=5) and tars._LOCK.acquire(timeout=5)
+            os._exit(0 if free else 1)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
