@@ -18,6 +18,7 @@ RUNS = [
     ["features_pipeline.py", "--images", "48"],
     ["evaluate.py", "--rounds", "3"],
     ["attention.py", "--rounds", "5"],
+    ["datasets.py"],
 ]
 
 

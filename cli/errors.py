@@ -80,6 +80,9 @@ FLAGS: dict[str, str] = {
     "weighting": "--weighting",
     "chunk_rows": "--chunk-rows",
     "top_k": "--top-k",
+    "image_column": "--image-column",
+    "label_column": "--label-column",
+    "shuffle_buffer": "--shuffle-buffer",
 }
 
 

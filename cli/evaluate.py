@@ -14,7 +14,7 @@ from rich.table import Table
 
 from cli.console import err, out, progress
 from cli.errors import handle_errors, print_json
-from cli.options import BatchSizeOpt, DeviceOpt, JsonOpt, choice
+from cli.options import BatchSizeOpt, DeviceOpt, ImageColumnOpt, JsonOpt, LabelColumnOpt, choice
 from cli.render import escape
 from mae.large import catalog
 
@@ -24,7 +24,8 @@ FINETUNED = catalog.CHECKPOINTS["finetuned"]
 @handle_errors
 def evaluate_command(
     val: Annotated[Path, typer.Argument(help="Validation ImageFolder tree (root/CLASS/image), classes in the "
-                                        "classifier's order (ImageNet: the synset folders).", show_default=False)],
+                                        "classifier's order (ImageNet: the synset folders), or a labelled data set "
+                                        "(parquet, a save_to_disk folder, tar shards).", show_default=False)],
     checkpoint: Annotated[Path, typer.Option(
         "--checkpoint", "-c", help="A fine-tuned classifier: the official file or a run's checkpoint-best.pth.")
     ] = FINETUNED.default_path,
@@ -37,6 +38,8 @@ def evaluate_command(
                                              show_default=False)] = None,
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
+    image_column: ImageColumnOpt = None,
+    label_column: LabelColumnOpt = None,
 ) -> None:
     """Top-1 / top-5 accuracy and mean cross-entropy of a fine-tuned classifier (official ViT-L on ImageNet val:
     top-1 85.952, top-5 97.570, loss 0.646)."""
@@ -55,7 +58,8 @@ def evaluate_command(
 
         try:
             accuracy, source = evaluate_checkpoint(val, checkpoint, batch_size=batch_size, amp=amp, workers=workers,
-                                                   size=size, ctx=ctx, on_batch=on_batch)
+                                                   size=size, ctx=ctx, on_batch=on_batch, image_column=image_column,
+                                                   label_column=label_column)
         finally:
             if "bar" in state:
                 state["bar"].__exit__(None, None, None)

@@ -1,7 +1,8 @@
 """`mae-large features INPUT...`: one pooled encoder feature vector per image, saved as safetensors.
 
-The job is `jobs.features`. Inputs: image files and folders, one list file (one path per line), or one
-ImageFolder tree (`root/CLASS/img`: the sorted class names become integer labels). Images are decoded by
+The job is `jobs.features`. Inputs: image files and folders, one list file (one path per line), one
+ImageFolder tree (`root/CLASS/img`: the sorted class names become integer labels), or a data set's files (parquet,
+a `save_to_disk` folder, WebDataset tar shards; `--image-column` / `--label-column`). Images are decoded by
 `--workers` processes ahead of the model.
 
 Output: `--out x.safetensors`, one file (rank 0 gathers the rows), or `--out DIR`, a shard folder: each rank
@@ -27,7 +28,9 @@ from cli.options import (
     CropOpt,
     DeviceOpt,
     DtypeOpt,
+    ImageColumnOpt,
     JsonOpt,
+    LabelColumnOpt,
     MaxPatchesOpt,
     RecursiveOpt,
     SizeOpt,
@@ -49,7 +52,10 @@ DEFAULT_FEATURES_OUT = Path("features.safetensors")
 
 @handle_errors
 def features_command(
-    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.", show_default=False)],
+    images: Annotated[list[Path], typer.Argument(
+        help="Image files and/or folders, a list file, an ImageFolder tree, or a data set: parquet files (or a quoted "
+        "glob, or the hub's folder), a save_to_disk folder, tar shards ('shards-{0000..0127}.tar').",
+        show_default=False)],
     checkpoint: Annotated[Path, typer.Option(
         "--checkpoint", "-c", help="MAE checkpoint; only the encoder is used (encoder-only or full).",
     )] = DEFAULT_FEATURES_CHECKPOINT,
@@ -87,6 +93,8 @@ def features_command(
     resume: Annotated[bool, typer.Option(
         "--resume", help="With --out DIR: keep the complete shards of an interrupted run and do the rest (same "
         "settings and number of processes; the result is the same as an uninterrupted run).")] = False,
+    image_column: ImageColumnOpt = None,
+    label_column: LabelColumnOpt = None,
 ) -> None:
     """Embed each image with the MAE encoder and save the pooled feature vectors, in input order."""
     sharded = out_path.is_dir() or out_path.suffix.lower() != ".safetensors"
@@ -104,8 +112,8 @@ def features_command(
     model = model_source(checkpoint, hw, trust=trust, allow_nonfinite=allow_nonfinite)
     run = features(images, model, out_path, pool=pool, layer=layer,
                    batch_size=batch_size, crop=crop, dtype=torch_dtype, device=device, workers=workers,  # type: ignore[arg-type]
-                   recursive=recursive, shard_size=shard_size, resume=resume,
-                   events=events(json_, loaded=report_encoder, failures=False))
+                   recursive=recursive, shard_size=shard_size, resume=resume, image_column=image_column,
+                   label_column=label_column, events=events(json_, loaded=report_encoder, failures=False))
     if run is None:  # not rank 0: rank 0 writes and reports
         return
     if json_:

@@ -16,7 +16,7 @@ import typer
 
 from cli.console import err, out, progress
 from cli.errors import handle_errors, print_json
-from cli.options import DeviceOpt, JsonOpt, choice
+from cli.options import DeviceOpt, ImageColumnOpt, JsonOpt, LabelColumnOpt, ShuffleBufferOpt, choice
 from cli.render import escape
 
 AMP = ("auto", "bf16", "fp16", "off")
@@ -31,8 +31,10 @@ def _none_if(value: str, *empty: str) -> str | None:
 @handle_errors
 def finetune_command(
     ctx: typer.Context,
-    train: Annotated[Path, typer.Argument(help="Training ImageFolder tree (root/CLASS/image).", show_default=False)],
-    val: Annotated[Path, typer.Argument(help="Validation ImageFolder tree with the same class folders.",
+    train: Annotated[Path, typer.Argument(
+        help="Training ImageFolder tree (root/CLASS/image), or a labelled data set: parquet (a file, a quoted glob, "
+        "the hub's folder), a save_to_disk folder, tar shards ('train-{0000..0127}.tar').", show_default=False)],
+    val: Annotated[Path, typer.Argument(help="Validation data of the same form, with the same classes.",
                                         show_default=False)],
     checkpoint: Annotated[Path | None, typer.Option(
         "--checkpoint", "-c", help="Pre-trained MAE checkpoint (encoder-only or full), e.g. data/mae_pretrain_vit_large"
@@ -89,6 +91,9 @@ def finetune_command(
     eval_batch_size: Annotated[int | None, typer.Option("--eval-batch-size", min=1, show_default=False)] = None,
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
+    image_column: ImageColumnOpt = None,
+    label_column: LabelColumnOpt = None,
+    shuffle_buffer: ShuffleBufferOpt = 1000,
 ) -> None:
     """Fine-tune a pre-trained MAE encoder as a classifier with the official recipe (FINETUNE.md, ViT-L): AdamW,
     layer-wise lr decay, per-iteration cosine schedule with warm-up, mixup / cutmix, RandAugment, random erasing,

@@ -40,6 +40,17 @@ def check_device_name(value: str) -> str:
 
 
 DeviceOpt = Annotated[str, typer.Option("--device", callback=check_device_name, help=f"{DEVICE_NAMES}.")]
+ImageColumnOpt = Annotated[str | None, typer.Option(
+    "--image-column", show_default=False,
+    help="A data set's image column (parquet, arrow; default: image, else the first image column) or, for tar "
+    "shards, the image member's extension (default: the first of jpg, jpeg, png, webp ... a sample has).")]
+LabelColumnOpt = Annotated[str | None, typer.Option(
+    "--label-column", show_default=False,
+    help="A data set's label column of integer classes (parquet, arrow; default: label) or, for tar shards, the "
+    "label member's extension or .json key (default: the .cls member, else 'label' in the .json).")]
+ShuffleBufferOpt = Annotated[int, typer.Option(
+    "--shuffle-buffer", min=1, help="Tar shards (read as a stream): samples each reader shuffles among; the order "
+    "depends on it, the world size and --workers (docs: data sources).")]
 MaskRatioOpt = Annotated[float, typer.Option("--mask-ratio", min=0.0, max=0.99, help="Fraction of patches removed.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 SizeOpt = Annotated[str | None, typer.Option(

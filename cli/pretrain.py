@@ -21,7 +21,7 @@ import typer
 from cli.console import err, out
 from cli.errors import handle_errors, print_json
 from cli.finetune import AMP, EpochReport
-from cli.options import DeviceOpt, JsonOpt, TrustOpt, choice, optional_choice
+from cli.options import DeviceOpt, ImageColumnOpt, JsonOpt, LabelColumnOpt, ShuffleBufferOpt, TrustOpt, choice, optional_choice
 from cli.render import escape
 from mae.large import catalog
 
@@ -34,8 +34,10 @@ NOT_CONFIG = ("data", "checkpoint", "out_dir", "resume", "val", "knn_train", "kn
 @handle_errors
 def pretrain_command(
     ctx: typer.Context,
-    data: Annotated[list[Path] | None, typer.Argument(help="Training images: folders (walked recursively), files, or a "
-                                                      "list file. With --resume: the run's own.", show_default=False)] = None,
+    data: Annotated[list[Path] | None, typer.Argument(
+        help="Training images: folders (walked recursively), files, a list file, or a data set (parquet, a "
+        "save_to_disk folder, tar shards 'shards-{0000..0127}.tar'). With --resume: the run's own.",
+        show_default=False)] = None,
     out_dir: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Run folder: checkpoints, config.json, log.jsonl, preview.png, loss.png. Default: "
         "pretrain_run, or with --resume the run's own folder.", show_default=False)] = None,
@@ -49,8 +51,8 @@ def pretrain_command(
         show_default=False)] = None,
     val: Annotated[Path | None, typer.Option("--val", help="Held-out images for the per-epoch losses and the preview "
                                              "(default: the first training images).", show_default=False)] = None,
-    knn_train: Annotated[Path | None, typer.Option("--knn-train", help="Labelled ImageFolder tree for k-NN monitoring.",
-                                                   show_default=False)] = None,
+    knn_train: Annotated[Path | None, typer.Option(
+        "--knn-train", help="Labelled ImageFolder tree (or data set) for k-NN monitoring.", show_default=False)] = None,
     knn_val: Annotated[Path | None, typer.Option("--knn-val", help="Labelled tree scored by k-NN every --knn-every "
                                                  "epochs.", show_default=False)] = None,
     knn_every: Annotated[int, typer.Option("--knn-every", min=0, help="k-NN top-1 of the encoder every N epochs "
@@ -112,6 +114,9 @@ def pretrain_command(
     device: DeviceOpt = "auto",
     trust: TrustOpt = False,
     json_: JsonOpt = False,
+    image_column: ImageColumnOpt = None,
+    label_column: LabelColumnOpt = None,
+    shuffle_buffer: ShuffleBufferOpt = 1000,
 ) -> None:
     """Pre-train a masked autoencoder on your images with the official recipe (PRETRAIN.md, ViT-L): norm-pix loss,
     mask ratio 0.75, AdamW (0.9, 0.95), weight decay 0.05, blr 1.5e-4, effective batch 4096, per-iteration cosine with

@@ -20,6 +20,7 @@ from cli.options import (
     CropOpt,
     DeviceOpt,
     DtypeOpt,
+    ImageColumnOpt,
     JsonOpt,
     MaxPatchesOpt,
     RecursiveOpt,
@@ -44,7 +45,9 @@ from mae.large.cost import DEFAULT_MAX_PATCHES
 
 @handle_errors
 def reconstruct_command(
-    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.", show_default=False)],
+    images: Annotated[list[Path], typer.Argument(
+        help="Image files and/or folders of images, or a data set: parquet files (or a quoted glob, or the hub's "
+        "folder), a save_to_disk folder, tar shards ('shards-{0000..0127}.tar').", show_default=False)],
     checkpoint: Annotated[Path, typer.Option(
         "--checkpoint", "-c", help=f"Full ({catalog.FULL.num_tensors}-key) checkpoint.")] = DEFAULT_CHECKPOINT,
     mask_ratio: Annotated[str | None, typer.Option(
@@ -82,6 +85,7 @@ def reconstruct_command(
     allow_nonfinite: AllowNonfiniteOpt = False,
     json_: JsonOpt = False,
     trust: TrustOpt = False,
+    image_column: ImageColumnOpt = None,
 ) -> None:
     """Mask each image, reconstruct it, and save the official demo's figure (original, masked, reconstruction,
     reconstruction + visible) with its loss; or a row per mask ratio, an error panel, an animation.
@@ -109,7 +113,7 @@ def reconstruct_command(
                       dtype=parse_dtype(dtype), device=device, workers=workers, recursive=recursive,
                       save_panels=save_panels, animate=animate_over if animate else None,  # type: ignore[arg-type]
                       animate_format=animate_format, allow_random_decoder=allow_random_decoder,  # type: ignore[arg-type]
-                      events=events(json_))
+                      image_column=image_column, events=events(json_))
     if run is None:  # not rank 0: rank 0 reports for every process
         return
     if json_:

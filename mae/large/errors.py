@@ -51,6 +51,11 @@ class ImageError(MAEError):
     """An image file that cannot be opened or decoded."""
 
 
+class DatasetError(MAEError):
+    """A data set's own file (parquet, arrow, tar shard, dataset card) that cannot be read as what it claims to be,
+    or whose columns do not hold what a job needs."""
+
+
 class DownloadError(MAEError):
     """A download that failed or did not verify."""
 

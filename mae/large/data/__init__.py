@@ -1,3 +1,4 @@
-"""Images in: files and folders, datasets and loaders, the fine-tuning recipe's augmentations."""
+"""Images in: files and folders, data sets (parquet, arrow, tar shards), loaders, the fine-tuning recipe's augmentations."""
 
-__all__ = ['augment', 'images', 'labelled', 'loader', 'mixup', 'rand_augment']
+__all__ = ['augment', 'images', 'labelled', 'loader', 'mixup', 'rand_augment', 'records', 'sources', 'stream', 'tables',
+           'tars']

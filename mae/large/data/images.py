@@ -24,7 +24,8 @@ from PIL import Image, ImageOps
 
 from ..catalog import CROPS, EVAL_RESIZE
 from ..errors import ImageError, invalid_argument
-from ..utils.imagefile import decode_image
+from ..utils.imagefile import decode_image, decode_image_bytes
+from .records import ImageRef, Record
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -68,9 +69,9 @@ def check_crop(crop: str) -> None:
 # ---- finding files ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ImageFailure:
-    """An input that yielded no image; `reason` is a full sentence that names the path."""
+    """An input that yielded no image; `reason` is a full sentence that names the path (or the record)."""
 
-    path: Path
+    path: ImageRef
     reason: str
 
 
@@ -173,8 +174,9 @@ def _identity(path: Path) -> Path:
 
 
 # ---- opening ------------------------------------------------------------------------------------
-def open_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open and fully decode an image file as an RGB `PIL.Image`.
+def open_image(path: ImageRef | str | os.PathLike[str]) -> Image.Image:
+    """Open and fully decode an image file (or a `records.Record`: an image inside a data set's file) as an RGB
+    `PIL.Image`.
 
     The EXIF orientation is applied (phone photos come out upright) and every mode becomes RGB:
     transparency is composited over white, 16-bit and float grayscale are scaled to 0-255 (see
@@ -184,6 +186,8 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
     Raises `ImageError`, with one sentence naming the file and the problem, for a missing file, a
     folder, an empty file, a file Pillow cannot read, a truncated or damaged file, and a bomb.
     """
+    if isinstance(path, Record):
+        return decode_image_bytes(path.read(), str(path), lambda src: to_rgb_image(_upright(src)))
     return decode_image(path, lambda src: to_rgb_image(_upright(src)))
 
 
@@ -357,7 +361,7 @@ def eval_resize(src: tuple[int, int], size: tuple[int, int], resize: int | None 
 BatchItem = tuple[int, Path, "torch.Tensor | ImageFailure"]  # (input position, path, image or why not)
 
 
-def image_batches(paths: Sequence[str | os.PathLike[str]], size: int | tuple[int, int], crop: Crop,
+def image_batches(paths: Sequence[ImageRef | str | os.PathLike[str]], size: int | tuple[int, int], crop: Crop,
                   batch_size: int) -> Iterator[list[BatchItem]]:
     """The inputs in order, loaded (`load_image`), in lists holding up to `batch_size` images; a file that
     cannot be read is an `ImageFailure` that rides along in its place, so results come out in input order."""
@@ -369,7 +373,7 @@ def image_batches(paths: Sequence[str | os.PathLike[str]], size: int | tuple[int
     pending: list[BatchItem] = []
     loaded = 0
     for index, raw in enumerate(paths):
-        path = Path(raw)
+        path = raw if isinstance(raw, Record) else Path(raw)
         try:
             pending.append((index, path, load_image(path, size=size, crop=crop)))
             loaded += 1
@@ -383,9 +387,9 @@ def image_batches(paths: Sequence[str | os.PathLike[str]], size: int | tuple[int
 
 
 def load_image(
-    path: str | os.PathLike[str], size: int | tuple[int, int] = (224, 224), crop: Crop = "resize"
+    path: ImageRef | str | os.PathLike[str], size: int | tuple[int, int] = (224, 224), crop: Crop = "resize"
 ) -> torch.Tensor:
-    """`open_image` then `preprocess`: a file to a normalised (3, H, W) float32 tensor."""
+    """`open_image` then `preprocess`: a file (or a record) to a normalised (3, H, W) float32 tensor."""
     return preprocess(open_image(path), size=size, crop=crop)
 
 

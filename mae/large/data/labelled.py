@@ -1,9 +1,12 @@
-"""The data of a fine-tuning run: labelled ImageFolder trees, keyed augmentation, one order for any world size.
+"""The data of a fine-tuning run: labelled sources, keyed augmentation, one order for any world size.
 
+* `labelled_source`: an ImageFolder tree, or a data set with a label column (parquet, arrow, tar shards:
+  `sources.open_source`); `shared_classes` the classes of a train / val pair.
 * `epoch_batches`: the epoch's order is a permutation drawn from `derive_seed(seed, "order", epoch)`; global
   step `s` takes the `batch_size x world_size` positions `perm[s * G:(s + 1) * G]` (the last incomplete global
   batch is dropped, as the official loader's `drop_last=True`), and rank `r` the `r`-th `batch_size` of them.
-  One process with batch `B x W` and `W` processes with batch `B` train on the same global batches.
+  One process with batch `B x W` and `W` processes with batch `B` train on the same global batches. A stream source
+  (tar shards) has its own order instead (`stream.stream_batches`); `epoch_plan` / `epoch_steps` pick.
 * `TrainImages` loads sample `i` of epoch `e` and augments it with `keyed_rng(seed, "augment", e,
   i)`: what a sample gets depends on nothing but its key, so worker processes, resuming and the world size do
   not change it. A file that cannot be read is a failure marker (the worker never dies); the run then raises
@@ -14,6 +17,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,11 +28,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import ImageError, invalid_argument
+from ..errors import DatasetError, ImageError, invalid_argument, short_list
 from ..utils.keyed import derive_seed, keyed_rng
 from . import augment
 from .images import ImageFailure, open_image, preprocess
 from .loader import Source, image_folder, worker_init
+from .records import ref_name
+from .stream import SHUFFLE_BUFFER, stream_batches, stream_steps
 
 TrainTransform = Callable[[Image.Image, random.Random], torch.Tensor]  # (PIL image, keyed rng) -> (3, H, W)
 EvalTransform = Callable[[Image.Image], torch.Tensor]
@@ -56,15 +63,65 @@ def labelled_folder(root: str | Path, name: str) -> Source:
     return source
 
 
+NUMBERED = "numbered"  # `origin["classes"]` of a data set that names no classes: they are its label numbers
+
+
+def labelled_source(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], name: str, *,
+                    image_column: str | None = None, label_column: str | None = None) -> Source:
+    """A labelled source with at least one image (`name` says which argument it is in messages): an ImageFolder tree,
+    or a data set (parquet, arrow, tar shards) whose every image has a label. A data set without class names gets its
+    label numbers as names ("0", "1", ...). A data set that lost samples (a truncated shard) is refused: a training
+    run does not go on without them."""
+    from .sources import container_source
+
+    given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    source = container_source(given, image_column=image_column, label_column=label_column)
+    if source is None:
+        return labelled_folder(given[0], name)
+    shown_as = " ".join(map(str, given))
+    if source.failures:
+        more = f" (and {len(source.failures) - 1} more)" if len(source.failures) > 1 else ""
+        raise DatasetError(f"{source.failures[0].reason}{more}; a training or evaluation run needs every sample")
+    if not len(source.paths):
+        raise invalid_argument(name, f"{shown_as} holds no image")
+    if source.labels is None:
+        raise invalid_argument("label_column", f"{shown_as} has no labels (no label column, .cls member or 'label' in "
+                                               "a .json); name where they are with label_column=NAME")
+    missing = [i for i, v in enumerate(source.labels) if v < 0]
+    if missing:
+        raise invalid_argument(name, f"{len(missing)} of the {len(source.paths)} images of {shown_as} have no label "
+                                     f"(the first: {ref_name(source.paths[missing[0]])}); give a labelled split")
+    if source.classes is None:
+        numbered = [str(i) for i in range(max(source.labels) + 1)]
+        return dataclasses.replace(source, classes=numbered, origin={**source.origin, "classes": NUMBERED})
+    if max(source.labels) >= len(source.classes):
+        raise DatasetError(f"{shown_as} has label {max(source.labels)} but names {len(source.classes)} classes; its "
+                           "class names do not match its labels")
+    return source
+
+
+def shared_classes(train: Source, val: Source) -> list[str]:
+    """The classes of a train / val pair: the same names in the same order (labels are class positions); where the
+    data names no classes (tar shards), the label numbers of both."""
+    if NUMBERED in (train.origin.get("classes"), val.origin.get("classes")):
+        if train.origin.get("classes") != val.origin.get("classes"):
+            raise invalid_argument("val", "one of train and val names its classes and the other does not; give both "
+                                          "in the same form")
+        return [str(i) for i in range(max(len(train.classes or []), len(val.classes or [])))]
+    check_same_classes(train, val)
+    return list(train.classes or [])
+
+
 def check_same_classes(train: Source, val: Source) -> None:
     """TRAIN and VAL must name the same classes in the same order (labels are class positions)."""
     if train.classes != val.classes:
         only_train = sorted(set(train.classes or []) - set(val.classes or []))
         only_val = sorted(set(val.classes or []) - set(train.classes or []))
-        detail = (f"only in train: {', '.join(only_train[:3]) or '-'}; only in val: {', '.join(only_val[:3]) or '-'}"
+        detail = (f"only in train: {short_list(only_train) or '-'}; only in val: {short_list(only_val) or '-'}"
                   if only_train or only_val else "the same names in another order")
-        raise invalid_argument("val", f"the train and val folders have different class folders ({detail}); give "
-                                      "both trees the same class sub-folders")
+        what = "class folders" if train.form == "image-folder" and val.form == "image-folder" else "classes"
+        raise invalid_argument("val", f"the train and val data have different {what} ({detail}); give both the same "
+                                      "classes in the same order")
 
 
 def _collate(samples: list[tuple]) -> LabelledBatch:
@@ -81,6 +138,7 @@ class TrainImages(Dataset):
     seed. An unlabelled source (pre-training) gives label -1."""
 
     def __init__(self, source: Source, transform: TrainTransform, seed: int) -> None:
+        self.source = source
         self.paths, self.labels = source.paths, source.labels or [-1] * len(source.paths)
         self.transform, self.seed = transform, seed
 
@@ -154,6 +212,31 @@ def epoch_batches(samples: int, batch_size: int, *, epoch: int, seed: int, rank:
             for s in range(steps_per_epoch(samples, batch_size, world_size))]
 
 
+def epoch_steps(source: Source, batch_size: int, world_size: int, workers: int) -> int:
+    """Global steps of an epoch over `source`: whole global batches (`steps_per_epoch`), or a stream's
+    (`stream.stream_steps`)."""
+    if source.streamed:
+        return stream_steps(source.pieces, batch_size, world_size, workers)
+    return steps_per_epoch(len(source.paths), batch_size, world_size)
+
+
+def epoch_plan(source: Source, batch_size: int, *, epoch: int, seed: int, rank: int = 0, world_size: int = 1,
+               workers: int = 0, buffer: int = SHUFFLE_BUFFER) -> list[list[tuple[int, int]]]:
+    """Rank `rank`'s batches of `epoch` over `source`: `epoch_batches` (a keyed permutation), or for a stream source
+    `stream.stream_batches` (whole shards per reader, a shuffle buffer of `buffer` samples)."""
+    if source.streamed:
+        return stream_batches(source.pieces, batch_size, epoch=epoch, seed=seed, rank=rank, world_size=world_size,
+                              workers=workers, buffer=buffer)
+    return epoch_batches(len(source.paths), batch_size, epoch=epoch, seed=seed, rank=rank, world_size=world_size)
+
+
+def stream_settings(source: Source, world_size: int, workers: int, buffer: int) -> dict[str, int] | None:
+    """What a stream source's order depends on beyond the seed (a resumed run must have the same), or None."""
+    from .stream import readers
+
+    return {"readers": readers(world_size, workers), "shuffle_buffer": buffer} if source.streamed else None
+
+
 def loader(dataset: Dataset, batches: Sequence[Sequence[object]], *, workers: int, pin_memory: bool) -> DataLoader:
     """A `DataLoader` over the given batches in order, `workers` processes decoding ahead."""
     extra = {"prefetch_factor": 2, "worker_init_fn": worker_init} if workers else {}
@@ -165,5 +248,5 @@ def raise_on_failures(batch: LabelledBatch) -> None:
     """A training or evaluation batch with an unreadable file stops the run, naming the file."""
     if batch.failures:
         first = batch.failures[0]
-        raise ImageError(f"{first.path} cannot be read ({first.reason}); remove it from the tree or replace it, then "
-                         "run again (--resume continues from the last finished epoch)")
+        raise ImageError(f"{ref_name(first.path)} cannot be read ({first.reason}); remove it from the data or replace "
+                         "it, then run again (--resume continues from the last finished epoch)")

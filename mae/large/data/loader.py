@@ -22,6 +22,7 @@ import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset
@@ -29,6 +30,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 from ..errors import ImageError, invalid_argument
 from . import images as image
 from .images import Crop, ImageFailure, check_crop, collect_images
+from .records import ImageRef, Record, Records
 
 __all__ = ["LIST_SUFFIXES", "Batch", "ImageDataset", "Source", "collate", "default_workers", "image_folder",
            "image_loader", "image_source", "list_file", "loader_batches", "source_form"]
@@ -51,14 +53,28 @@ def default_workers(cpus: int | None = None, device_type: str = "cuda") -> int:
 # ---- what to run over -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Source:
-    """The inputs of a job: `paths` in order, `labels[i]` the class index of `paths[i]` (None: unlabelled),
-    `classes` the class names, `failures` the inputs that gave no path (a missing file, an empty folder)."""
+    """The inputs of a job: `paths` in order (image files, or `records.Record`s: images inside a data set's files),
+    `labels[i]` the class index of `paths[i]` (None: unlabelled; -1: this one has no label), `classes` the class
+    names, `failures` the inputs that gave no image reference (a missing file, an empty folder, a tar sample without
+    an image). A data set source (`sources.open_source`) also says what it read (`origin`: its path, files and
+    columns) and each file's [start, end) of the positions (`pieces`)."""
 
-    paths: list[Path]
+    paths: Sequence[ImageRef]
     labels: list[int] | None = None
     classes: list[str] | None = None
     failures: list[ImageFailure] = field(default_factory=list)
-    form: str = "files"  # files | list | image-folder
+    form: str = "files"  # files | list | image-folder | parquet | arrow | webdataset
+    origin: dict[str, Any] = field(default_factory=dict)
+    pieces: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def streamed(self) -> bool:
+        """Whether training reads it as a stream (`data.stream`: tar shards) rather than in a keyed permutation."""
+        return self.form == "webdataset"
+
+    def describe(self) -> dict[str, Any]:
+        """What was read, for feature files and runs: the form, and for a data set its path, files and columns."""
+        return {"form": self.form, "items": len(self.paths), **self.origin}
 
 
 def source_form(inputs: Sequence[str | os.PathLike[str]], *, recursive: bool = False) -> str:
@@ -148,9 +164,10 @@ class ImageDataset(Dataset):
     """`paths[i]` loaded and preprocessed (`image.load_image` at `size`, `crop`): `(i, path, tensor (3, H, W))`,
     or `(i, path, ImageFailure)` for a file that cannot be read or preprocessed."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike[str]], size: int | tuple[int, int], crop: Crop) -> None:
+    def __init__(self, paths: Sequence[ImageRef | str | os.PathLike[str]], size: int | tuple[int, int],
+                 crop: Crop) -> None:
         check_crop(crop)
-        self.paths = [Path(p) for p in paths]
+        self.paths = paths if isinstance(paths, Records) else [p if isinstance(p, Record) else Path(p) for p in paths]
         self.size, self.crop = size, crop
 
     def __len__(self) -> int:
@@ -202,7 +219,7 @@ def worker_init(_: int) -> None:
 
 
 def image_loader(
-    paths: Sequence[str | os.PathLike[str]],
+    paths: Sequence[ImageRef | str | os.PathLike[str]],
     size: int | tuple[int, int],
     crop: Crop,
     batch_size: int,
@@ -216,7 +233,8 @@ def image_loader(
     batches of `batch_size` inputs (the last one may be short); each batch is a `Batch`.
 
     Args:
-        paths: the image files; a file that cannot be read is an `ImageFailure` in its batch, not an exception.
+        paths: the image files or records (`records.Record`); one that cannot be read is an `ImageFailure` in its
+            batch, not an exception.
         size: the model's input size, (H, W) or one int for a square (`image.preprocess`).
         crop: `eval`, `resize` or `center` (`image.preprocess`).
         batch_size: inputs per batch, a positive integer.

@@ -118,12 +118,14 @@ def load_classifier(path: str | Path, *, size: int | tuple[int, int] | None = No
 def evaluate_checkpoint(val: str | Path, checkpoint: str | Path, *, batch_size: int = 64, device: str = "auto",
                         amp: str = "auto", workers: int | None = None, size: int | None = None,
                         ctx: DistContext | None = None,
-                        on_batch: Callable[[int, int], None] | None = None) -> tuple[Accuracy, Source]:
-    """Evaluate a fine-tuned checkpoint on the ImageFolder tree `val` (its classes in folder order must be the
-    classifier's); returns the accuracy and the tree's `Source`.
+                        on_batch: Callable[[int, int], None] | None = None, image_column: str | None = None,
+                        label_column: str | None = None) -> tuple[Accuracy, Source]:
+    """Evaluate a fine-tuned checkpoint on the labelled images `val` (its classes in order must be the classifier's);
+    returns the accuracy and the data's `Source`.
 
     Args:
-        val: the ImageFolder tree `val/CLASS/image`, one class folder per class of the classifier.
+        val: the ImageFolder tree `val/CLASS/image`, one class folder per class of the classifier, or a labelled data
+            set (`data.sources`: parquet, a `save_to_disk` folder, tar shards) of the classifier's classes.
         checkpoint: a fine-tuned classifier file; its number of classes and pooling are read from it (`load_classifier`).
         batch_size: images per batch on each rank, a positive integer.
         device: `auto`, `cpu`, `cuda`, `cuda:N` or `mps` (`resolve_device`); ignored when `ctx` is given (its device is used).
@@ -132,16 +134,24 @@ def evaluate_checkpoint(val: str | Path, checkpoint: str | Path, *, batch_size: 
         size: the input size the classifier is built at (default the architecture's, 224).
         ctx: this process's place in a distributed run (default one process).
         on_batch: called as `on_batch(done, total)` after each of this rank's batches.
+        image_column, label_column: a data set's columns (member extensions of tar shards); default `image`, `label`.
     """
-    from ..data.labelled import labelled_folder
+    from ..data.labelled import NUMBERED, labelled_source
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise invalid_argument("batch_size", f"batch size must be a positive integer, got {batch_size!r}")
     target = ctx.device if ctx is not None else resolve_device(device)
-    source = labelled_folder(val, "val")
+    source = labelled_source(val, "val", image_column=image_column, label_column=label_column)
     model = load_classifier(checkpoint, size=size, device=target)
     classes = model.config.num_classes
     found = list(source.classes or [])
+    if source.origin.get("classes") == NUMBERED:  # the data names no classes: its labels must be the head's
+        if len(found) > classes:
+            raise invalid_argument("val", f"{val} has label {len(found) - 1} and the classifier {classes} classes; "
+                                          "evaluate on data labelled for this classifier")
+        workers = default_workers(device_type=target.type) if workers is None else workers
+        return evaluate_model(model, source, batch_size=batch_size, device=target, amp=resolve_amp(amp, target),
+                              ctx=ctx, workers=workers, on_batch=on_batch), source
     if len(found) < 2:
         raise invalid_argument("val", f"{val} holds {len(found)} class folder: top-1 over one class says nothing; give "
                                       "the tree of every class the classifier knows")

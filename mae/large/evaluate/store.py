@@ -10,7 +10,9 @@ files of at most `shard_size` rows (`ShardWriter`), each atomically as soon as i
 (n,) int64 (-1: unlabelled). Rank 0 then writes `index.json` from the shard files (`write_index`):
 {"format", "rows", "dim", "files" (row names in global order), "labels" (or null), "classes" (or null),
 "shards": [{"file", "rows", "rank"}], "checkpoint", "pool", "layer", "transform", "size", "dtype", "world_size",
-"shard_size", "model"}. Global row order is input order: rows sorted by position.
+"shard_size", "model", "source"}. Global row order is input order: rows sorted by position. A row's name is its
+image's identity (a file's path, `file.parquet#row`, `shard.tar#key`); `source` says what was read (`Source.describe`:
+the form, and for a data set its path, files and columns); one file records the same under its metadata `source`.
 
 Resuming: every shard records the run's settings and which of its rank's inputs it covers (`inputs_end`, and the
 failures among them), so a resumed run skips the inputs of complete shards and writes the same bytes.
@@ -354,7 +356,8 @@ def _open_folder(folder: Path) -> FeatureSet:
     if sum(int(p.numel()) for p in positions) != rows or len(names) != rows:
         raise MAEError(f"{index_path} says {rows} rows but its shards hold {sum(int(p.numel()) for p in positions)}")
     labels = torch.tensor(index["labels"], dtype=torch.int64) if index.get("labels") is not None else None
-    meta = {k: str(v) for k, v in index.items() if k not in ("files", "labels", "classes", "shards", "rows", "dim")}
+    meta = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in index.items()
+            if k not in ("files", "labels", "classes", "shards", "rows", "dim")}  # a file's metadata: str -> str
     return FeatureSet(folder, files, names, labels, index.get("classes"), meta, dim, positions)
 
 

@@ -1,15 +1,20 @@
 """The features job: one pooled encoder feature vector per image, written as one safetensors file or as a folder
 of shards for a data set; resumable, as one process or as several under torchrun.
 
-Inputs: image files and folders, one list file (one path per line), or one ImageFolder tree (`root/CLASS/img`:
-the sorted class names become integer labels). `out` ending in `.safetensors` is one file (rank 0 gathers the
-rows); anything else is a shard folder: each rank writes shards of at most `shard_size` rows as soon as they are
-complete, rank 0 writes `index.json` last, and `resume` continues an interrupted run with the same bits.
+Inputs: image files and folders, one list file (one path per line), one ImageFolder tree (`root/CLASS/img`:
+the sorted class names become integer labels), or a data set's own files (`data.sources`: parquet, a
+`save_to_disk` folder, WebDataset tar shards; their labels and class names come with them). Every row is named by
+its image's identity (a file's path, `file.parquet#row`, `shard.tar#key`) and the output records the source.
+`out` ending in `.safetensors` is one file (rank 0 gathers the rows); anything else is a shard folder: each rank
+writes shards of at most `shard_size` rows as soon as they are complete, rank 0 writes `index.json` last, and
+`resume` continues an interrupted run with the same bits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +26,8 @@ from torch import nn
 
 from ..data.images import Crop, ImageFailure
 from ..data.loader import Source, default_workers, image_folder, list_file, source_form
+from ..data.records import ref_name
+from ..data.sources import container_source
 from ..errors import ImageError, MAEError, invalid_argument
 from ..evaluate.features import FeatureResult, extract_features, model_name
 from ..evaluate.store import ShardWriter, save_features, write_index
@@ -76,12 +83,15 @@ def features(
     recursive: bool = False,
     shard_size: int = 10_000,
     resume: bool = False,
+    image_column: str | None = None,
+    label_column: str | None = None,
     events: Events = QUIET,
 ) -> FeaturesRun | None:
     """Embed every image of `inputs` with the encoder and save the pooled vectors, in input order.
 
     Args:
-        inputs: image files and folders, one list file, or one ImageFolder tree (labelled).
+        inputs: image files and folders, one list file, one ImageFolder tree (labelled), or a data set's files
+            (`data.sources`: parquet files or a pattern of them, a `save_to_disk` folder, tar shards).
         model: a checkpoint (only the encoder is used), a `ModelSource`, or a feature extractor built by
             `features.load_feature_encoder`.
         out: `x.safetensors` (one file: `features` (N, D) float32, names and labels in its metadata) or a folder of
@@ -93,6 +103,8 @@ def features(
         recursive: walk the sub-folders of the folders given.
         shard_size: rows per shard of a shard folder.
         resume: keep the complete shards of an interrupted run in `out` and do the rest.
+        image_column, label_column: a data set's image and label columns (tar shards: member extensions, or the
+            label's `.json` key); default `image` (or the first image column) and `label` (`cls` in tars).
         events: what to report while it runs (`run.Events`).
 
     Returns what was written, on rank 0 (None on the other ranks of a torchrun run)."""
@@ -100,10 +112,10 @@ def features(
     sharded = is_shard_folder(out)
     if resume and not sharded:
         raise invalid_argument("resume", "resume continues a shard folder; give out a folder (no .safetensors suffix)")
-    source, inputs_of = as_source(model), _inputs(inputs, recursive, events)
+    source, inputs_of = as_source(model), _inputs(inputs, recursive, events, image_column, label_column)
     paths = inputs_of.paths
-    listed = paths if source_form(inputs, recursive=recursive) == "list" else []  # else inside the folders given
-    guard_output(out, [*inputs, *listed, *source.inputs()])
+    listed = paths if inputs_of.form == "list" else []  # else inside the folders given
+    guard_output(out, [*inputs, *listed, *inputs_of.origin.get("files", []), *source.inputs()])
     where = resolve_device(device) if device is not None else source.device or resolve_device("auto")
     n_workers = default_workers(device_type=where.type) if workers is None else workers
     held: dict[str, Any] = {}
@@ -149,11 +161,16 @@ def features(
 
 
 def _failures_json(failures: list[ImageFailure]) -> list[dict[str, str]]:
-    return [{"image": str(f.path), "error": f.reason} for f in failures]
+    return [{"image": ref_name(f.path), "error": f.reason} for f in failures]
 
 
-def _inputs(inputs: Sequence[str | Path], recursive: bool, events: Events) -> Source:
-    """The inputs as a `loader.Source`: a list file, an ImageFolder tree (labelled), or files and folders."""
+def _inputs(inputs: Sequence[str | Path], recursive: bool, events: Events, image_column: str | None,
+            label_column: str | None) -> Source:
+    """The inputs as a `loader.Source`: a data set's files, a list file, an ImageFolder tree (labelled), or files and
+    folders."""
+    data = container_source(inputs, image_column=image_column, label_column=label_column)
+    if data is not None:
+        return _data_set(data, inputs, events)
     form = source_form(inputs, recursive=recursive)
     if form == "files":
         paths, failures = collect_inputs(inputs, "extract features from", recursive=recursive, events=events)
@@ -168,12 +185,31 @@ def _inputs(inputs: Sequence[str | Path], recursive: bool, events: Events) -> So
     return source
 
 
+def _data_set(data: Source, inputs: Sequence[str | Path], events: Events) -> Source:
+    """A data set's source, said in a note; labels kept only when every image has one (a feature file's labels are
+    class numbers for every row)."""
+    shown = " ".join(map(str, inputs))
+    if not len(data.paths):
+        reasons = "; ".join(f.reason for f in data.failures[:3]) or "it holds no image"
+        raise ImageError(f"no image to extract features from in {shown}: {reasons}")
+    files = data.origin.get("files", [])
+    what = {"parquet": "parquet", "arrow": "arrow (save_to_disk)", "webdataset": "tar shards"}.get(data.form, data.form)
+    labels = data.labels
+    if labels is not None and any(v < 0 for v in labels):
+        events.note(f"{sum(v < 0 for v in labels)} of the {len(labels)} images have no label: the features are "
+                    "written without labels")
+        data = dataclasses.replace(data, labels=None, classes=None)
+    named = f", {len(data.classes)} named classes" if data.classes else ", labelled" if data.labels else ""
+    events.note(f"{what}: {len(data.paths)} images in {len(files)} file(s){named}")
+    return data
+
+
 def _settings(model: VisionTransformer, source: ModelSource, crop: str, dtype: Any, layer: int | None, world_size: int,
               shard_size: int, inputs: Source) -> dict[str, Any]:
     """What identifies a sharded run (a resumed run must match it): the index's fields and a digest of the inputs."""
     digest = hashlib.sha256()
     for i, path in enumerate(inputs.paths):
-        digest.update(f"{path}\t{inputs.labels[i] if inputs.labels else ''}\n".encode("utf-8", "surrogateescape"))
+        digest.update(f"{ref_name(path)}\t{inputs.labels[i] if inputs.labels else ''}\n".encode("utf-8", "surrogateescape"))
     h, w = model.config.img_size
     return {"checkpoint": _checkpoint_name(model, source), "pool": "mean" if model.global_pool else "cls",
             "layer": (model.config.depth - 1) if layer is None else layer % model.config.depth, "transform": crop,
@@ -222,7 +258,7 @@ class ShardSink:
         if isinstance(item, FeatureResult):
             self.writer.add(local, position, item.vector, labels[position] if labels else -1)
         else:
-            self.writer.add(local, position, None, failure={"image": str(item.path), "error": item.reason,
+            self.writer.add(local, position, None, failure={"image": ref_name(item.path), "error": item.reason,
                                                             "position": str(position)})
 
     def close(self) -> list[Any] | None:
@@ -231,9 +267,9 @@ class ShardSink:
         if not self.ctx.is_main:
             return None
         keys = ("checkpoint", "pool", "layer", "transform", "size", "dtype", "world_size", "shard_size", "model")
-        self.index = write_index(self.folder, [str(p) for p in self.source.paths], world_size=self.ctx.world_size,
+        self.index = write_index(self.folder, [ref_name(p) for p in self.source.paths], world_size=self.ctx.world_size,
                                  labels=self.source.labels is not None, classes=self.source.classes,
-                                 settings={k: self.settings[k] for k in keys})
+                                 settings={**{k: self.settings[k] for k in keys}, "source": self.source.describe()})
         merged = sorted((f for part in parts for f in part), key=lambda f: int(f["position"]))
         return [{"image": f["image"], "error": f["error"]} for f in merged]
 
@@ -245,6 +281,8 @@ def _save(out: Path, rows: list[FeatureResult], model: VisionTransformer, source
     metadata = {"checkpoint": _checkpoint_name(model, source), "pool": pool, "size": f"{size[0]}x{size[1]}",
                 "model": model_name(model.config), "crop": crop, "transform": crop,
                 "dtype": str(dtype).removeprefix("torch."), "dim": str(features.shape[1]),
-                "layer": str(layer)}  # the block the tokens come from, 0-based (the last unless asked)
+                "layer": str(layer),  # the block the tokens come from, 0-based (the last unless asked)
+                "source": json.dumps(inputs.describe())}  # what was read; each row's name is its image's identity
     labels = [inputs.labels[r.index] for r in rows] if inputs.labels is not None else None
-    return save_features(out, features, [str(r.path) for r in rows], metadata, labels=labels, classes=inputs.classes)
+    return save_features(out, features, [ref_name(r.path) for r in rows], metadata, labels=labels,
+                         classes=inputs.classes)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..data.images import Crop, ImageFailure
+from ..data.sources import container_source
 from ..errors import ImageError, invalid_argument
 from ..models.masks import MaskSpec, parse_mask
 from ..models.target import TargetChoice, resolve_target
@@ -79,12 +80,14 @@ def reconstruct(
     animate_format: Literal["gif", "webp"] = "gif",
     allow_random_decoder: bool = False,
     gallery: bool | None = None,
+    image_column: str | None = None,
     events: Events = QUIET,
 ) -> ReconstructRun | None:
-    """Reconstruct every image of `inputs` (files and folders) and save its figure in `out_dir`.
+    """Reconstruct every image of `inputs` (files and folders, or a data set) and save its figure in `out_dir`.
 
     Args:
-        inputs: image files and folders (`recursive`: their sub-folders too).
+        inputs: image files and folders (`recursive`: their sub-folders too), or a data set's files (`data.sources`:
+            parquet, a `save_to_disk` folder, tar shards; a figure is named after its image's file and row or key).
         model: a `MaskedAutoencoderViT`, a checkpoint path, a `ModelSource`, or None for a seeded random init.
         out_dir: the folder for `<stem>.png` (and `<stem>.<panel>.png`, `<stem>.gif`, `index.html`).
         mask_ratios: one ratio (default 0.75, or the mask's own), or several: a row per ratio (a ratio given twice
@@ -98,7 +101,8 @@ def reconstruct(
         animate: also write an animation per image over mask ratios 0.1-0.95 or over seeds 0-11.
         animate_format: `gif` or `webp`.
         allow_random_decoder: draw even with an encoder-only checkpoint (its decoder is then random).
-        gallery: write `index.html` (default: when a folder is among the inputs).
+        gallery: write `index.html` (default: when a folder or a data set is among the inputs).
+        image_column: a data set's image column (tar shards: the member extension); default `image` (the first image).
         events: what to report while it runs (`run.Events`).
 
     Returns the rows on rank 0 (None on the other ranks of a torchrun run). An input that cannot be read, or whose
@@ -113,9 +117,17 @@ def reconstruct(
         raise invalid_argument("animate", f"animate must be ratios or seeds and its format gif or webp, got "
                                           f"{animate!r}, {animate_format!r}")
     source, out_dir = as_source(model), Path(out_dir)
-    paths, failures = collect_inputs(inputs, "reconstruct", recursive=recursive, events=events)
+    data = container_source(inputs, image_column=image_column)
+    if data is not None:
+        if not len(data.paths):
+            raise ImageError(f"no image to reconstruct in {' '.join(map(str, inputs))}: "
+                             f"{'; '.join(f.reason for f in data.failures[:3]) or 'it holds no image'}")
+        paths, failures = data.paths, list(data.failures)
+    else:
+        paths, failures = collect_inputs(inputs, "reconstruct", recursive=recursive, events=events)
     suffix = f".{animate_format}" if animate else None
-    guard_output(out_dir, [*inputs, *source.inputs()], argument="out_dir")
+    guard_output(out_dir, [*inputs, *(data.origin.get("files", []) if data else []), *source.inputs()],
+                 argument="out_dir")
     stems = output_stems(paths, out_dir, _files(save_panels, suffix))  # from every input: ranks agree on names
     chosen = None if spec.kind == "random" and spec.ratio is None else spec
     drawn = _Drawer(names, out_dir, stems, nested=spec.kind == "random", save_panels=save_panels, animate=animate,
@@ -152,13 +164,13 @@ def reconstruct(
         return None
     net, _, choice = run.state
     rows = [{"image": str(f.path), "error": f.reason} for f in failures] + run.results
-    failed = [ImageFailure(Path(r["image"]), r["error"]) for r in run.results if "error" in r]
+    failed = [ImageFailure(Path(r["image"]), r["error"]) for r in run.results if "error" in r]  # named as in rows
     if run.ctx.is_distributed:
         for failure in failed:
             events.failure(failure)
     failures += failed
     ok = [r for r in rows if "error" not in r]
-    wants_gallery = any(Path(i).is_dir() for i in inputs) if gallery is None else gallery
+    wants_gallery = (data is not None or any(Path(i).is_dir() for i in inputs)) if gallery is None else gallery
     settings = {"checkpoint": _checkpoint_label(source, net), "kind": checkpoint_kind(net), "mask": spec.text or spec.kind,
                 "mask ratios": ratios, "seed": seed, "target": f"{choice.target} ({choice.how})"}
     written = write_gallery(out_dir, [(Path(r["image"]).name, r["loss"], r["output"], r.get("note")) for r in ok],

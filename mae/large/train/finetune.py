@@ -35,12 +35,13 @@ from ..data.labelled import (
     LabelledBatch,
     TrainImages,
     TrainTransform,
-    check_same_classes,
-    epoch_batches,
-    labelled_folder,
+    epoch_plan,
+    epoch_steps,
+    labelled_source,
     loader,
     raise_on_failures,
-    steps_per_epoch,
+    shared_classes,
+    stream_settings,
 )
 from ..data.loader import default_workers
 from ..errors import invalid_argument
@@ -114,10 +115,13 @@ class FinetuneConfig:
     save_checkpoints: bool = True  # False: config.json and log.jsonl only (sweeps, smoke runs)
     eval_batch_size: int | None = None  # None: batch_size
     device: str = "auto"
+    image_column: str | None = None  # a data set's image column (parquet, arrow) or member extension (tar shards)
+    label_column: str | None = None  # its label column, or the member extension / .json key of the label
+    shuffle_buffer: int = 1000  # tar shards (a stream): the samples each reader shuffles among (`data.stream`)
 
     def __post_init__(self) -> None:
         positive = {"input_size": self.input_size, "epochs": self.epochs, "batch_size": self.batch_size,
-                    "effective_batch": self.effective_batch}
+                    "effective_batch": self.effective_batch, "shuffle_buffer": self.shuffle_buffer}
         for name, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise invalid_argument(name, f"{name} must be a positive integer, got {value!r}")
@@ -193,23 +197,29 @@ def resumed_config(path: str | os.PathLike[str], **changes: Any) -> FinetuneConf
 
 
 def _run_args(config: FinetuneConfig, *, classes: list[str], world: int, accum: int, lr: float, amp: str,
-              device: torch.device, pretrained: str | None, train: str, val: str, workers: int) -> dict[str, Any]:
+              device: torch.device, pretrained: str | None, train: str, val: str, workers: int,
+              sources: dict[str, Any], stream: dict[str, int] | None) -> dict[str, Any]:
     return plain({
         "config": config.to_dict(), "architecture": config.model or catalog.DEFAULT_ARCHITECTURE,
         "num_classes": len(classes), "classes": classes, "world_size": world, "accum_iter": accum,
         "effective_batch": config.batch_size * accum * world, "lr": lr, "amp": amp, "device": str(device),
-        "workers": workers, "pretrained": pretrained, "train": train, "val": val,
+        "workers": workers, "pretrained": pretrained, "train": train, "val": val, "sources": sources, "stream": stream,
     })
 
 
 def _check_resume(saved: Mapping[str, Any], args: Mapping[str, Any]) -> None:
     """A resumed run must compute what the interrupted one computed: same settings (but `RESUMABLE_CHANGES`),
     same global batch, same classes."""
-    differs = [k for k, v in args["config"].items() if k not in RESUMABLE_CHANGES and saved["config"].get(k) != v]
+    defaults = FinetuneConfig().to_dict()  # a setting the run's version did not have was its default
+    differs = [k for k, v in args["config"].items()
+               if k not in RESUMABLE_CHANGES and saved["config"].get(k, defaults.get(k)) != v]
     if saved["effective_batch"] != args["effective_batch"] or saved["accum_iter"] != args["accum_iter"]:
         differs.append("effective batch (batch size x accum iter x processes)")
     if saved["classes"] != args["classes"]:
         differs.append("class folders")
+    if saved.get("stream") != args["stream"]:  # a tar stream's order depends on the readers (`data.stream`)
+        differs.append(f"stream readers (world size x workers: {(saved.get('stream') or {}).get('readers')} then, "
+                       f"{(args['stream'] or {}).get('readers')} now)")
     if differs:
         raise invalid_argument("resume", f"the run being resumed used other settings ({', '.join(differs)}); resume "
                                          "with the run's own settings (resumed_config) so it continues as it began")
@@ -240,13 +250,15 @@ def finetune(
     ctx: DistContext | None = None,
     stop: Callable[[], bool] = cancel.requested,
 ) -> FinetuneResult:
-    """Fine-tune the encoder of `pretrained` (an MAE checkpoint) on the ImageFolder tree `train`, evaluating on
+    """Fine-tune the encoder of `pretrained` (an MAE checkpoint) on the labelled images `train`, evaluating on
     `val` after every epoch; checkpoints, `config.json` and `log.jsonl` go to `out_dir` (rank 0 writes).
 
     Under torchrun each process calls this (the process group is set up here unless `ctx` is given).
 
     Args:
-        train, val: ImageFolder trees `root/CLASS/image` with the same class folders in the same order.
+        train, val: ImageFolder trees `root/CLASS/image` with the same class folders in the same order, or labelled
+            data sets (`data.sources`: parquet, a `save_to_disk` folder, tar shards; `config.image_column` /
+            `label_column` choose the columns), the same classes in the same order.
         out_dir: the run folder (checkpoints, `config.json`, `log.jsonl`).
         config: the recipe (default `FinetuneConfig()`, the official ViT-L fine-tuning).
         pretrained: the MAE checkpoint whose encoder is fine-tuned (a fresh head); needed unless `resume` is given,
@@ -281,12 +293,13 @@ def _finetune(train: Path, val: Path, out_dir: Path, config: FinetuneConfig, pre
     notify = on_progress if (on_progress is not None and ctx.is_main) else (lambda *_: None)
     if pretrained is None and resume is None:
         raise invalid_argument("checkpoint", "fine-tuning needs a pre-trained checkpoint (or a run to resume)")
-    guard_output(out_dir, [train, val, *(checkpoint_inputs(pretrained) if pretrained is not None else [])],
+    columns = {"image_column": config.image_column, "label_column": config.label_column}
+    train_source, val_source = labelled_source(train, "train", **columns), labelled_source(val, "val", **columns)
+    data_files = [*train_source.origin.get("files", []), *val_source.origin.get("files", [])]
+    guard_output(out_dir, [train, val, *data_files, *(checkpoint_inputs(pretrained) if pretrained is not None else [])],
                  argument="out_dir")
     guard_run_folder(out_dir, resume is not None)
-    train_source, val_source = labelled_folder(train, "train"), labelled_folder(val, "val")
-    check_same_classes(train_source, val_source)
-    classes = list(train_source.classes or [])
+    classes = shared_classes(train_source, val_source)
     if len(classes) < 2:
         raise invalid_argument("train", f"{train} holds {len(classes)} class folder ({', '.join(classes)}): a classifier "
                                         "learns nothing from one class (its loss is 0 and its top-1 100% whatever it "
@@ -294,15 +307,17 @@ def _finetune(train: Path, val: Path, out_dir: Path, config: FinetuneConfig, pre
     if config.num_classes is not None and config.num_classes != len(classes):
         raise invalid_argument("num_classes", f"num_classes={config.num_classes} but {train} has {len(classes)} class "
                                               "folders; leave it unset to take the folders' count")
-    accum = accumulation(config.batch_size, config.accum_iter, config.effective_batch, len(train_source.paths), world,
-                         mixup=config.mixup_active)
-    steps = steps_per_epoch(len(train_source.paths), config.batch_size, world)
-    amp = resolve_amp(config.amp, device)
     workers = default_workers(device_type=device.type) if config.workers is None else config.workers
+    steps = epoch_steps(train_source, config.batch_size, world, workers)
+    accum = accumulation(config.batch_size, config.accum_iter, config.effective_batch, len(train_source.paths), world,
+                         mixup=config.mixup_active, steps=steps)
+    amp = resolve_amp(config.amp, device)
     lr = config.lr if config.lr is not None else config.blr * config.batch_size * accum * world / 256
     args = _run_args(config, classes=classes, world=world, accum=accum, lr=lr, amp=amp, device=device,
                      pretrained=None if pretrained is None else os.fspath(pretrained), train=os.fspath(train),
-                     val=os.fspath(val), workers=workers)
+                     val=os.fspath(val), workers=workers,
+                     sources={"train": train_source.describe(), "val": val_source.describe()},
+                     stream=stream_settings(train_source, world, workers, config.shuffle_buffer))
 
     state = load_run_checkpoint(resume_file(resume)) if resume is not None else None
     if state is not None:
@@ -374,8 +389,9 @@ class _Recipe:
                                                                                           config, ctx, workers)
 
     def batches(self, epoch: int, start: int) -> Any:
-        batches = epoch_batches(len(self.dataset), self.config.batch_size, epoch=epoch, seed=self.config.seed,
-                                rank=self.ctx.rank, world_size=self.ctx.world_size)
+        batches = epoch_plan(self.dataset.source, self.config.batch_size, epoch=epoch, seed=self.config.seed,
+                             rank=self.ctx.rank, world_size=self.ctx.world_size, workers=self.workers,
+                             buffer=self.config.shuffle_buffer)
         return loader(self.dataset, batches[start:], workers=self.workers, pin_memory=self.ctx.device.type == "cuda")
 
     def loss(self, net: nn.Module, batch: LabelledBatch, epoch: int, step: int) -> torch.Tensor:

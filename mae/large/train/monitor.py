@@ -20,6 +20,7 @@ import torch
 
 from ..data.images import ImageFailure, load_image
 from ..data.loader import Source
+from ..data.records import ImageRef
 from ..errors import ImageError
 from ..models.mae import MaskedAutoencoderViT
 from ..utils.device import autocast
@@ -38,7 +39,7 @@ LOSS_FIGURE = "loss.png"
 class Heldout:
     """K fixed images (the evaluation transform) and the fixed masking noise each is seen with, every epoch."""
 
-    paths: list[Path]
+    paths: list[ImageRef]  # image files or records (`data.records`)
     images: torch.Tensor  # (K, 3, H, W) normalised
     noise: torch.Tensor  # (K, L): the official masking noise (the smallest are kept)
 
@@ -47,7 +48,7 @@ def heldout_images(source: Source, count: int, size: tuple[int, int], num_patche
     """`count` images spread evenly over `source` (the first readable ones from each spot), through the official
     evaluation transform, with masking noise drawn from `derive_seed(seed, "heldout", i)`."""
     step = max(1, len(source.paths) // max(count, 1))
-    chosen: list[Path] = []
+    chosen: list[ImageRef] = []
     images = []
     for path in source.paths[::step]:
         if len(chosen) == count:
@@ -56,7 +57,7 @@ def heldout_images(source: Source, count: int, size: tuple[int, int], num_patche
             images.append(load_image(path, size=size, crop="eval"))
         except ImageError:
             continue
-        chosen.append(Path(path))
+        chosen.append(path)
     if not chosen:
         raise ImageError("no held-out image could be read; check the images of the run")
     noise = torch.stack([torch.rand(num_patches, generator=torch.Generator().manual_seed(derive_seed(seed, "heldout", i)))

@@ -28,9 +28,19 @@ from torch import nn
 from ..checkpoints.folders import checkpoint_inputs
 from ..config import MAEConfig
 from ..data import augment
-from ..data.labelled import LabelledBatch, TrainImages, epoch_batches, loader, raise_on_failures, steps_per_epoch
-from ..data.loader import Source, default_workers, image_folder, image_source
-from ..errors import ImageError, invalid_argument
+from ..data.labelled import (
+    LabelledBatch,
+    TrainImages,
+    epoch_plan,
+    epoch_steps,
+    labelled_source,
+    loader,
+    raise_on_failures,
+    stream_settings,
+)
+from ..data.loader import Source, default_workers
+from ..data.sources import open_source
+from ..errors import DatasetError, ImageError, invalid_argument
 from ..models.masks import build_mask, parse_mask
 from ..utils import cancel
 from ..utils.device import AMP_CHOICES, resolve_amp, resolve_device
@@ -90,9 +100,12 @@ class PretrainConfig:
     preview_images: int = 8
     knn_every: int = 0  # k-NN top-1 of the encoder every N epochs on `knn` trees (0: none)
     device: str = "auto"
+    image_column: str | None = None  # a data set's image column (parquet, arrow) or member extension (tar shards)
+    label_column: str | None = None  # the k-NN data's label column (pre-training itself uses no labels)
+    shuffle_buffer: int = 1000  # tar shards (a stream): the samples each reader shuffles among (`data.stream`)
 
     def __post_init__(self) -> None:
-        for name in ("input_size", "epochs", "batch_size", "effective_batch", "preview_images"):
+        for name in ("input_size", "epochs", "batch_size", "effective_batch", "preview_images", "shuffle_buffer"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise invalid_argument(name, f"{name} must be a positive integer, got {value!r}")
@@ -229,16 +242,21 @@ def _pretrain(data: Any, out_dir: Path, config: PretrainConfig, checkpoint: Any,
         data = state["args"]["data"]
         val = val if val is not None else state["args"].get("val")
     inputs = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-    read = [*inputs, *([val] if val else []), *(knn or []), *(checkpoint_inputs(checkpoint) if checkpoint else [])]
+    source = _images(inputs, "data", config.image_column)
+    held_source = _images([val], "val", config.image_column) if val else source
+    columns = {"image_column": config.image_column, "label_column": config.label_column}
+    knn_sources = (labelled_source(knn[0], "knn", **columns), labelled_source(knn[1], "knn", **columns)) \
+        if knn and config.knn_every else None
+    data_files = [f for s in (source, held_source, *(knn_sources or ())) for f in s.origin.get("files", [])]
+    read = [*inputs, *([val] if val else []), *(knn or []), *data_files,
+            *(checkpoint_inputs(checkpoint) if checkpoint else [])]
     guard_output(out_dir, read, argument="out_dir")
     guard_run_folder(out_dir, resume is not None)
-    source = _images(inputs, "data")
-    held_source = _images([val], "val") if val else source
-    knn_sources = (image_folder(knn[0]), image_folder(knn[1])) if knn and config.knn_every else None
-    accum = accumulation(config.batch_size, config.accum_iter, config.effective_batch, len(source.paths), world)
-    steps = steps_per_epoch(len(source.paths), config.batch_size, world)
-    amp = resolve_amp(config.amp, device)
     workers = default_workers(device_type=device.type) if config.workers is None else config.workers
+    steps = epoch_steps(source, config.batch_size, world, workers)
+    accum = accumulation(config.batch_size, config.accum_iter, config.effective_batch, len(source.paths), world,
+                         steps=steps)
+    amp = resolve_amp(config.amp, device)
     lr = config.lr if config.lr is not None else config.blr * config.batch_size * accum * world / 256
 
     if state is None and checkpoint is not None:
@@ -259,7 +277,9 @@ def _pretrain(data: Any, out_dir: Path, config: PretrainConfig, checkpoint: Any,
             "lr": lr, "amp": amp, "device": str(device), "workers": workers, "start": started.start if state is None else
             state["args"]["start"], "checkpoint": os.fspath(checkpoint) if checkpoint and state is None else
             (state["args"].get("checkpoint") if state else None), "data": [os.fspath(p) for p in inputs],
-            "val": os.fspath(val) if val else None, "frozen_encoder_tensors": frozen}
+            "val": os.fspath(val) if val else None, "frozen_encoder_tensors": frozen,
+            "sources": {"data": source.describe(), **({"val": held_source.describe()} if val else {})},
+            "stream": stream_settings(source, world, workers, config.shuffle_buffer)}
     if state is not None:
         _check_resume(state["args"], args)
     optimizer = torch.optim.AdamW(weight_decay_groups(model, config.weight_decay), lr=lr, betas=config.betas)
@@ -342,8 +362,9 @@ class _Recipe:
         self.spec = parse_mask(config.mask) if config.mask != "random" else None
 
     def batches(self, epoch: int, start: int) -> Any:
-        batches = epoch_batches(len(self.dataset), self.config.batch_size, epoch=epoch, seed=self.config.seed,
-                                rank=self.ctx.rank, world_size=self.ctx.world_size)
+        batches = epoch_plan(self.dataset.source, self.config.batch_size, epoch=epoch, seed=self.config.seed,
+                             rank=self.ctx.rank, world_size=self.ctx.world_size, workers=self.workers,
+                             buffer=self.config.shuffle_buffer)
         return loader(self.dataset, batches[start:], workers=self.workers, pin_memory=self.ctx.device.type == "cuda")
 
     def masking(self, batch: LabelledBatch, epoch: int) -> dict[str, Any]:
@@ -370,12 +391,17 @@ class _Recipe:
         raise_on_failures(batch)
 
 
-def _images(inputs: list[Any], name: str) -> Source:
-    """The images of a run: every image under the folders (recursively), the files, or a list file's."""
-    source = image_source(inputs, recursive=True)
-    if not source.paths:
+def _images(inputs: list[Any], name: str, image_column: str | None) -> Source:
+    """The images of a run: every image under the folders (recursively), the files, a list file's, or a data set's
+    (parquet, arrow, tar shards: `data.sources`; their labels are not used). A data set that lost samples (a
+    truncated shard) is refused: the run does not go on without them."""
+    source = open_source(inputs, recursive=True, image_column=image_column)
+    if source.form in ("parquet", "arrow", "webdataset") and source.failures:
+        more = f" (and {len(source.failures) - 1} more)" if len(source.failures) > 1 else ""
+        raise DatasetError(f"{source.failures[0].reason}{more}; a training run needs every sample")
+    if not len(source.paths):
         raise invalid_argument(name, f"{', '.join(map(str, inputs))} holds no readable image; give a folder of images")
-    return Source(source.paths)
+    return dataclasses.replace(source, labels=None, classes=None, failures=[])
 
 
 def _sizes_of(checkpoint: Any, config: PretrainConfig, trust: bool) -> PretrainConfig:
@@ -397,8 +423,13 @@ def _sizes_of(checkpoint: Any, config: PretrainConfig, trust: bool) -> PretrainC
 def _check_resume(saved: Mapping[str, Any], args: Mapping[str, Any]) -> None:
     """A resumed run must compute what the interrupted one computed (but for `RESUMABLE_CHANGES`)."""
     ours, theirs = dict(args["config"]), dict(saved.get("config", {}))
-    differs = sorted(k for k in set(ours) | set(theirs) if k not in RESUMABLE_CHANGES and ours.get(k) != theirs.get(k))
+    defaults = PretrainConfig().to_dict()  # a setting the run's version did not have was its default
+    differs = sorted(k for k in set(ours) | set(theirs)
+                     if k not in RESUMABLE_CHANGES and ours.get(k, defaults.get(k)) != theirs.get(k, defaults.get(k)))
     differs += [k for k in ("world_size", "accum_iter", "effective_batch") if saved.get(k) != args.get(k)]
+    if saved.get("stream") != args.get("stream"):  # a tar stream's order depends on its readers (`data.stream`)
+        differs.append(f"stream readers (world size x workers: {(saved.get('stream') or {}).get('readers')} then, "
+                       f"{(args.get('stream') or {}).get('readers')} now)")
     if differs:
         raise invalid_argument("resume", f"the run being resumed used other settings ({', '.join(differs)}); resume "
                                          "with the run's own settings (resumed_pretrain_config) so it continues as it began")

@@ -111,9 +111,10 @@ class _Stop(Exception):
 
 
 def accumulation(batch_size: int, accum_iter: int | None, effective_batch: int, images: int, world: int, *,
-                 mixup: bool = False) -> int:
+                 mixup: bool = False, steps: int | None = None) -> int:
     """The micro-steps per update (`accum_iter`, or `effective_batch` / (batch x processes)), checked against the
-    data (and, with `mixup`, an even batch): a refusal names the settings that would work."""
+    data (and, with `mixup`, an even batch): a refusal names the settings that would work. `steps`: the epoch's steps
+    when they are not whole global batches of the images (a stream source's, `labelled.epoch_steps`)."""
     per_step = batch_size * world  # images per micro-step, all processes together
     accum = accum_iter
     if accum is None:
@@ -124,7 +125,7 @@ def accumulation(batch_size: int, accum_iter: int | None, effective_batch: int, 
             raise invalid_argument("batch_size", f"the effective batch {effective_batch} is not a multiple of "
                                    f"batch size {batch_size} x {world} processes; choose batch_size="
                                    f"{' or '.join(map(str, sorted(near)))}, or another effective_batch, or set accum_iter")
-    steps = steps_per_epoch(images, batch_size, world)
+    steps = steps_per_epoch(images, batch_size, world) if steps is None else steps
     if steps < accum:
         most = steps * per_step  # the largest effective batch one epoch of these images holds at this batch size
         how = (f"use effective_batch={most} or less (accum_iter={steps} at this batch size)"

@@ -138,7 +138,7 @@ def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
     """
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in 0..{world_size - 1} (world size {world_size})")
-    return list(items)[rank::world_size]
+    return list(items[rank::world_size])  # a lazy sequence (data set records) builds only this share
 
 
 def unshard(parts: Sequence[Sequence[T]]) -> list[T]:

@@ -1,14 +1,16 @@
 """Image files from outside, opened behind one set of guards: every image this project reads (an input image, a
-mask image) goes through `decode_image`.
+mask image, an image stored inside a data set file) goes through `decode_image` or `decode_image_bytes`.
 
-The guards: the path must be a non-empty file; Pillow's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`,
-its warning between 1x and 2x the limit treated as the error above it) is checked from the header, before a pixel is
-decoded; every byte is decoded inside the guard (`load()`), where truncated and damaged files fail; and every
-failure is one `ImageError` naming the file, never a raw Pillow exception. Torch-free.
+The guards: the path must be a non-empty file (the bytes non-empty); Pillow's decompression-bomb limit
+(`PIL.Image.MAX_IMAGE_PIXELS`, its warning between 1x and 2x the limit treated as the error above it) is checked from
+the header, before a pixel is decoded; every byte is decoded inside the guard (`load()`), where truncated and damaged
+files fail; and every failure is one `ImageError` naming the file (or the record), never a raw Pillow exception.
+Torch-free.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Callable
@@ -40,12 +42,27 @@ def decode_image(path: str | os.PathLike[str], convert: Callable[[Image.Image], 
     except OSError as exc:  # a name too long, a permission problem, a race with deletion
         raise ImageError(f"{what} {path} cannot be read ({exc.strerror or type(exc).__name__})") from None
 
+    return _decode(path, path, convert, what)
+
+
+def decode_image_bytes(data: bytes, name: str, convert: Callable[[Image.Image], T], *, what: str = "image") -> T:
+    """`convert(img)` of the image encoded in `data` (a row of a parquet file, a tar member), behind the same guards
+    as `decode_image`; `name` says where the bytes come from in every message (`train.parquet#12`)."""
+    if not data:
+        raise ImageError(f"{what} {name} is empty (0 bytes); the data set holds no image there")
+    return _decode(io.BytesIO(data), name, convert, what)
+
+
+def _decode(source: Path | io.BytesIO, name: str | Path, convert: Callable[[Image.Image], T], what: str) -> T:
+    """Open `source` (a path or the bytes of a file), decode every byte and convert, each failure one `ImageError`
+    naming `name`."""
+    path = name
     # catch_warnings is process-wide state, but only for the duration of the decode; it turns
     # Pillow's DecompressionBombWarning (between 1x and 2x the limit) into an exception too.
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(path) as src:
+            with Image.open(source) as src:
                 # Image.open only reads the header (and checks its size against the bomb limit); load() decodes
                 # every byte, which is where truncated and damaged files fail.
                 src.load()

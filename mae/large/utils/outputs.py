@@ -13,19 +13,21 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import invalid_argument
 
 __all__ = ["RUN_FILES", "guard_output", "guard_run_folder", "output_stems"]
 
 
-def output_stems(paths: Sequence[Path], out_dir: Path, suffixes: Sequence[str] | str) -> dict[Path, str]:
-    """A file stem per input path, in `out_dir`: the input's own stem, numbered (`_2`, `_3` ...) until none of the
-    files `stem + suffix` clashes with one given to an earlier input or resolves to one of the input images."""
+def output_stems(paths: Sequence[Any], out_dir: Path, suffixes: Sequence[str] | str) -> dict[Any, str]:
+    """A file stem per input, in `out_dir`: the input's own stem, numbered (`_2`, `_3` ...) until none of the
+    files `stem + suffix` clashes with one given to an earlier input or resolves to one of the input images. An input
+    is a path, or an image inside a data set's file (`data.records.Record`: its own `stem`, no file to resolve)."""
     suffixes = [suffixes] if isinstance(suffixes, str) else list(suffixes)
-    inputs = {p.resolve() for p in paths}
+    inputs = {p.resolve() for p in paths if isinstance(p, Path)}
     taken: set[str] = set()
-    names: dict[Path, str] = {}
+    names: dict[Any, str] = {}
     for path in paths:
         n = 1
         while True:
