@@ -24,6 +24,7 @@ from cli.events import events
 from cli.options import (
     AllowNonfiniteOpt,
     BatchSizeOpt,
+    CompileOpt,
     CropOpt,
     DeviceOpt,
     DtypeOpt,
@@ -87,6 +88,7 @@ def features_command(
     resume: Annotated[bool, typer.Option(
         "--resume", help="With --out DIR: keep the complete shards of an interrupted run and do the rest (same "
         "settings and number of processes; the result is the same as an uninterrupted run).")] = False,
+    compile_: CompileOpt = False,
 ) -> None:
     """Embed each image with the MAE encoder and save the pooled feature vectors, in input order."""
     sharded = out_path.is_dir() or out_path.suffix.lower() != ".safetensors"
@@ -104,7 +106,7 @@ def features_command(
     model = model_source(checkpoint, hw, trust=trust, allow_nonfinite=allow_nonfinite)
     run = features(images, model, out_path, pool=pool, layer=layer,
                    batch_size=batch_size, crop=crop, dtype=torch_dtype, device=device, workers=workers,  # type: ignore[arg-type]
-                   recursive=recursive, shard_size=shard_size, resume=resume,
+                   recursive=recursive, shard_size=shard_size, resume=resume, compile=compile_,
                    events=events(json_, loaded=report_encoder, failures=False))
     if run is None:  # not rank 0: rank 0 writes and reports
         return

@@ -1,3 +1,3 @@
 """Figures: the demo's reconstruction panels, attention maps, patch-feature PCA, animations, the gallery."""
 
-__all__ = ['animation', 'attention', 'encoder_figures', 'figures', 'gallery', 'panels', 'pca']
+__all__ = ['animation', 'attention', 'encoder_figures', 'figures', 'gallery', 'panels', 'pca', 'training']
