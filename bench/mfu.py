@@ -2,8 +2,8 @@
 spec-sheet dense peak and of a matrix-product peak measured in the same run; eager and compiled, bfloat16 and float32.
 
     bash bench/gpu_mfu.sh                                              # the GPU table: one command, <= 8 min
-    python bench/mfu.py --device cpu --size 64 --batch 4 --iters 3     # a quick CPU pass at ViT-L's widths
-    python bench/mfu.py --device cpu --jobs features,mae_forward --dtypes fp32 --batch 8 --rounds 5   # ViT-L, 224
+    python bench/mfu.py --device cpu --arch small --size 64 --batch 2 --iters 2 --warmup 2   # a smoke pass, every row
+    python bench/mfu.py --device cpu --dtypes fp32 --jobs features,mae_forward --warmup 2 --iters 1 --rounds 3  # ViT-L
 
 Jobs and variants are `bench/_mfu_jobs.py`'s (features on 197 tokens, the MAE forward at 0.75, the fine-tuning and
 pre-training steps; eager, `compiled` = the library's `compile=True`, levers). Each job and precision runs in a fresh
