@@ -25,6 +25,7 @@ from cli.events import events
 from cli.options import (
     AllowNonfiniteOpt,
     BatchSizeOpt,
+    CompileOpt,
     CropOpt,
     DeviceOpt,
     DtypeOpt,
@@ -95,6 +96,7 @@ def features_command(
         "settings and number of processes; the result is the same as an uninterrupted run).")] = False,
     image_column: ImageColumnOpt = None,
     label_column: LabelColumnOpt = None,
+    compile_: CompileOpt = False,
 ) -> None:
     """Embed each image with the MAE encoder and save the pooled feature vectors, in input order."""
     sharded = out_path.is_dir() or out_path.suffix.lower() != ".safetensors"
@@ -113,7 +115,8 @@ def features_command(
     run = features(images, model, out_path, pool=pool, layer=layer,
                    batch_size=batch_size, crop=crop, dtype=torch_dtype, device=device, workers=workers,  # type: ignore[arg-type]
                    recursive=recursive, shard_size=shard_size, resume=resume, image_column=image_column,
-                   label_column=label_column, events=events(json_, loaded=report_encoder, failures=False))
+                   label_column=label_column, compile=compile_,
+                   events=events(json_, loaded=report_encoder, failures=False))
     if run is None:  # not rank 0: rank 0 writes and reports
         return
     if json_:

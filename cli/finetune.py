@@ -16,12 +16,12 @@ import typer
 
 from cli.console import err, out, progress
 from cli.errors import handle_errors, print_json
-from cli.options import DeviceOpt, ImageColumnOpt, JsonOpt, LabelColumnOpt, ShuffleBufferOpt, choice
+from cli.options import CompileOpt, DeviceOpt, ImageColumnOpt, JsonOpt, LabelColumnOpt, ShuffleBufferOpt, choice
 from cli.render import escape
 
 AMP = ("auto", "bf16", "fp16", "off")
 # CLI parameter -> FinetuneConfig field (those that differ in name).
-FIELDS = {"size": "input_size", "aa": "auto_augment", "reprob": "re_prob"}
+FIELDS = {"size": "input_size", "aa": "auto_augment", "reprob": "re_prob", "compile_": "compile"}
 
 
 def _none_if(value: str, *empty: str) -> str | None:
@@ -89,6 +89,7 @@ def finetune_command(
                                                    help="Write checkpoints (off: config.json and log.jsonl only).")
                                 ] = True,
     eval_batch_size: Annotated[int | None, typer.Option("--eval-batch-size", min=1, show_default=False)] = None,
+    compile_: CompileOpt = False,
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
     image_column: ImageColumnOpt = None,
@@ -162,6 +163,8 @@ class EpochReport:
             self.advance = self.bar.__enter__()
         elif event == "step" and self.advance is not None:
             self.advance()
+        elif event == "compile":
+            err.print(f"[dim]{escape(info['text'])}[/]")
         elif event == "epoch":
             self.close()
             err.print(self.line(info, self.epochs))

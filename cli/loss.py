@@ -15,6 +15,7 @@ from cli.options import (
     DEFAULT_CHECKPOINT,
     AllowNonfiniteOpt,
     BatchSizeOpt,
+    CompileOpt,
     DeviceOpt,
     DtypeOpt,
     JsonOpt,
@@ -61,6 +62,7 @@ def loss_command(
     allow_nonfinite: AllowNonfiniteOpt = False,
     json_: JsonOpt = False,
     trust: TrustOpt = False,
+    compile_: CompileOpt = False,
 ) -> None:
     """Mean reconstruction loss over noise or images; compares noise losses to the expected values
     (full checkpoint ~1.0, encoder-only ~1.87, random init ~1.74)."""
@@ -78,7 +80,7 @@ def loss_command(
     model = model_source(checkpoint, hw, trust=trust, allow_nonfinite=allow_nonfinite, seed=seed)
     run = loss(None if noise else images, model, random_init=random_init,
                samples=samples, seed=seed, mask_ratio=mask_ratio, target=target, batch_size=batch_size, dtype=torch_dtype,
-               device=device, recursive=recursive,
+               device=device, recursive=recursive, compile=compile_,
                events=events(json_, loaded=lambda model: report_load(model, seed), failures=True))
     result, choice = run.result, run.target
     verdict = _verdict(result)

@@ -51,6 +51,10 @@ LabelColumnOpt = Annotated[str | None, typer.Option(
 ShuffleBufferOpt = Annotated[int, typer.Option(
     "--shuffle-buffer", min=1, help="Tar shards (read as a stream): samples each reader shuffles among; the order "
     "depends on it, the world size and --workers (docs: data sources).")]
+CompileOpt = Annotated[bool, typer.Option(
+    "--compile", help="Run the model through torch.compile (one graph, static shapes): the first batch pays the "
+    "compile time (said in a note; a minute or more for ViT-L), later batches run fused kernels. Pays on a GPU over "
+    "many batches; results equal the eager ones to float rounding. Default: eager, bit for bit as without it.")]
 MaskRatioOpt = Annotated[float, typer.Option("--mask-ratio", min=0.0, max=0.99, help="Fraction of patches removed.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 SizeOpt = Annotated[str | None, typer.Option(

@@ -21,13 +21,23 @@ import typer
 from cli.console import err, out
 from cli.errors import handle_errors, print_json
 from cli.finetune import AMP, EpochReport
-from cli.options import DeviceOpt, ImageColumnOpt, JsonOpt, LabelColumnOpt, ShuffleBufferOpt, TrustOpt, choice, optional_choice
+from cli.options import (
+    CompileOpt,
+    DeviceOpt,
+    ImageColumnOpt,
+    JsonOpt,
+    LabelColumnOpt,
+    ShuffleBufferOpt,
+    TrustOpt,
+    choice,
+    optional_choice,
+)
 from cli.render import escape
 from mae.large import catalog
 
 MASKS = ("random", "block", "grid")  # = mae.large.train.pretrain.MASKS (a test keeps them equal)
 TARGETS = ("auto", "norm-pix", "pixels")
-FIELDS = {"size": "input_size"}  # CLI parameter -> PretrainConfig field (those that differ in name)
+FIELDS = {"size": "input_size", "compile_": "compile"}  # CLI parameter -> PretrainConfig field (those that differ in name)
 NOT_CONFIG = ("data", "checkpoint", "out_dir", "resume", "val", "knn_train", "knn_val", "from_scratch", "trust", "json_")
 
 
@@ -111,6 +121,7 @@ def pretrain_command(
     preview_every: Annotated[int, typer.Option("--preview-every", min=0, help="preview.png every N epochs (0: none).")
                              ] = 1,
     preview_images: Annotated[int, typer.Option("--preview-images", min=1, help="Held-out images in the preview.")] = 8,
+    compile_: CompileOpt = False,
     device: DeviceOpt = "auto",
     trust: TrustOpt = False,
     json_: JsonOpt = False,

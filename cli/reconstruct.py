@@ -17,6 +17,7 @@ from cli.options import (
     MASK_HELP,
     AllowNonfiniteOpt,
     BatchSizeOpt,
+    CompileOpt,
     CropOpt,
     DeviceOpt,
     DtypeOpt,
@@ -86,6 +87,7 @@ def reconstruct_command(
     json_: JsonOpt = False,
     trust: TrustOpt = False,
     image_column: ImageColumnOpt = None,
+    compile_: CompileOpt = False,
 ) -> None:
     """Mask each image, reconstruct it, and save the official demo's figure (original, masked, reconstruction,
     reconstruction + visible) with its loss; or a row per mask ratio, an error panel, an animation.
@@ -113,7 +115,7 @@ def reconstruct_command(
                       dtype=parse_dtype(dtype), device=device, workers=workers, recursive=recursive,
                       save_panels=save_panels, animate=animate_over if animate else None,  # type: ignore[arg-type]
                       animate_format=animate_format, allow_random_decoder=allow_random_decoder,  # type: ignore[arg-type]
-                      image_column=image_column, events=events(json_))
+                      image_column=image_column, compile=compile_, events=events(json_))
     if run is None:  # not rank 0: rank 0 reports for every process
         return
     if json_:

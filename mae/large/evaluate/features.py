@@ -24,8 +24,9 @@ Nothing here prints.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,10 +39,12 @@ from ..data.images import Crop, ImageFailure, check_crop
 from ..data.loader import image_loader, loader_batches
 from ..errors import invalid_argument
 from ..models.intermediates import take_indices
+from ..models.layers import compile_blocks
 from ..models.vit import VisionTransformer, ViTConfig
+from ..utils.compile import CompileOptions, compile_options
 from ..utils.device import autocast_context, nonfinite_fix, resolve_device
 
-__all__ = ["POOLS", "FeatureResult", "Pool", "classifier_for_pool", "extract_features", "global_pool_for",
+__all__ = ["POOLS", "FeatureResult", "Pool", "classifier_for_pool", "extract_features", "global_pool_for", "pooling",
     "load_feature_encoder", "model_name", "pooled_at_layer"]
 
 Pool = Literal["mean", "cls"]
@@ -131,6 +134,7 @@ def extract_features(
     layer: int | None = None,
     workers: int = 0,
     indices: Sequence[int] | None = None,
+    compile: bool | CompileOptions = False,
 ) -> Iterator[FeatureResult | ImageFailure]:
     """One pooled feature vector per image, in batches; yields a result or a failure per path, in order.
 
@@ -166,6 +170,10 @@ def extract_features(
         workers: processes decoding images ahead (0: in this process).
         indices: the positions of `paths` to embed, in that order (default: all; one rank's share, or what a resumed
             run has left).
+        compile: run the encoder's blocks through `torch.compile` (`layers.compile_blocks`: a graph per block shape,
+            static shapes; every batch is padded to `batch_size`, so one graph serves the run; undone at the end). Rows
+            equal the eager ones to float rounding (fused kernels sum in another order), not bit for bit; the first
+            batch pays the compile time.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:  # before any image
         raise invalid_argument("batch_size", f"batch size must be a positive integer, got batch_size={batch_size!r}")
@@ -180,11 +188,23 @@ def extract_features(
         raise invalid_argument("size", f"size {size[0]}x{size[1]} differs from the model's img_size "
                                f"{model_size[0]}x{model_size[1]}; build the model at that size "
                                "(from_pretrained(..., img_size=...)) instead")
+    options = compile_options(compile)
     target = resolve_device(device) if device is not None else next(model.parameters()).device
+    run = pooling(model, layer)
     loader = image_loader(paths, size, crop, batch_size, indices=indices, workers=workers,
                           pin_memory=target.type == "cuda")
-    for batch in loader_batches(loader, target):
-        feats = _forward(model, batch.images, target, dtype, layer, batch_size) if batch.images is not None else None
+    undo = compile_blocks(model, options) if options is not None else None
+    try:
+        yield from _embed(model, run, loader_batches(loader, target), target, dtype, batch_size)
+    finally:
+        if undo is not None:
+            undo()
+
+
+def _embed(model: VisionTransformer, run: Callable[[torch.Tensor], torch.Tensor], batches: Iterator[Any],
+           target: torch.device, dtype: torch.dtype, batch_size: int) -> Iterator[FeatureResult | ImageFailure]:
+    for batch in batches:
+        feats = _forward(model, run, batch.images, target, dtype, batch_size) if batch.images is not None else None
         bad = (~torch.isfinite(feats)).sum(dim=1) if feats is not None else None  # non-finite values per row
         row = 0
         for index, path, failure in batch.items:
@@ -216,8 +236,15 @@ def pooled_at_layer(model: VisionTransformer, imgs: torch.Tensor, layer: int) ->
     return model.norm(prefix[:, 0])  # (N, 1, D) -> (N, D); a LayerNorm acts on each token alone
 
 
-def _forward(model: VisionTransformer, images: torch.Tensor, device: torch.device,
-             dtype: torch.dtype, layer: int | None = None, pad_to: int = 0) -> torch.Tensor:
+def pooling(model: VisionTransformer, layer: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The function from images to pooled features (N, D): `forward_features`, or `pooled_at_layer` at `layer`."""
+    if layer is None:
+        return model.forward_features
+    return functools.partial(pooled_at_layer, model, layer=layer)
+
+
+def _forward(model: VisionTransformer, run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+             device: torch.device, dtype: torch.dtype, pad_to: int = 0) -> torch.Tensor:
     """Pooled features (N, D) of one batch of images (N, 3, H, W), float32 on the CPU, computed in eval mode (the
     mode is restored). A batch of fewer than `pad_to` images (a rank's last one, one with failed files) is padded
     with zero images whose rows are dropped: every forward then multiplies matrices of the same shapes, and a row's
@@ -230,7 +257,7 @@ def _forward(model: VisionTransformer, images: torch.Tensor, device: torch.devic
     model.eval()
     try:
         with torch.inference_mode(), autocast_context(device, dtype):
-            feats = model.forward_features(imgs) if layer is None else pooled_at_layer(model, imgs, layer)
+            feats = run(imgs)
     finally:
         model.train(was_training)
     return feats[:n].float().cpu()

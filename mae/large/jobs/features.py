@@ -36,7 +36,7 @@ from ..utils.device import resolve_device
 from ..utils.distributed import DistContext, all_gather
 from ..utils.outputs import guard_output
 from .models import ModelSource, as_source
-from .run import QUIET, Events, collect_inputs, run_sharded
+from .run import QUIET, Events, collect_inputs, noting_compile, run_sharded
 
 __all__ = ["FeaturesRun", "features", "is_shard_folder"]
 
@@ -85,6 +85,7 @@ def features(
     resume: bool = False,
     image_column: str | None = None,
     label_column: str | None = None,
+    compile: bool = False,
     events: Events = QUIET,
 ) -> FeaturesRun | None:
     """Embed every image of `inputs` with the encoder and save the pooled vectors, in input order.
@@ -105,6 +106,8 @@ def features(
         resume: keep the complete shards of an interrupted run in `out` and do the rest.
         image_column, label_column: a data set's image and label columns (tar shards: member extensions, or the
             label's `.json` key); default `image` (or the first image column) and `label` (`cls` in tars).
+        compile: run the forward through `torch.compile` (`extract_features`): worth it over many batches; the first
+            one pays the compile time, said in a note.
         events: what to report while it runs (`run.Events`).
 
     Returns what was written, on rank 0 (None on the other ranks of a torchrun run)."""
@@ -135,8 +138,9 @@ def features(
 
     def work(net: VisionTransformer, local: list[int], ctx: DistContext, ev: Events) -> Any:
         start = held["sink"].start if sharded else 0
-        return extract_features(net, paths, batch_size=batch_size, crop=crop, dtype=dtype, device=ctx.device,
-                                layer=layer, workers=n_workers, indices=local[start:])
+        rows = extract_features(net, paths, batch_size=batch_size, crop=crop, dtype=dtype, device=ctx.device,
+                                layer=layer, workers=n_workers, indices=local[start:], compile=compile)
+        return noting_compile(rows, ev, "the encoder's forward pass", enabled=bool(compile))
 
     run = run_sharded(range(len(paths)), where, label="embedding", events=events, setup=setup, work=work,
                       **({"sink": sink, "record": False} if sharded else {}))

@@ -23,10 +23,12 @@ import torch
 
 from ..data.images import Crop, ImageFailure, check_crop, image_batches
 from ..errors import invalid_argument
+from ..models.layers import compile_blocks
 from ..models.mae import MaskedAutoencoderViT, check_mask_ratio
 from ..models.masks import MaskSpec, build_mask, check_mask, mask_ratio_of
 from ..models.target import TargetChoice, detect_target
 from ..utils import cancel
+from ..utils.compile import CompileOptions, compile_options
 from ..utils.device import autocast_context, nonfinite_fix, resolve_device
 
 log = logging.getLogger(__name__)
@@ -145,6 +147,7 @@ def reconstruct_files(
     overlap: bool = True,
     mask: MaskSpec | torch.Tensor | None = None,
     workers: int = 0,
+    compile: bool | CompileOptions = False,
 ) -> Iterator[ImageResult | ImageFailure]:
     """Reconstruct every file in `paths` in batches; yields one result or failure per file, in order.
 
@@ -172,10 +175,13 @@ def reconstruct_files(
         overlap: compute the next batch in a worker thread while the caller handles this one (above).
         mask: a `masks.MaskSpec` or an (L,) bool tensor (True = removed) instead of the random mask (default None).
         workers: processes decoding images ahead (`data.image_loader`; 0: in this process).
+        compile: run the model's blocks through `torch.compile` (`layers.compile_blocks`: a graph per block shape for
+            the run, every batch padded to `batch_size`; undone at the end); results equal the eager ones to float
+            rounding, and the first batch pays the compile time.
     """
     maskings = maskings_for(model, ratios=[mask_ratio], seeds=[seed], mask=mask)
     return _run(model, paths, maskings, crop=crop, batch_size=batch_size, device=device, dtype=dtype, overlap=overlap,
-                workers=workers)
+                workers=workers, compile=compile)
 
 
 def sweep_files(
@@ -189,6 +195,7 @@ def sweep_files(
     dtype: torch.dtype = torch.float32,
     overlap: bool = True,
     workers: int = 0,
+    compile: bool | CompileOptions = False,
 ) -> Iterator[SweepResult | ImageFailure]:
     """Reconstruct every file under each of `maskings` (`maskings_for`): one forward pass of the batch per
     masking, nothing recomputed per figure; one `SweepResult` or failure per file, in order.
@@ -199,22 +206,24 @@ def sweep_files(
         maskings: the maskings, in order (`maskings_for`).
         crop, batch_size, device, dtype, overlap: as for `reconstruct_files`.
         workers: > 0 decodes the images in that many processes (`data.image_loader`) ahead of the model.
+        compile: as for `reconstruct_files`.
     """
     return _run(model, paths, list(maskings), crop=crop, batch_size=batch_size, device=device, dtype=dtype,
-                overlap=overlap, sweep=True, workers=workers)
+                overlap=overlap, sweep=True, workers=workers, compile=compile)
 
 
 def _run(model: MaskedAutoencoderViT, paths: Sequence[Path], maskings: list[Masking], *, crop: Crop, batch_size: int,
          device: torch.device | str | None, dtype: torch.dtype, overlap: bool, sweep: bool = False,
-         workers: int = 0) -> Iterator:
+         workers: int = 0, compile: bool | CompileOptions = False) -> Iterator:
     check_crop(crop)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise invalid_argument("batch_size", f"batch size must be a positive integer, got batch_size={batch_size!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise invalid_argument("workers", f"workers must be an integer >= 0 (0: load in this process), got {workers!r}")
+    options = compile_options(compile)
     target = resolve_device(device) if device is not None else next(model.parameters()).device
     items = _reconstruct_batches(model, paths, maskings, crop=crop, batch_size=batch_size, device=target, dtype=dtype,
-                                 sweep=sweep, workers=workers)
+                                 sweep=sweep, workers=workers, compile=options)
     return _run_ahead(items, batch_size) if overlap else items
 
 
@@ -229,11 +238,16 @@ def _reconstruct_batches(
     dtype: torch.dtype,
     sweep: bool,
     workers: int = 0,
+    compile: CompileOptions | None = None,
 ) -> Iterator[ImageResult | SweepResult | ImageFailure]:
-
+    # Compiled: one graph per block shape for the run. A short batch is padded to `batch_size` (one shape), its padding
+    # rows dropped.
     def forward(imgs: torch.Tensor, m: Masking) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(pred float32, mask, per-image loss on the CPU, non-finite predicted values per image) of a batch."""
         b = imgs.shape[0]
+        if compile is not None and b < batch_size:
+            imgs = torch.cat([imgs, imgs.new_zeros(batch_size - b, *imgs.shape[1:])])
+        n = imgs.shape[0]
         # The CUDA device is per thread, and this may run in _run_ahead's worker: name it.
         on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
         with on_device, torch.inference_mode(), autocast_context(device, dtype):
@@ -241,10 +255,10 @@ def _reconstruct_batches(
                 out = model.reconstruct(imgs, mask=m.mask.to(device))
             else:
                 assert m.noise is not None
-                out = model.reconstruct(imgs, m.ratio, m.noise.expand(b, -1).to(device))  # every image the seed's mask
-            pred = out.pred.float()
+                out = model.reconstruct(imgs, m.ratio, m.noise.expand(n, -1).to(device))  # every image the seed's mask
+            pred = out.pred[:b].float()
             bad = (~torch.isfinite(pred)).flatten(1).sum(dim=1).cpu()  # (B,) non-finite values per image
-        return pred, out.mask, out.per_image_loss.float().cpu(), bad
+        return pred, out.mask[:b], out.per_image_loss[:b].float().cpu(), bad
 
     def flush(pending: list) -> Iterator[ImageResult | SweepResult | ImageFailure]:
         loaded = [(i, p, t) for i, p, t in pending if isinstance(t, torch.Tensor)]
@@ -270,17 +284,25 @@ def _reconstruct_batches(
         for index, _, item in pending:
             yield outputs[index] if isinstance(item, torch.Tensor) else item
 
-    if workers:  # decoded by worker processes of the data module (`data.image_loader`), in input order
-        from ..data.loader import image_loader, loader_batches
+    def batches() -> Iterator[list]:
+        if workers:  # decoded by worker processes of the data module (`data.image_loader`), in input order
+            from ..data.loader import image_loader, loader_batches
 
-        loader = image_loader(paths, model.config.img_size, crop, batch_size, workers=workers,
-                              pin_memory=device.type == "cuda")
-        for loaded in loader_batches(loader, device):
-            images = iter(loaded.images if loaded.images is not None else [])
-            yield from flush([(i, p, failure if failure is not None else next(images)) for i, p, failure in loaded.items])
-        return
-    for batch in image_batches(paths, model.config.img_size, crop, batch_size):
-        yield from flush(batch)
+            loader = image_loader(paths, model.config.img_size, crop, batch_size, workers=workers,
+                                  pin_memory=device.type == "cuda")
+            for loaded in loader_batches(loader, device):
+                images = iter(loaded.images if loaded.images is not None else [])
+                yield [(i, p, failure if failure is not None else next(images)) for i, p, failure in loaded.items]
+            return
+        yield from image_batches(paths, model.config.img_size, crop, batch_size)
+
+    undo = compile_blocks(model, compile) if compile is not None else None
+    try:
+        for batch in batches():
+            yield from flush(batch)
+    finally:
+        if undo is not None:
+            undo()
 
 
 def detect_target_on_files(model: MaskedAutoencoderViT, paths: Sequence[Path], masking: Masking, *, crop: Crop = "resize",

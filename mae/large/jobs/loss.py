@@ -20,8 +20,10 @@ from .. import catalog
 from ..catalog import EXPECTED_NOISE_LOSS, NOISE_LOSS_TOLERANCE
 from ..data.images import ImageFailure, collect_images
 from ..errors import ImageError, MAEError, invalid_argument
+from ..models.layers import compile_blocks
 from ..models.mae import MaskedAutoencoderViT
 from ..models.target import TargetChoice, resolve_target
+from ..utils.compile import CompileOptions, CompileWatch, compile_options
 from ..utils.device import autocast_context, nonfinite_fix
 from .forward import detect_target_on_files, detect_target_on_noise, maskings_for, reconstruct_files
 from .models import ModelSource, as_source, checkpoint_kind
@@ -65,6 +67,7 @@ def noise_loss(
     mask_ratio: float = 0.75,
     batch_size: int = 8,
     dtype: torch.dtype = torch.float32,
+    compile: bool | CompileOptions = False,
 ) -> LossResult:
     """The requirements' benchmark: loss on `randn` images (ImageNet-normalised space), seeded.
 
@@ -80,6 +83,8 @@ def noise_loss(
         mask_ratio: the share of patches removed.
         batch_size: samples per forward pass.
         dtype: the forward pass's precision: `torch.float32`, or a lower one run under autocast.
+        compile: run the model's blocks through `torch.compile` (`layers.compile_blocks`; a short last batch is padded:
+            one graph per block shape; undone at the end).
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise invalid_argument("samples", f"samples must be a positive integer, got {samples!r}")
@@ -88,12 +93,13 @@ def noise_loss(
     g = torch.Generator().manual_seed(seed)
     imgs = torch.randn(samples, c.in_chans, *c.img_size, generator=g)  # (S, C, H, W)
     noise = torch.rand(samples, c.num_patches, generator=g)  # (S, L)
-    losses: list[float] = []
-    for start in range(0, samples, batch_size):
-        batch = imgs[start:start + batch_size].to(device)
-        with torch.inference_mode(), autocast_context(device, dtype):
-            out = model.reconstruct(batch, mask_ratio, noise[start:start + batch_size].to(device))
-        losses.extend(out.per_image_loss.float().cpu().tolist())
+    options = compile_options(compile)
+    undo = compile_blocks(model, options) if options is not None else None
+    try:
+        losses = _noise_losses(model, imgs, noise, mask_ratio, batch_size, device, dtype, pad=options is not None)
+    finally:
+        if undo is not None:
+            undo()
     bad = [i for i, loss in enumerate(losses) if not math.isfinite(loss)]
     if bad:
         raise MAEError(
@@ -103,6 +109,23 @@ def noise_loss(
     benchmark = mask_ratio == catalog.NOISE_MASK_RATIO and not model.norm_pix_loss
     expected = EXPECTED_NOISE_LOSS.get(kind) if benchmark else None
     return LossResult("noise", kind, losses, mask_ratio, model.norm_pix_loss, expected, NOISE_LOSS_TOLERANCE)
+
+
+def _noise_losses(model: MaskedAutoencoderViT, imgs: torch.Tensor, noise: torch.Tensor, mask_ratio: float,
+                  batch_size: int, device: torch.device, dtype: torch.dtype, *, pad: bool) -> list[float]:
+    """Each sample's loss, in batches; with `pad` a short last batch is padded to `batch_size` (one shape for a compiled
+    model) and the padding's losses dropped."""
+    losses: list[float] = []
+    for start in range(0, imgs.shape[0], batch_size):
+        batch, batch_noise = imgs[start:start + batch_size], noise[start:start + batch_size]
+        count = batch.shape[0]
+        if pad and count < batch_size:
+            batch = torch.cat([batch, batch.new_zeros(batch_size - count, *batch.shape[1:])])
+            batch_noise = torch.cat([batch_noise, batch_noise.new_zeros(batch_size - count, batch_noise.shape[1])])
+        with torch.inference_mode(), autocast_context(device, dtype):
+            out = model.reconstruct(batch.to(device), mask_ratio, batch_noise.to(device))
+        losses.extend(out.per_image_loss[:count].float().cpu().tolist())
+    return losses
 
 
 def image_loss(
@@ -115,6 +138,7 @@ def image_loss(
     batch_size: int = 8,
     dtype: torch.dtype = torch.float32,
     recursive: bool = False,
+    compile: bool | CompileOptions = False,
 ) -> tuple[LossResult, list[ImageFailure]]:
     """The loss on image files and folders (each image masked with `seed`'s mask): the result over the
     images that gave a finite loss, and the failures: inputs that could not be read and images whose loss
@@ -129,10 +153,12 @@ def image_loss(
         batch_size: images per forward pass.
         dtype: the forward pass's precision: `torch.float32`, or a lower one run under autocast.
         recursive: walk the sub-folders of the folders given.
+        compile: run the pass through `torch.compile` (`forward.reconstruct_files`).
     """
     paths, failures = collect_images(images, recursive=recursive)
     losses: list[float] = []
-    for item in reconstruct_files(model, paths, mask_ratio=mask_ratio, seed=seed, batch_size=batch_size, dtype=dtype):
+    for item in reconstruct_files(model, paths, mask_ratio=mask_ratio, seed=seed, batch_size=batch_size, dtype=dtype,
+                                  compile=compile):
         if isinstance(item, ImageFailure):
             failures.append(item)
         else:
@@ -168,6 +194,7 @@ def loss(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "auto",
     recursive: bool = False,
+    compile: bool = False,
     events: Events = QUIET,
 ) -> LossRun:
     """The mean reconstruction loss on the noise benchmark (`images` None) or on image files and folders.
@@ -182,6 +209,7 @@ def loss(
         mask_ratio: the fraction of patches removed.
         target: `auto` (known for the official files, else measured), `pixels` or `norm-pix`.
         batch_size, dtype, device, recursive: how the images run.
+        compile: run the masked pass through `torch.compile` (one graph; its compile time is said in a note).
         events: what to report while it runs (`run.Events`).
     """
     source = as_source(model)
@@ -201,15 +229,19 @@ def loss(
                                          maskings_for(net, ratios=[mask_ratio], seeds=[seed])[0], dtype=dtype))
     net.norm_pix_loss = choice.norm_pix
     events.note(f"decoder target: {choice.target} ({choice.how})")
+    watch = CompileWatch() if compile else None
     if images is None:
         result = noise_loss(net, kind, samples=samples, seed=seed, mask_ratio=mask_ratio, batch_size=batch_size,
-                            dtype=dtype)
+                            dtype=dtype, compile=compile)
         failures: list[ImageFailure] = []
     else:
         result, failures = image_loss(net, kind, images, seed=seed, mask_ratio=mask_ratio, batch_size=batch_size,
-                                      dtype=dtype, recursive=recursive)
+                                      dtype=dtype, recursive=recursive, compile=compile)
         for failure in failures:
             events.failure(failure)
+    found = watch.poll() if watch is not None else None
+    if found is not None:
+        events.note(found.describe("the masked forward pass"))
     return LossRun(result, checkpoint, choice, failures)
 
 

@@ -27,6 +27,7 @@ from ..data.sources import container_source
 from ..errors import ImageError, invalid_argument
 from ..models.masks import MaskSpec, parse_mask
 from ..models.target import TargetChoice, resolve_target
+from ..utils.compile import eager
 from ..utils.device import resolve_device
 from ..utils.outputs import guard_output, output_stems
 from ..viz.animation import ANIMATION_RATIOS, save_animation
@@ -35,7 +36,7 @@ from ..viz.gallery import write_gallery
 from ..viz.panels import error_map, make_panels, save_panel
 from .forward import Masking, SweepResult, detect_target_on_files, maskings_for, sweep_files
 from .models import ModelSource, as_source, checkpoint_kind, require_decoder
-from .run import QUIET, Events, JobRun, collect_inputs, run_sharded
+from .run import QUIET, Events, JobRun, collect_inputs, noting_compile, run_sharded
 
 __all__ = ["ANIMATION_SEEDS", "PANEL_FILES", "ReconstructRun", "reconstruct"]
 
@@ -81,6 +82,7 @@ def reconstruct(
     allow_random_decoder: bool = False,
     gallery: bool | None = None,
     image_column: str | None = None,
+    compile: bool = False,
     events: Events = QUIET,
 ) -> ReconstructRun | None:
     """Reconstruct every image of `inputs` (files and folders, or a data set) and save its figure in `out_dir`.
@@ -103,6 +105,9 @@ def reconstruct(
         allow_random_decoder: draw even with an encoder-only checkpoint (its decoder is then random).
         gallery: write `index.html` (default: when a folder or a data set is among the inputs).
         image_column: a data set's image column (tar shards: the member extension); default `image` (the first image).
+        compile: run the model's blocks through `torch.compile` (`forward.sweep_files`: a graph per block shape and
+            mask ratio, its compile time said in a note); pays over many batches. Animations stay eager (a ratio per
+            frame).
         events: what to report while it runs (`run.Events`).
 
     Returns the rows on rank 0 (None on the other ranks of a torchrun run). An input that cannot be read, or whose
@@ -149,7 +154,9 @@ def reconstruct(
     def work(state: Any, local: list[Path], ctx: Any, ev: Events):
         net, maskings, choice = state
         n_workers = _workers(workers, ctx.device)
-        for item in sweep_files(net, local, maskings, crop=crop, batch_size=batch_size, dtype=dtype, workers=n_workers):
+        items = sweep_files(net, local, maskings, crop=crop, batch_size=batch_size, dtype=dtype, workers=n_workers,
+                            compile=compile)
+        for item in noting_compile(items, ev, "the masked forward pass", enabled=compile):
             if isinstance(item, ImageFailure):
                 if not ctx.is_distributed:  # distributed: rank 0 reports them all, in input order, at the end
                     ev.failure(item)
@@ -270,7 +277,8 @@ class _Drawer:
             usable = [r for r in ANIMATION_RATIOS if int(model.config.num_patches * (1 - r)) >= 1]
             maskings = maskings_for(model, ratios=usable, seeds=[self.seed], mask=self.mask)
             described = [_describe(self.spec, ratio=None, seed=self.seed)] * len(maskings)
-        swept = next(iter(sweep_files(model, [item.path], maskings, overlap=False)))
+        with eager():  # a ratio per frame: compiled, a graph per frame (with compile=True, the blocks are compiled)
+            swept = next(iter(sweep_files(model, [item.path], maskings, overlap=False)))
         if not isinstance(swept, SweepResult):
             raise ImageError(swept.reason)
         frames = [make_panels(model, swept.image[None], pred[None], mask[None], norm_pix=norm_pix)[0]

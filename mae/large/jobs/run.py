@@ -185,3 +185,19 @@ def collect_inputs(inputs: Sequence[Any], purpose: str, *, recursive: bool, even
     for path in collected.duplicates:
         events.note(f"{path} was given more than once; it is processed once")
     return paths, failures
+
+
+def noting_compile(items: Iterable[T], events: Events, what: str, enabled: bool = True) -> Iterator[T]:
+    """`items` as they come, with a note each time compiling happened while the last one was made
+    (`utils.compile.CompileWatch`): how long `what` took to compile, said as soon as it is known."""
+    if not enabled:
+        yield from items
+        return
+    from ..utils.compile import CompileWatch
+
+    watch = CompileWatch()
+    for item in items:
+        found = watch.poll()
+        if found is not None:
+            events.note(found.describe(what))
+        yield item

@@ -7,7 +7,7 @@ timm's `PatchEmbed` and `Block` give and that the released files use; nothing ne
 from __future__ import annotations
 
 import weakref
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import NamedTuple
 
 import torch
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import invalid_argument, short_list
+from ..utils.compile import CompileOptions, compile_fn, own_copy
 
 
 class _CastCache(NamedTuple):
@@ -46,7 +47,8 @@ class Linear(nn.Linear):
     _cast_cache: _CastCache | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        # Compiled, the graph casts the weights itself (and a weak reference or a version counter cannot be traced).
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling():
             cast = self._cast_weights(torch.get_autocast_dtype("cpu"))
             if cast is not None:
                 return F.linear(x, *cast)  # autocast casts x; the weights are already in its dtype
@@ -143,9 +145,7 @@ class DropPath(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.drop_prob == 0.0 or not self.training:
             return x
-        keep = 1.0 - self.drop_prob
-        shape = (x.shape[0],) + (1,) * (x.dim() - 1)  # one draw per sample, broadcast over tokens
-        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+        return _drop_path(x, self.drop_prob)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
@@ -169,9 +169,71 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
+    # The compiled `block_forward` that `compile_blocks` gives every block of a model (None: eager).
+    compiled_forward: Callable[..., torch.Tensor] | None = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        rate = self.drop_path.drop_prob if isinstance(self.drop_path, DropPath) and self.training else 0.0
+        if self.compiled_forward is None:
+            return block_forward(self, x, rate or None)
+        # Compiled, the rate goes in as a 0-d CPU tensor, an input of the graph: one graph serves every block of a shape
+        # (a float would be a constant of the graph, a graph per rate); read on the host, it costs no device sync.
+        return self.compiled_forward(self, x, torch.tensor(rate, dtype=torch.float64) if rate else None)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("compiled_forward", None)  # a compiled function belongs to this process, not to the model
+        return state
+
+
+def block_forward(block: Block, x: torch.Tensor, drop_prob: float | torch.Tensor | None) -> torch.Tensor:
+    """A block's computation with its stochastic-depth rate given (None: no path dropped, as in evaluation): exactly
+    `x + drop_path(attn(norm1(x)))`, then `x + drop_path(mlp(norm2(x)))`, the same random draws included."""
+    branch = block.attn(block.norm1(x))
+    x = x + (branch if drop_prob is None else _drop_path(branch, drop_prob))
+    branch = block.mlp(block.norm2(x))
+    return x + (branch if drop_prob is None else _drop_path(branch, drop_prob))
+
+
+def _drop_path(x: torch.Tensor, drop_prob: float | torch.Tensor) -> torch.Tensor:
+    """Stochastic depth at rate `drop_prob` > 0: the whole residual branch dropped per sample, the rest scaled up.
+
+    Eager: timm's `x.new_empty(shape).bernoulli_(keep)`. Compiled: `rand(shape) < keep`, the same distribution with the
+    rate an input of the graph (`bernoulli_` takes it as a constant); a compiled graph draws from inductor's generator
+    anyway, not eager's stream."""
+    shape = (x.shape[0],) + (1,) * (x.dim() - 1)  # one draw per sample, broadcast over tokens
+    if torch.compiler.is_compiling():
+        keep = 1.0 - drop_prob
+        kept = torch.rand(shape, device=x.device) < keep
+        return x * kept.to(x.dtype) / (keep.to(x.dtype) if isinstance(keep, torch.Tensor) else keep)
+    keep = 1.0 - float(drop_prob)
+    return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+
+def transformer_blocks(model: nn.Module) -> list[Block]:
+    """Every `Block` of `model`, in module order (the encoder's, then the decoder's)."""
+    return [module for module in model.modules() if isinstance(module, Block)]
+
+
+def compile_blocks(model: nn.Module, options: CompileOptions) -> Callable[[], None]:
+    """Compile the transformer blocks of `model` in place (regional compilation) and return what undoes it.
+
+    One compiled `block_forward` is shared by every block: dynamo makes one graph per block shape (the encoder's, the
+    decoder's; in training one more for the first block, which drops no path), each compiled once and reused by every
+    block of that shape, so compiling ViT-L takes the time of a block or two, not of 24. Inside a block inductor fuses
+    the layer norms, the GELU, the bias and residual adds and the attention's reshapes around the matrix products; the
+    patch projection, the masking and the loss between the blocks stay eager (a few kernels). The model's own forward
+    code, its `state_dict` and what `torch.compile(model)` does are unchanged."""
+    compiled = compile_fn(own_copy(block_forward), options)  # its own graphs, whatever compiled before in the process
+    blocks = transformer_blocks(model)
+    for block in blocks:
+        block.compiled_forward = compiled
+
+    def undo() -> None:
+        for block in blocks:
+            block.__dict__.pop("compiled_forward", None)
+
+    return undo
 
 
 # ---- the official init, one function per rule (models_mae.py `initialize_weights` / `_init_weights`) --------
@@ -262,8 +324,12 @@ def check_images(imgs: torch.Tensor, in_chans: int, img_size: tuple[int, int], s
         imgs = imgs.to(dtype)
     # A value check of the eager input: torch.export (the ONNX export) traces the shapes alone, and an exported
     # graph cannot raise, so it is left out of the graph (torch >= 2.6 says when it is exporting).
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
-    if not exporting and not bool(torch.isfinite(imgs).all()):
+    if getattr(torch.compiler, "is_exporting", lambda: False)():
+        return imgs
+    if torch.compiler.is_compiling():
+        _assert_finite_in_graph(imgs)
+        return imgs
+    if not bool(torch.isfinite(imgs).all()):
         bad = (~torch.isfinite(imgs)).flatten(1).any(dim=1).nonzero().flatten().tolist()
         overflow = [i for i in bad if bool(torch.isfinite(given[i]).all())]
         which = f"image {bad[0]}" if len(bad) == 1 else f"images {short_list([str(i) for i in bad], 5)}"
@@ -275,3 +341,17 @@ def check_images(imgs: torch.Tensor, in_chans: int, img_size: tuple[int, int], s
             cause = f"{verb} NaN or infinite values; drop or repair {them} (torch.nan_to_num) or check the preprocessing"
         raise invalid_argument("imgs", f"{which} of the batch of {imgs.shape[0]} {cause}")
     return imgs
+
+
+COMPILED_NONFINITE = ("the image batch holds NaN or infinite values (a compiled forward checks the batch as a whole); "
+                      "drop or repair the images (torch.nan_to_num) or check the preprocessing")
+
+
+def _assert_finite_in_graph(imgs: torch.Tensor) -> None:
+    """The value check of `check_images` inside a compiled graph, where reading a value on the host would break the
+    graph: on the CPU an assertion op of the graph raises `RuntimeError(COMPILED_NONFINITE)` before any result is
+    returned; on an accelerator it is left out (an asynchronous device-side assertion would leave the device unusable
+    for the rest of the process), and a NaN input gives NaN outputs, which every job refuses (the loss check of the
+    training loop, the result checks of the inference jobs)."""
+    if imgs.device.type == "cpu":
+        torch._assert_async(torch.isfinite(imgs).all(), COMPILED_NONFINITE)

@@ -222,11 +222,15 @@ class MaskedAutoencoderViT(nn.Module):
         return x_masked, mask, ids_restore
 
     def _masking(
-        self, batch: int, mask_ratio: float | None, noise: torch.Tensor | None, mask: torch.Tensor | None
+        self, batch: int, mask_ratio: float | None, noise: torch.Tensor | None, mask: torch.Tensor | None,
+        len_keep: int | None = None,
     ) -> tuple[int, torch.Tensor | None]:
         """(len_keep, noise) for a forward pass: from `mask_ratio` and `noise` as the official code, or from
-        a user `mask`, which becomes the noise that keeps exactly its visible patches (`noise_for_mask`)."""
+        a user `mask`, which becomes the noise that keeps exactly its visible patches (`noise_for_mask`), or the
+        number of patches kept given as `len_keep` (with `noise`: the `len_keep` smallest are kept)."""
         length = self.patch_embed.num_patches
+        if len_keep is not None:
+            return self._given_keep(len_keep, length, mask_ratio, mask), noise
         if mask is None:
             return check_mask_ratio(DEFAULT_MASK_RATIO if mask_ratio is None else mask_ratio, length), noise
         if noise is not None:
@@ -247,23 +251,33 @@ class MaskedAutoencoderViT(nn.Module):
                 )
         return len_keep, noise_for_mask(mask)
 
+    @staticmethod
+    def _given_keep(len_keep: int, length: int, mask_ratio: float | None, mask: torch.Tensor | None) -> int:
+        """`len_keep` checked: an integer in [1, L], given alone (a mask or a ratio says the count itself)."""
+        if mask is not None or mask_ratio is not None:
+            raise ValueError("give len_keep with noise alone: a mask or a mask_ratio decides the number kept itself")
+        if isinstance(len_keep, bool) or not isinstance(len_keep, numbers.Integral) or not 1 <= len_keep <= length:
+            raise invalid_argument("len_keep", f"len_keep must be an integer from 1 to {length} (the patches kept), "
+                                               f"got {len_keep!r}")
+        return int(len_keep)
+
     # ---- encoder / decoder ---------------------------------------------------------------------
     def forward_encoder(
         self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None, *, len_keep: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Images -> (latent (N, 1 + kept, D), mask (N, L), ids_restore (N, L)).
 
-        `imgs` is checked and cast to the weights' dtype as for `forward` (`check_images`); `mask` as for
-        `forward`."""
-        return self._encode(self._check_images(imgs), mask_ratio, noise, mask)
+        `imgs` is checked and cast to the weights' dtype as for `forward` (`check_images`); `mask` and `len_keep` as
+        for `forward`."""
+        return self._encode(self._check_images(imgs), mask_ratio, noise, mask, len_keep)
 
     def _encode(
         self, imgs: torch.Tensor, mask_ratio: float | None, noise: torch.Tensor | None,
-        mask: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None, len_keep: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`forward_encoder` of checked images."""
-        len_keep, noise = self._masking(imgs.shape[0], mask_ratio, noise, mask)  # fail before any work
+        len_keep, noise = self._masking(imgs.shape[0], mask_ratio, noise, mask, len_keep)  # fail before any work
         x = self.patch_embed(imgs)  # (N, L, D)
         x = x + self.pos_embed[:, 1:, :]
         x, mask, ids_restore = self._keep(x, len_keep, noise)  # (N, kept, D)
@@ -384,7 +398,7 @@ class MaskedAutoencoderViT(nn.Module):
     # ---- forward -------------------------------------------------------------------------------
     def forward(
         self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None, *, len_keep: int | None = None,
     ) -> MAEOutput:
         """Images (N, C, H, W) -> `MAEOutput(loss, pred, mask)`, as the official model.
 
@@ -395,21 +409,28 @@ class MaskedAutoencoderViT(nn.Module):
         Masking: `mask_ratio` (default 0.75) and `noise` as the official code; or a `mask` the caller chose,
         bool (N, L) or (L,) with True = removed, the same number removed in every row (`masks.py` makes
         them). It is exactly the `noise` that ranks the kept patches first (`masks.noise_for_mask`), and the
-        returned mask equals it. A `mask_ratio` passed with it must agree with it."""
+        returned mask equals it. A `mask_ratio` passed with it must agree with it. Or `len_keep`, the number of
+        patches kept, with `noise` (the `len_keep` smallest kept): what a chosen mask is inside a compiled graph,
+        where its count cannot be read (`noise_for_mask(mask)` and the mask's visible count give the same pass).
+
+        Compiled: `torch.compile(model, fullgraph=True)` makes one graph of this pass for random masks (`noise`
+        and `mask_ratio`, or `len_keep`): batches of new noise reuse it. A `mask` is data whose count decides the
+        shapes, so it cannot be part of a graph: give `noise_for_mask(mask)` and its `len_keep` instead (the jobs'
+        `compile=True` does). The value check of the images runs inside the graph (`check_images`)."""
         imgs = self._check_images(imgs)
-        latent, mask, ids_restore = self._encode(imgs, mask_ratio, noise, mask)
+        latent, mask, ids_restore = self._encode(imgs, mask_ratio, noise, mask, len_keep)
         pred = self.forward_decoder(latent, ids_restore)  # (N, L, p*p*C)
         loss = self._batch_loss(self._patch_loss(imgs, pred), mask)
         return MAEOutput(loss, pred, mask)
 
     def reconstruct(
         self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None, *, len_keep: int | None = None,
     ) -> Reconstruction:
         """One masked forward pass with every intermediate result (see `Reconstruction`); the images and
-        the masking are checked as for `forward`."""
+        the masking are checked as for `forward` (and compile as it does)."""
         imgs = self._check_images(imgs)
-        latent, mask, ids_restore = self._encode(imgs, mask_ratio, noise, mask)
+        latent, mask, ids_restore = self._encode(imgs, mask_ratio, noise, mask, len_keep)
         pred = self.forward_decoder(latent, ids_restore)
         patch_loss = self._patch_loss(imgs, pred.float())
         per_image = self._per_image(patch_loss, mask.float())

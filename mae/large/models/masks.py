@@ -313,6 +313,14 @@ def noise_for_mask(mask: torch.Tensor) -> torch.Tensor:
     return order + mask.to(torch.float32) * length  # kept: 0..L-1, removed: L..2L-1
 
 
+def mask_as_noise(mask: torch.Tensor, batch: int, length: int) -> tuple[torch.Tensor, int]:
+    """A user mask as what a compiled forward takes: (`noise_for_mask` (N, L), the number of patches kept), the mask
+    checked first (`check_mask`). `model(imgs, noise=noise, len_keep=kept)` is the pass `model(imgs, mask=mask)` runs,
+    with the count read here, outside any graph."""
+    mask = check_mask(mask, batch, length)
+    return noise_for_mask(mask), length - int(mask[0].sum())
+
+
 def mask_ratio_of(mask: torch.Tensor) -> float:
     """The fraction of removed patches in the first row."""
     row = mask if mask.dim() == 1 else mask[0]

@@ -1,3 +1,3 @@
-"""Training recipes: fine-tuning and pre-training, and the loop and run state they share."""
+"""Training: the one loop, the fine-tuning and pre-training recipes, their monitoring and run state."""
 
 __all__ = ['finetune', 'monitor', 'pretrain', 'pretrain_model', 'scalars', 'state', 'trainer']

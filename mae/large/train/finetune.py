@@ -48,6 +48,7 @@ from ..errors import invalid_argument
 from ..evaluate.accuracy import evaluate_model
 from ..models.vit import VisionTransformer, ViTConfig, param_groups_lrd
 from ..utils import cancel
+from ..utils.compile import eager
 from ..utils.device import AMP_CHOICES, resolve_amp, resolve_device
 from ..utils.distributed import DistContext, destroy, init_distributed
 from ..utils.keyed import derive_seed, keyed_rng
@@ -63,13 +64,14 @@ from .state import (
     truncate_log,
     write_json,
 )
-from .trainer import LoopConfig, Position, Trainer, accumulation
+from .trainer import LoopConfig, Position, Trainer, accumulation, compile_model
 
 Progress = Callable[[str, dict[str, Any]], None]  # (event, details), called on rank 0 only
 
 # Settings that may change when a run is resumed without changing what it computes (or, for `epochs`, only
 # the schedule's end, which is the point of extending a run).
-RESUMABLE_CHANGES = frozenset({"epochs", "workers", "save_every", "save_checkpoints", "device", "eval_batch_size"})
+RESUMABLE_CHANGES = frozenset({"epochs", "workers", "save_every", "save_checkpoints", "device", "eval_batch_size",
+                               "compile"})
 
 
 # The recipe's augmentation and loss defaults have one home, `augment.AugmentConfig`.
@@ -109,6 +111,7 @@ class FinetuneConfig:
     re_prob: float = _RECIPE.re_prob
     amp: str = "auto"  # auto (bf16 on a GPU, fp16 + scaler where it lacks bf16, off on the CPU), bf16, fp16, off
     grad_checkpointing: bool = False
+    compile: bool = False  # the training step through torch.compile (trainer.compile_model); evaluation stays eager
     seed: int = 0
     workers: int | None = None  # None: data.default_workers for the device
     save_every: int = 0  # also keep checkpoint-{epoch}.pth every N epochs; 0: only last and best
@@ -147,6 +150,8 @@ class FinetuneConfig:
             raise invalid_argument("mixup_mode", f"mixup_mode must be 'batch' (the official recipe's), got {self.mixup_mode!r}")
         if self.save_every < 0:
             raise invalid_argument("save_every", f"save_every must be >= 0 (0: last and best only), got {self.save_every}")
+        if not isinstance(self.compile, bool):
+            raise invalid_argument("compile", f"compile must be True or False, got {self.compile!r}")
 
     @property
     def augment(self) -> augment.AugmentConfig:
@@ -334,8 +339,10 @@ def _finetune(train: Path, val: Path, out_dir: Path, config: FinetuneConfig, pre
     net: nn.Module = model
     if ctx.is_distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if config.compile:
+        compile_model(model)  # the run's own model: compiled for the run
     loop = LoopConfig(config.epochs, steps, accum, lr, config.warmup_epochs, config.min_lr, config.clip_grad, amp,
-                      config.seed)
+                      config.seed, compile=config.compile)
     trainer = Trainer(model, net, optimizer, scaler, loop, ctx, out_dir, args, save_checkpoints=config.save_checkpoints,
                       keep=lambda epoch: bool(config.save_every) and (epoch + 1) % config.save_every == 0,
                       notify=notify, stop=stop)
@@ -361,9 +368,10 @@ def _finetune(train: Path, val: Path, out_dir: Path, config: FinetuneConfig, pre
             began = time.perf_counter()
             result = trainer.epoch(recipe, at, lambda best=best: {"best": best})
             seconds = time.perf_counter() - began + at.seconds
-            accuracy = evaluate_model(net, val_source, batch_size=config.eval_batch_size or config.batch_size,
-                                      device=device, amp=amp, ctx=ctx, workers=workers,
-                                      on_batch=lambda done, total: notify("eval", {"done": done, "total": total}))
+            with eager():  # once an epoch, at other shapes: not worth graphs of its own
+                accuracy = evaluate_model(net, val_source, batch_size=config.eval_batch_size or config.batch_size,
+                                          device=device, amp=amp, ctx=ctx, workers=workers,
+                                          on_batch=lambda done, total: notify("eval", {"done": done, "total": total}))
             improved = accuracy.top1 > best
             best = max(best, accuracy.top1)
             record = {"epoch": epoch, "train_loss": result.loss, "lr": result.lr, "val_loss": accuracy.loss,

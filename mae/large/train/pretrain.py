@@ -43,6 +43,7 @@ from ..data.sources import open_source
 from ..errors import DatasetError, ImageError, invalid_argument
 from ..models.masks import build_mask, parse_mask
 from ..utils import cancel
+from ..utils.compile import eager
 from ..utils.device import AMP_CHOICES, resolve_amp, resolve_device
 from ..utils.distributed import DistContext, destroy, init_distributed
 from ..utils.keyed import derive_seed
@@ -51,14 +52,14 @@ from . import monitor
 from .pretrain_model import build_model, freeze_encoder, weight_decay_groups
 from .scalars import scalars
 from .state import CONFIG, LAST, append_log, load_run_checkpoint, plain, resume_file, truncate_log, write_json
-from .trainer import LoopConfig, Position, Trainer, accumulation
+from .trainer import LoopConfig, Position, Trainer, accumulation, compile_model
 
 __all__ = ["MASKS", "PretrainConfig", "PretrainResult", "pretrain", "resumed_pretrain_config"]
 
 Progress = Callable[[str, dict[str, Any]], None]  # (event, details), called on rank 0 only
 MASKS = ("random", "block", "grid")  # random: the official rule; block, grid: the paper's Figure 6 alternatives
 RESUMABLE_CHANGES = frozenset({"epochs", "workers", "save_every", "save_checkpoints", "device", "preview_every",
-                               "knn_every"})
+                               "knn_every", "compile"})
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class PretrainConfig:
     preview_every: int = 1  # preview.png every N epochs (0: none)
     preview_images: int = 8
     knn_every: int = 0  # k-NN top-1 of the encoder every N epochs on `knn` trees (0: none)
+    compile: bool = False  # the training step through torch.compile (trainer.compile_model); monitoring stays eager
     device: str = "auto"
     image_column: str | None = None  # a data set's image column (parquet, arrow) or member extension (tar shards)
     label_column: str | None = None  # the k-NN data's label column (pre-training itself uses no labels)
@@ -137,6 +139,8 @@ class PretrainConfig:
             raise invalid_argument("amp", f"amp must be {', '.join(AMP_CHOICES)}, got {self.amp!r}")
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
             raise invalid_argument("scale", f"scale must be 0 < min <= max <= 1, got {self.scale!r}")
+        if not isinstance(self.compile, bool):
+            raise invalid_argument("compile", f"compile must be True or False, got {self.compile!r}")
 
     def architecture(self) -> MAEConfig:
         """The masked autoencoder this run trains: the architecture's sizes, with the encoder and decoder sizes asked
@@ -216,7 +220,8 @@ def pretrain(
         resume: a checkpoint or a run folder to continue, from its epoch or from the update a stop request ended it
             at; the settings must be the run's own (`resumed_pretrain_config`), but for a few (`RESUMABLE_CHANGES`).
         trust: read a pickle checkpoint with `weights_only=False` (its pickle may run code).
-        on_progress: `on_progress(event, details)` hears "start", "epoch_start", "step", "epoch" (rank 0 only).
+        on_progress: `on_progress(event, details)` hears "start", "epoch_start", "step", "compile" (with
+            `config.compile`: the compile time of the training step), "epoch" (rank 0 only).
         ctx: this process's place in a run whose process group the caller set up (default: set up here).
         stop: polled at every update (default `utils.cancel.requested`, set by the CLI on SIGTERM, SIGUSR1 or Ctrl-C):
             True ends the run there with a mid-epoch `checkpoint-last.pth` and raises `trainer.RunStopped`.
@@ -287,8 +292,10 @@ def _pretrain(data: Any, out_dir: Path, config: PretrainConfig, checkpoint: Any,
     net: nn.Module = model
     if ctx.is_distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if config.compile:  # the run's own model, compiled for the run; the held-out previews and k-NN run eagerly
+        compile_model(model)
     loop = LoopConfig(config.epochs, steps, accum, lr, config.warmup_epochs, config.min_lr, config.clip_grad, amp,
-                      config.seed)
+                      config.seed, compile=config.compile)
     trainer = Trainer(model, net, optimizer, scaler, loop, ctx, out_dir, args, save_checkpoints=config.save_checkpoints,
                       keep=lambda epoch: (config.save_every and epoch % config.save_every == 0) or epoch + 1 == config.epochs,
                       notify=notify, stop=stop)
@@ -305,10 +312,11 @@ def _pretrain(data: Any, out_dir: Path, config: PretrainConfig, checkpoint: Any,
         held = monitor.heldout_images(held_source, config.preview_images, model.config.img_size, model.config.num_patches,
                                       config.seed) if ctx.is_main else None
         if held is not None and "heldout_initial" not in args:  # before any update: the curve's starting point
-            args["heldout_initial"] = (state["args"].get("heldout_initial") if state is not None else
-                                       monitor.heldout_losses(model, held, config.mask_ratio, device, amp)[0])
-            if knn_sources and state is None:  # the k-NN curve's starting point too
-                args["heldout_initial"]["knn_top1"] = monitor.knn_top1(model, *knn_sources, device)
+            with eager():
+                args["heldout_initial"] = (state["args"].get("heldout_initial") if state is not None else
+                                           monitor.heldout_losses(model, held, config.mask_ratio, device, amp)[0])
+                if knn_sources and state is None:  # the k-NN curve's starting point too
+                    args["heldout_initial"]["knn_top1"] = monitor.knn_top1(model, *knn_sources, device)
         if ctx.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             write_json(out_dir / CONFIG, args)
@@ -334,12 +342,13 @@ def _pretrain(data: Any, out_dir: Path, config: PretrainConfig, checkpoint: Any,
             record = {"epoch": epoch, "train_loss": result.loss, "lr": result.lr, "seconds": seconds,
                       "images_per_s": steps * config.batch_size * world / seconds}
             if ctx.is_main and held is not None:
-                losses, reconstruction = monitor.heldout_losses(model, held, config.mask_ratio, device, amp)
-                record.update(losses)
-                if config.preview_every and (epoch % config.preview_every == 0 or epoch + 1 == config.epochs):
-                    record["preview"] = str(monitor.save_preview(model, held, reconstruction, out_dir, epoch))
-                if knn_sources and (epoch + 1) % config.knn_every == 0:
-                    record["knn_top1"] = monitor.knn_top1(model, *knn_sources, device)
+                with eager():  # once an epoch, at other shapes: not worth graphs of their own
+                    losses, reconstruction = monitor.heldout_losses(model, held, config.mask_ratio, device, amp)
+                    record.update(losses)
+                    if config.preview_every and (epoch % config.preview_every == 0 or epoch + 1 == config.epochs):
+                        record["preview"] = str(monitor.save_preview(model, held, reconstruction, out_dir, epoch))
+                    if knn_sources and (epoch + 1) % config.knn_every == 0:
+                        record["knn_top1"] = monitor.knn_top1(model, *knn_sources, device)
             trainer.save_epoch(epoch, {})
             if ctx.is_main:
                 append_log(out_dir, record)
@@ -375,10 +384,17 @@ class _Recipe:
         if self.spec is None:
             noise = torch.stack([torch.rand(self.arch.num_patches, generator=torch.Generator().manual_seed(key))
                                  for key in keys])
-            return {"mask_ratio": self.config.mask_ratio, "noise": noise.to(self.ctx.device)}
+            return {"mask_ratio": self.config.mask_ratio, "noise": self._to_device(noise)}
         masks = torch.stack([build_mask(self.spec, self.arch.img_size, self.arch.patch_size,
                                         ratio=self.config.mask_ratio, seed=key) for key in keys])
-        return {"mask": masks.to(self.ctx.device)}
+        return {"mask": self._to_device(masks)}
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the run's device; on CUDA through pinned memory, so the copy waits for nothing (a copy
+        from pageable memory would wait for the work queued before it: a host sync every step)."""
+        if self.ctx.device.type != "cuda":
+            return tensor.to(self.ctx.device)
+        return tensor.pin_memory().to(self.ctx.device, non_blocking=True)
 
     def loss(self, net: nn.Module, batch: LabelledBatch, epoch: int, step: int) -> torch.Tensor:
         images = batch.images.to(self.ctx.device, non_blocking=True)

@@ -30,14 +30,16 @@ from torch import nn
 
 from ..data.labelled import steps_per_epoch
 from ..errors import MAEError, invalid_argument
+from ..models.layers import compile_blocks
+from ..utils.compile import CompileOptions, CompileWatch
 from ..utils.device import autocast
 from ..utils.distributed import DistContext
 from ..utils.keyed import derive_seed
 from ..utils.optim import cosine_lr, set_lr
 from .state import BEST, LAST, link_or_copy, rng_state, save_checkpoint, set_rng_state
 
-__all__ = ["EpochResult", "LoopConfig", "Position", "Recipe", "RunStopped", "Trainer", "accumulation", "global_loss",
-           "scaler_state", "train_epoch"]
+__all__ = ["EpochResult", "LoopConfig", "Position", "Recipe", "RunStopped", "Trainer", "accumulation", "compile_model",
+           "global_loss", "scaler_state", "train_epoch"]
 
 Notify = Callable[[str, dict[str, Any]], None]
 
@@ -55,6 +57,7 @@ class LoopConfig:
     clip_grad: float | None
     amp: str  # off | bf16 | fp16, resolved (`utils.device.resolve_amp`)
     seed: int
+    compile: bool = False  # the model's blocks are compiled (`compile_model`): the compile time is a "compile" event
 
 
 class Recipe(Protocol):
@@ -165,6 +168,16 @@ def scaler_state(scaler: torch.amp.GradScaler) -> dict[str, Any]:
     return scaler.state_dict() if scaler.is_enabled() else torch.amp.GradScaler("cpu", enabled=True).state_dict()
 
 
+def compile_model(model: nn.Module) -> Callable[[], None]:
+    """The training step through `torch.compile`: the model's transformer blocks compiled in place
+    (`layers.compile_blocks`: a forward and a backward graph per block shape, static shapes, since a run's micro-batches
+    all have the batch size); the rest of the step (patch projection, masking, loss, optimiser) stays eager. A DDP
+    wrapper around the model is unchanged: its gradient hooks fire block by block as before, so the all-reduce still
+    overlaps the backward. Returns what undoes it; the run's evaluation and monitoring run eagerly (`utils.compile.eager`),
+    at their own shapes."""
+    return compile_blocks(model, CompileOptions())
+
+
 def train_epoch(net: nn.Module, model: nn.Module, recipe: Recipe, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, loop: LoopConfig, ctx: DistContext, *, epoch: int,
                 start: Position | None = None, notify: Notify = lambda *_: None,
@@ -181,7 +194,8 @@ def train_epoch(net: nn.Module, model: nn.Module, recipe: Recipe, optimizer: tor
         ctx: this process's place in the run (its device, its rank in the keyed draws).
         epoch: the epoch, counted from 0.
         start: where a resumed run stopped in this epoch (its step, summed loss and seconds; default the start).
-        notify: called as `notify("step", details)` after each micro-step.
+        notify: called as `notify("step", details)` after each micro-step, and `notify("compile", details)` (seconds,
+            graphs, a line of text) after one that compiled, when `loop.compile` says the net is compiled.
         stop: polled after each update; True on any rank ends the epoch there (`_Stop` with the position; at the
             epoch's last update the epoch completes and `EpochResult.stop` says so).
     """
@@ -191,6 +205,7 @@ def train_epoch(net: nn.Module, model: nn.Module, recipe: Recipe, optimizer: tor
     optimizer.zero_grad(set_to_none=True)
     losses, step_lr, stopping = start.loss_sum, 0.0, False
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    watch = CompileWatch() if loop.compile else None
     with torch.random.fork_rng(devices=cuda):  # a step's draws are keyed; the caller's stream is kept
         # The loader is iterated as it is: the main process keeps its own torch threads whatever the number of
         # workers, since the thread count changes CPU sums in their last bits and a run resumed with other `workers`
@@ -226,6 +241,10 @@ def train_epoch(net: nn.Module, model: nn.Module, recipe: Recipe, optimizer: tor
                 optimizer.zero_grad(set_to_none=True)
             losses += value
             notify("step", {"epoch": epoch, "step": step, "steps": loop.steps, "loss": value, "lr": step_lr})
+            compiled = watch.poll() if watch is not None else None
+            if compiled is not None:  # the first step compiles the forward and, at its backward, the backward
+                notify("compile", {"epoch": epoch, "step": step, "seconds": compiled.seconds, "graphs": compiled.graphs,
+                                   "text": compiled.describe("the training step")})
             if stopping and step + 1 < loop.steps:
                 raise _Stop(Position(epoch, step + 1, losses))
     return EpochResult(losses / loop.steps, step_lr, stopping)

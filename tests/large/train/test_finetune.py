@@ -127,7 +127,7 @@ def test_fine_tuning_learns_digits_and_writes_a_fine_tuned_checkpoint(small, dig
         "min_lr": 1e-6, "layer_decay": 0.9, "weight_decay": 0.05, "betas": [0.9, 0.999], "clip_grad": None,
         "smoothing": 0.0, "mixup": 0.0, "cutmix": 0.0, "mixup_prob": 1.0, "mixup_switch_prob": 0.5,
         "mixup_mode": "batch", "auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25, "amp": "off",
-        "grad_checkpointing": False, "seed": 0, "workers": 0, "save_every": 2, "save_checkpoints": True,
+        "grad_checkpointing": False, "compile": False, "seed": 0, "workers": 0, "save_every": 2, "save_checkpoints": True,
         "eval_batch_size": None, "device": "cpu", "image_column": None, "label_column": None, "shuffle_buffer": 1000}
     assert (config["num_classes"], config["effective_batch"], config["accum_iter"], config["world_size"]) == (10, 16, 1, 1)
     assert config["lr"] == pytest.approx(0.05 * 16 / 256)  # blr x effective batch / 256 (main_finetune.py)
