@@ -22,7 +22,7 @@ WARMUP_STEPS = 2  # not timed: allocator and kernel selection
 
 
 def library_epoch(model: Any, recipe: Any, optimizer: Any, device: Any, amp: str, steps: int,
-                  clip_grad: float | None = None) -> Callable[[int, int], None]:
+                  clip_grad: float | None = None, lr: float = 1e-3) -> Callable[[int, int], None]:
     """`run(first, count)`: micro-steps `first` .. `first + count - 1` of the library's loop (keyed seeding, autocast
     and scaler path, loss check, per-iteration cosine lr), as an epoch of `steps` micro-steps."""
     import torch
@@ -30,7 +30,7 @@ def library_epoch(model: Any, recipe: Any, optimizer: Any, device: Any, amp: str
     from mae.large.train.trainer import LoopConfig, Position, train_epoch
     from mae.large.utils.distributed import DistContext
 
-    loop = LoopConfig(epochs=1, steps=steps, accum=1, lr=1e-3, warmup_epochs=0.5, min_lr=0.0, clip_grad=clip_grad,
+    loop = LoopConfig(epochs=1, steps=steps, accum=1, lr=lr, warmup_epochs=0.5, min_lr=0.0, clip_grad=clip_grad,
                       amp=amp, seed=0)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
@@ -42,20 +42,21 @@ def library_epoch(model: Any, recipe: Any, optimizer: Any, device: Any, amp: str
     return run
 
 
-def timed(run: Callable[[int, int], None], steps: int, batch: int, device: Any) -> dict[str, float]:
-    """Images/s of `run` over `steps` micro-steps after `WARMUP_STEPS`, and the peak memory in GiB."""
+def timed(run: Callable[[int, int], None], steps: int, batch: int, device: Any, warmup: int = WARMUP_STEPS
+          ) -> dict[str, float]:
+    """Images/s of `run` over `steps` micro-steps after `warmup` untimed ones, and the peak memory in GiB."""
     import torch
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    run(0, WARMUP_STEPS)
+    run(0, warmup)
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     began = time.perf_counter()
-    run(WARMUP_STEPS, steps)
+    run(warmup, steps)
     sync()
     seconds = time.perf_counter() - began
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
