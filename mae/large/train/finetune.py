@@ -58,6 +58,7 @@ from .state import (
     CONFIG,
     LAST,
     append_log,
+    config_from_dict,
     load_run_checkpoint,
     plain,
     resume_file,
@@ -171,15 +172,7 @@ class FinetuneConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FinetuneConfig:
         """The config a run saved (`args["config"]`); unknown keys are an error, tuples come back as tuples."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise invalid_argument("resume", f"the run's settings name {', '.join(unknown)}, unknown here; resume "
-                                             "with the version of the library that wrote the run")
-        values = dict(data)
-        if "betas" in values:
-            values["betas"] = tuple(values["betas"])
-        return cls(**values)
+        return config_from_dict(cls, data, ("betas",))
 
     def replace(self, **changes: Any) -> FinetuneConfig:
         return dataclasses.replace(self, **changes)

@@ -51,7 +51,7 @@ from ..utils.outputs import guard_output, guard_run_folder
 from . import monitor
 from .pretrain_model import build_model, freeze_encoder, weight_decay_groups
 from .scalars import scalars
-from .state import CONFIG, LAST, append_log, load_run_checkpoint, plain, resume_file, truncate_log, write_json
+from .state import CONFIG, LAST, append_log, config_from_dict, load_run_checkpoint, plain, resume_file, truncate_log, write_json
 from .trainer import LoopConfig, Position, Trainer, accumulation, compile_model
 
 __all__ = ["MASKS", "PretrainConfig", "PretrainResult", "pretrain", "resumed_pretrain_config"]
@@ -161,16 +161,7 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PretrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise invalid_argument("resume", f"the run's settings name {', '.join(unknown)}, unknown here; resume "
-                                             "with the version of the library that wrote the run")
-        values = dict(data)
-        for name in ("betas", "scale"):
-            if name in values:
-                values[name] = tuple(values[name])
-        return cls(**values)
+        return config_from_dict(cls, data, ("betas", "scale"))
 
     def replace(self, **changes: Any) -> PretrainConfig:
         return dataclasses.replace(self, **changes)

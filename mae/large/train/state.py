@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ import torch
 
 from ..checkpoints.containers import save_torch
 from ..checkpoints.read import torch_load
-from ..errors import CheckpointError, CheckpointNotFoundError, MAEError
+from ..errors import CheckpointError, CheckpointNotFoundError, MAEError, invalid_argument
 from ..utils.atomic import atomic_path
 from ..utils.jsontext import JSONProblem, parse_json
 
@@ -67,6 +68,21 @@ def plain(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise TypeError(f"{value!r} ({type(value).__name__}) is not plain data")
+
+
+def config_from_dict(cls: Any, data: Mapping[str, Any], tuples: tuple[str, ...]) -> Any:
+    """The frozen config dataclass `cls` a run saved (`args["config"]`, `plain` data): unknown keys are an error (a
+    run of another version), the fields named in `tuples` come back as tuples."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise invalid_argument("resume", f"the run's settings name {', '.join(unknown)}, unknown here; resume "
+                                         "with the version of the library that wrote the run")
+    values = dict(data)
+    for name in tuples:
+        if name in values:
+            values[name] = tuple(values[name])
+    return cls(**values)
 
 
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
