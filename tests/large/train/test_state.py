@@ -84,3 +84,17 @@ def test_rng_state_round_trips(rng_state) -> None:
     first = torch.rand(3)
     state.set_rng_state(saved, torch.device("cpu"))
     assert torch.equal(torch.rand(3), first)
+
+
+@pytest.mark.parametrize("name", ["finetune", "pretrain"])
+def test_a_saved_config_comes_back_equal_and_an_unknown_setting_is_named(name: str) -> None:
+    from mae.large.errors import MAEError
+    from mae.large.train.finetune import FinetuneConfig
+    from mae.large.train.pretrain import PretrainConfig
+
+    cls = {"finetune": FinetuneConfig, "pretrain": PretrainConfig}[name]
+    config = cls(epochs=3, batch_size=8)
+    saved = json.loads(json.dumps(config.to_dict()))  # through config.json: tuples are lists there
+    assert cls.from_dict(saved) == config
+    with pytest.raises(MAEError, match="the run's settings name frobnicate, unknown here"):
+        cls.from_dict({**saved, "frobnicate": 1})
