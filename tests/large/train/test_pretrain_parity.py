@@ -29,7 +29,7 @@ def _comparable(name: str, value: torch.Tensor) -> torch.Tensor:
     """A parameter without the keys' bias (the middle third of `qkv.bias`): softmax does not change when a constant is
     added to every key, so that bias's gradient is zero in exact arithmetic and float rounding noise on either side;
     AdamW divides by the gradient's own size, so that noise moves it by about lr per step in any direction. (The
-    losses, where it cancels, are compared bit for bit; measured: q and v biases within 3e-9, k bias up to 7e-5.)"""
+    losses, where it cancels, are compared at LOSS_RTOL; measured: q and v biases within 3e-9, k bias up to 7e-5.)"""
     if name.endswith("attn.qkv.bias"):
         third = value.numel() // 3
         return torch.cat([value[:third], value[2 * third:]])
