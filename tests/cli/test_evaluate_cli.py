@@ -253,3 +253,18 @@ def test_vit_large_default_probe_matches_logistic_regression(vit_l_digits, tmp_p
                                               "--protocol", "official", "--json"]).stdout)
     assert len(official["warnings"]) == 1 and "fewer than 1000" in official["warnings"][0]
     assert official["top1"] < grid["top1"] - 20, (official["top1"], grid["top1"])
+
+
+def test_knn_options_default_to_dinos_vote_as_the_library_does() -> None:
+    """DINO's `eval_knn.py`: `--nb_knn 20`, `--temperature 0.07`; the command's defaults are the library's, which
+    are DINO's (a default typed twice can drift on one side)."""
+    import inspect
+
+    from cli.knn import knn_command
+    from mae.large.evaluate.knn import knn
+
+    options = inspect.signature(knn_command).parameters
+    library = inspect.signature(knn).parameters
+    for name in ("k", "temperature", "weighting", "chunk_rows"):
+        assert options[name].default == library[name].default, name
+    assert (library["k"].default, library["temperature"].default, library["weighting"].default) == (20, 0.07, "softmax")

@@ -189,3 +189,33 @@ def test_too_few_steps_warn_where_they_should(digits) -> None:
         enough = probe(xtr, ytr, xva, yva, protocol="official", epochs=48, batch_size=64, warmup_epochs=5)
         assert enough.args["steps"] == 21 * 48 >= MIN_STEPS and enough.warnings == []
         assert probe(xtr, ytr, xva, yva, learning_rates=[0.01], weight_decays=[0.0]).warnings == []
+
+
+def test_grid_top5_counts_the_fifth_ranked_class() -> None:
+    """A head whose logits rank the true class exactly fifth: top-1 misses, top-5 hits (a top-4 would miss)."""
+    from mae.large.evaluate.probe_grid import Heads, score_heads
+    from mae.large.evaluate.source import as_source
+
+    classes, dim = 7, 7
+    weight = torch.diag(torch.tensor([7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]))[:, None, :]  # (C, G=1, D)
+    heads = Heads(weight, torch.zeros(classes, 1), torch.zeros(dim), torch.ones(dim) - 1e-6)  # standardising: identity
+    features = torch.ones(3, dim)  # logits 7, 6, 5, 4, 3, 2, 1: class 4 is ranked fifth, class 5 sixth
+    top1, top5, _ = score_heads(heads, as_source(features), torch.tensor([4, 4, 5]), None, 64, torch.device("cpu"))
+    assert top1 == [0.0] and top5 == [pytest.approx(200 / 3)]
+
+
+def test_grid_schedule_is_a_cosine_per_step_without_warm_up() -> None:
+    """Each epoch's last lr factor is DINOv2's per-iteration cosine 0.5 * (1 + cos(pi * t / T)) at its last step
+    (t = epoch + (steps - 1) / steps), not the epoch's (a per-epoch schedule would give it at t = epoch)."""
+    import math
+
+    from mae.large.evaluate.probe_grid import train_heads
+    from mae.large.evaluate.source import as_source
+
+    features, labels = torch.randn(32, 6), torch.arange(32) % 3
+    epochs, batch = 3, 8  # 4 steps an epoch
+    _, _, factors = train_heads(as_source(features), labels, torch.arange(32), [(0.1, 0.0)], init=torch.zeros(3, 6),
+                                epochs=epochs, batch=batch, momentum=0.9, seed=0, phase="test",
+                                device=torch.device("cpu"), budget_rows=32, chunk_rows=32, on_epoch=None)
+    expected = [0.5 * (1 + math.cos(math.pi * (e + 3 / 4) / epochs)) for e in range(epochs)]
+    assert factors == pytest.approx(expected, rel=1e-12)

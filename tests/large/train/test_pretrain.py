@@ -254,3 +254,15 @@ def test_each_images_masking_is_keyed_by_seed_epoch_and_index(small) -> None:
 def test_a_run_with_another_mask_kind_trains(small, digits_tree, tmp_path, mask) -> None:
     run = pretrain(digits_tree, tmp_path / "run", PretrainConfig(epochs=1, mask=mask, **LIGHT))
     assert math.isfinite(run.history[0]["train_loss"]) and run.args["config"]["mask"] == mask
+
+
+def test_the_run_uses_pretrain_mds_lr_rule_and_adamw_betas(small, digits, tmp_path) -> None:
+    """PRETRAIN.md / `main_pretrain.py`: `args.lr = args.blr * eff_batch_size / 256` with eff_batch_size = batch x
+    accum_iter x world size, and `torch.optim.AdamW(param_groups, lr=args.lr, betas=(0.9, 0.95))`: what the run's
+    optimiser holds, not only the config's fields. Batch 16 x accumulation 4 at blr 1e-3: lr 2.5e-4."""
+    config = PretrainConfig(epochs=1, **{**LIGHT, "accum_iter": 4, "blr": 1e-3})
+    run = pretrain(digits[0], tmp_path / "run", config)
+    assert run.args["lr"] == pytest.approx(1e-3 * 16 * 4 / 256, rel=1e-12)
+    saved = torch.load(tmp_path / "run" / "checkpoint-last.pth", weights_only=True)["optimizer"]
+    assert [tuple(g["betas"]) for g in saved["param_groups"]] == [(0.9, 0.95)] * 2
+    assert sorted(g["weight_decay"] for g in saved["param_groups"]) == [0.0, 0.05]

@@ -268,3 +268,23 @@ def test_the_lr_of_every_update_is_the_schedule_at_the_fractional_epoch(small, d
         for group_lr, scale in groups:
             assert group_lr == pytest.approx(lr * scale, rel=1e-12, abs=1e-15)
     assert len({round(groups[-1][0], 12) for groups in seen}) == len(seen)  # a new value at every update
+
+
+def test_every_mixup_draw_of_a_run_has_its_own_key(small, digits_tree, tmp_path, monkeypatch) -> None:
+    """Mixup / cutmix draw (lambda, the switch, the box) from a generator keyed by (seed, epoch, step, rank): two
+    epochs of 12 steps make 24 different keys, so no batch of epoch 1 repeats epoch 0's mixing."""
+    import mae.large.train.finetune as module
+
+    keys: list[tuple] = []
+    keyed = module.keyed_rng
+
+    def recording(*key):
+        if key[1] == "mixup":
+            keys.append(key)
+        return keyed(*key)
+
+    monkeypatch.setattr(module, "keyed_rng", recording)
+    finetune(digits_tree, digits_tree, tmp_path / "run", FinetuneConfig(epochs=2, **{**LIGHT, "mixup": 0.8}),
+             pretrained=small)
+    assert len(keys) == 24 and len(set(keys)) == 24
+    assert {k[2] for k in keys} == {0, 1}  # the epoch is part of the key
