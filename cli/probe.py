@@ -104,7 +104,9 @@ def probe_command(
     from mae.large.evaluate.probe import OFFICIAL, probe, save_probe
     from mae.large.evaluate.source import check_compatible, labels_of, named_classes
     from mae.large.evaluate.store import open_features
+    from mae.large.utils.outputs import guard_output
 
+    guard_output(out_path, [train, val])  # before the work: the head never replaces (or lands in) the features
     train_set, val_set = open_features(train), open_features(val)
     check_compatible(train_set.meta, val_set.meta, train_set.classes, val_set.classes)
     train_labels, val_labels = labels_of(train_set, "train"), labels_of(val_set, "val")

@@ -268,3 +268,17 @@ def test_knn_options_default_to_dinos_vote_as_the_library_does() -> None:
     for name in ("k", "temperature", "weighting", "chunk_rows"):
         assert options[name].default == library[name].default, name
     assert (library["k"].default, library["temperature"].default, library["weighting"].default) == (20, 0.07, "softmax")
+
+
+@pytest.mark.parametrize("where", ["a train shard", "inside val"])
+def test_the_probe_head_never_replaces_or_lands_in_its_features(embedded, where: str) -> None:
+    """`--out` onto a shard of the features, or into their folder, is refused before the work; nothing changes."""
+    train, val = embedded
+    target = sorted(train.glob("*.safetensors"))[0] if where == "a train shard" else val / "head.pth"
+    before = {p: p.read_bytes() for p in [*train.iterdir(), *val.iterdir()]}
+    result = runner.invoke(app, ["probe", str(train), str(val), "--out", str(target), "--epochs", "1"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    said = " ".join(result.output.split())
+    folder = train if where == "a train shard" else val
+    assert f"the output {target} lies inside the input folder {folder}" in said, said
+    assert {p: p.read_bytes() for p in [*train.iterdir(), *val.iterdir()]} == before
