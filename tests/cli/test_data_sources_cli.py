@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -232,3 +233,73 @@ def test_an_image_column_of_missing_paths_fails_each_image(runner, small_arch, e
     assert "every image failed, nothing was written" in done.output
     line = one_line(features(runner, [tmp_path / "x.parquet"], out, "-c", encoder, "--out", out))
     assert "no image column" in line and "--image-column NAME" in line
+
+
+def _tar(path, members) -> str:
+    """A plain tar of (name, bytes) members in the order given."""
+    import io
+
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("label", [10**9, 2**64 - 1, 10**40])
+def test_a_label_no_classifier_could_have_is_one_line_before_any_work(runner, small_arch, sets, encoder, tmp_path,
+                                                                      label) -> None:
+    """A label of 1e9 sized a list of a billion class names (the kernel killed `finetune`); a 40-digit `.cls` was an
+    OverflowError; a uint64 label 2**64-1 was written into the features. Each is one line naming where it is."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tree, _ = sets
+    samples, _ = tree_samples(tree)
+    if label < 2**64:
+        kind = pa.uint64()
+        table = pa.table({"image": [{"bytes": s.data, "path": s.name} for s in samples[:4]],
+                          "label": pa.array([0, 1, label, 1], type=kind)})
+        given = tmp_path / "big.parquet"
+        pq.write_table(table, given)
+        where = "the largest label of column 'label'"
+    else:
+        given = _tar(tmp_path / "big.tar", [("k0.png", samples[0].data), ("k0.cls", str(label).encode())])
+        where = "member k0.cls of"
+    out = tmp_path / "f.safetensors"
+    line = one_line(features(runner, [given], out, "-c", encoder, "--out", out))
+    assert where in line and "not a class number (at most 1,048,575)" in line and not out.exists()
+    if label == 10**9:
+        run = tmp_path / "run"
+        line = one_line(runner.invoke(app, ["finetune", str(given), str(given), "-c", str(encoder), "-o", str(run),
+                                            *FINETUNE]))
+        assert "not a class number" in line and "--label-column NAME" in line and not run.exists()
+
+
+def test_a_samples_files_apart_or_a_key_used_twice_refuse_the_shard(runner, small_arch, sets, encoder, tmp_path) -> None:
+    """WebDataset groups a sample's files in a row: k0.png, k1.png, k0.cls, k1.cls lost both labels without a word,
+    and a key used twice dropped its first image. Both are one line naming the shard and the key."""
+    tree, _ = sets
+    samples, _ = tree_samples(tree)
+    a, b = samples[0].data, samples[1].data
+    for name, members in (("split", [("k0.png", a), ("k1.png", b), ("k0.cls", b"0"), ("k1.cls", b"1")]),
+                          ("twice", [("k0.png", a), ("k0.cls", b"0"), ("k1.png", b), ("k1.cls", b"1"), ("k0.png", b),
+                                     ("k0.cls", b"1")])):
+        given = _tar(tmp_path / f"{name}.tar", members)
+        out = tmp_path / f"{name}.safetensors"
+        line = one_line(features(runner, [given], out, "-c", encoder, "--out", out))
+        assert f"{name}.tar: the files of sample 'k0' are not next to each other" in line and not out.exists(), line
+
+
+def test_a_compressed_tar_under_a_tar_name_is_said_so(runner, small_arch, sets, encoder, tmp_path) -> None:
+    import gzip
+
+    tree, _ = sets
+    samples, _ = tree_samples(tree)
+    plain = _tar(tmp_path / "plain.tar", [("k0.png", samples[0].data), ("k0.cls", b"0")])
+    disguised = tmp_path / "disguised.tar"
+    disguised.write_bytes(gzip.compress(Path(plain).read_bytes()))
+    out = tmp_path / "f.safetensors"
+    line = one_line(features(runner, [disguised], out, "-c", encoder, "--out", out))
+    assert "disguised.tar is a compressed tar" in line and "decompress the shards" in line and not out.exists()

@@ -173,3 +173,31 @@ def test_a_model_that_cannot_be_built_is_one_error_line(runner, digits_tree, tmp
                                "--encoder-dim", "30", "--encoder-heads", "4", *LIGHT])
     assert done.exit_code == 1 and "embed_dim 30 must be divisible by num_heads 4" in done.output, done.output
     assert not (tmp_path / "run").exists()
+
+
+TINY = ["--patch-size", "8", "--encoder-depth", "1", "--encoder-dim", "16", "--encoder-heads", "2", "--decoder-depth",
+        "1", "--decoder-dim", "16", "--decoder-heads", "2", "--preview-every", "0"]
+
+
+def test_a_resume_at_another_size_is_one_line_naming_it(runner, digits_tree, tmp_path) -> None:
+    """The settings are checked before the model is built: another --size was a pos_embed size-mismatch traceback."""
+    run = tmp_path / "run"
+    done = runner.invoke(app, ["pretrain", str(digits_tree), "--from-scratch", "-o", str(run), "--epochs", "1", *TINY,
+                               *LIGHT])
+    assert done.exit_code == 0, done.output
+    before = (run / "checkpoint-last.pth").read_bytes()
+    done = runner.invoke(app, ["pretrain", "--resume", str(run), "--epochs", "2", "--size", "48"])
+    said = " ".join(done.output.split())
+    assert done.exit_code == 1 and "Traceback" not in done.output and said.count("error:") == 1, done.output
+    assert "used other settings (input_size)" in said and "leave out the options that change them" in said, said
+    assert (run / "checkpoint-last.pth").read_bytes() == before
+
+
+def test_a_mask_ratio_that_leaves_no_patch_is_refused_before_anything_is_written(runner, digits_tree, tmp_path) -> None:
+    """4 patches (16 x 16 at patch 8) at mask ratio 0.99: one line, and no run folder (it held a TensorBoard file)."""
+    run = tmp_path / "run"
+    sizes = [*LIGHT, "--size", "16"]
+    done = runner.invoke(app, ["pretrain", str(digits_tree), "--from-scratch", "-o", str(run), "--mask-ratio", "0.99",
+                               *TINY, *sizes])
+    assert done.exit_code == 1 and "leaves no visible patch out of 4" in " ".join(done.output.split()), done.output
+    assert not run.exists()

@@ -17,7 +17,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import overload
 
-__all__ = ["ImageRef", "Record", "Records", "ref_name", "ref_stem"]
+__all__ = ["MAX_CLASSES", "ImageRef", "Record", "Records", "check_label", "ref_name", "ref_stem"]
+
+# A class number above this is not a class: ImageNet-21k has 21,841, the largest public label sets a few hundred
+# thousand. The bound matters: class names, heads and per-class counts are sized by the largest label.
+MAX_CLASSES = 1 << 20
 
 
 class Record:
@@ -115,3 +119,16 @@ class Concatenated(Records):
 
         k = bisect_right(self.starts, index) - 1
         return self.parts[k].record(index - self.starts[k])
+
+
+def check_label(value: int | str, where: str) -> int:
+    """`value` (an int, or the digits of a `.cls` member), a class number read from a data set, refused (one line,
+    `label_column`) when it is no class number a classifier could have: `MAX_CLASSES` or more. `where` names it."""
+    digits = str(value).lstrip("0") or "0"
+    if len(digits) > 18 or int(digits) >= MAX_CLASSES:  # 18 digits: int() of any length is not needed to refuse
+        from ..errors import invalid_argument
+
+        text = digits if len(digits) <= 30 else f"a {len(digits)}-digit number"
+        raise invalid_argument("label_column", f"{where} is {text}, not a class number (at most {MAX_CLASSES - 1:,}); "
+                                               "name the column or member that holds class numbers with label_column=NAME")
+    return int(digits)

@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import DatasetError, ImageError, first_line, invalid_argument, short_list, shown
 from .loader import Source
-from .records import Concatenated, Record, Records
+from .records import Concatenated, Record, Records, check_label
 
 __all__ = ["TableFile", "TableRow", "arrow_folder_files", "table_source"]
 
@@ -319,7 +319,11 @@ def _labels(handle: Any, kind: str, column: str, path: Path) -> list[int]:
     except (OSError, ValueError) as exc:
         raise DatasetError(f"the {column!r} column of {path} cannot be read ({first_line(str(exc), 160)}); "
                            "re-download the file") from None
-    return [-1 if v is None or v < 0 else int(v) for v in values.to_pylist()]
+    labels = [-1 if v is None or v < 0 else int(v) for v in values.to_pylist()]
+    top = max(labels, default=-1)
+    if top >= 0:
+        check_label(top, f"the largest label of column {column!r} of {path} (row {labels.index(top)})")
+    return labels
 
 
 def _class_names(features: dict[str, Any], label: str, files: list[Path]) -> list[str] | None:

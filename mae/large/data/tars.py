@@ -32,13 +32,15 @@ from pathlib import Path
 from ..errors import DatasetError, ImageError, first_line, invalid_argument, short_list, shown
 from .images import ImageFailure
 from .loader import Source
-from .records import Concatenated, Record, Records
+from .records import Concatenated, Record, Records, check_label
 
 __all__ = ["IMAGE_EXTENSIONS", "ShardIndex", "TarMember", "expand_braces", "scan_shard", "shard_paths", "tar_source"]
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff", "gif")
 MAX_SHARDS = 1_000_000  # what one brace pattern may name
 MAX_LABEL_BYTES = 1 << 16  # a .cls / .json member larger than this is not a label
+# gzip, xz, zstd; bzip2 below (its "BZh" could begin a member name, so its block magic is checked too)
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"(\d+)\.\.(\d+)")
 OPEN_SHARDS = 8  # open files kept per process
@@ -198,13 +200,19 @@ def scan_shard(path: Path, image_ext: str | None, label_key: str | None) -> tupl
     except OSError as exc:
         raise DatasetError(f"shard {path} cannot be read ({exc.strerror or type(exc).__name__})") from None
     with handle:
+        magic = handle.read(10)
+        handle.seek(0)
+        bzip2 = magic[:3] == b"BZh" and magic[3:4].isdigit() and magic[4:10] == b"1AY&SY"
+        if magic.startswith(COMPRESSED_MAGIC) or bzip2:  # a compressed tar under a .tar name
+            raise DatasetError(f"{path} is a compressed tar: its images cannot be read in place; decompress the shards "
+                               "(plain .tar, as WebDataset writes them)")
         try:
             archive = tarfile.open(fileobj=handle, mode="r:")  # noqa: SIM115 - `handle` is closed by the with
         except tarfile.TarError as exc:
             raise DatasetError(f"{path} is not a tar file ({first_line(str(exc), 120)}); give WebDataset .tar "
                                "shards") from None
         sample: tuple[str, dict[str, tuple[int, int]]] | None = None
-        end, problem = 0, None
+        end, problem, done = 0, None, set()
         while True:
             try:
                 info = archive.next()
@@ -220,6 +228,11 @@ def scan_shard(path: Path, image_ext: str | None, label_key: str | None) -> tupl
             if sample is None or sample[0] != key:
                 if sample is not None:
                     _add(index, failures, sample, handle, image_ext, label_key)
+                    done.add(sample[0])
+                if key in done:  # WebDataset reads a sample's files in a row: this one is split (or its key repeated)
+                    raise DatasetError(f"shard {path}: the files of sample {shown(key)} are not next to each other "
+                                       f"({shown(info.name)} comes after another sample's), or the key is used twice; "
+                                       "write each sample's files together under a key of its own (e.g. tar --sort=name)")
                 sample = (key, {})
             sample[1][ext.lower()] = (info.offset_data, info.size)
             end = info.offset_data + info.size
@@ -270,7 +283,7 @@ def _label(shard: Path, key: str, members: dict[str, tuple[int, int]], handle: o
             raise invalid_argument("label_column", f"member {key}.{ext} of {shard} holds {shown(text)}, not a class "
                                                    "number; name the member or .json key that holds one with "
                                                    "label_column=NAME")
-        return int(text)
+        return check_label(text, f"member {key}.{ext} of {shard}")
     if "json" in members:
         from ..utils.jsontext import JSONProblem, parse_json
 
@@ -285,7 +298,7 @@ def _label(shard: Path, key: str, members: dict[str, tuple[int, int]], handle: o
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise invalid_argument("label_column", f"{field!r} of {key}.json in {shard} is {shown(repr(value))}, not "
                                                    "a class number; name the key that holds one with label_column=NAME")
-        return value
+        return check_label(value, f"{field!r} of {key}.json in {shard}")
     return -1
 
 

@@ -220,7 +220,8 @@ def _check_resume(saved: Mapping[str, Any], args: Mapping[str, Any]) -> None:
                        f"{(args['stream'] or {}).get('readers')} now)")
     if differs:
         raise invalid_argument("resume", f"the run being resumed used other settings ({', '.join(differs)}); resume "
-                                         "with the run's own settings (resumed_config) so it continues as it began")
+                                         "with the run's own settings so it continues as it began (leave out the options that "
+                                         "change them; in Python, resumed_config(run))")
 
 
 def build_train_transform(config: FinetuneConfig) -> TrainTransform:

@@ -41,6 +41,7 @@ from ..data.labelled import (
 from ..data.loader import Source, default_workers
 from ..data.sources import open_source
 from ..errors import DatasetError, ImageError, invalid_argument
+from ..models.mae import check_mask_ratio
 from ..models.masks import build_mask, parse_mask
 from ..utils import cancel
 from ..utils.compile import eager
@@ -255,9 +256,15 @@ def _pretrain(data: Any, out_dir: Path, config: PretrainConfig, checkpoint: Any,
     amp = resolve_amp(config.amp, device)
     lr = config.lr if config.lr is not None else config.blr * config.batch_size * accum * world / 256
 
+    stream = stream_settings(source, world, workers, config.shuffle_buffer)
+    if state is not None:  # before the model is built: another size or architecture is a setting, not a crash
+        _check_resume(state["args"], {"config": config.to_dict(), "world_size": world, "accum_iter": accum,
+                                      "effective_batch": config.batch_size * accum * world, "stream": stream})
     if state is None and checkpoint is not None:
         config = _sizes_of(checkpoint, config, trust)
     arch = config.architecture()
+    if config.mask != "grid":  # before the model is built: a ratio that leaves no patch visible on this grid
+        check_mask_ratio(config.mask_ratio, arch.num_patches)
     started = build_model(arch, checkpoint if state is None else None, target=config.target, seed=config.seed,
                           device=device, trust=trust)
     model = started.model
@@ -275,9 +282,7 @@ def _pretrain(data: Any, out_dir: Path, config: PretrainConfig, checkpoint: Any,
             (state["args"].get("checkpoint") if state else None), "data": [os.fspath(p) for p in inputs],
             "val": os.fspath(val) if val else None, "frozen_encoder_tensors": frozen,
             "sources": {"data": source.describe(), **({"val": held_source.describe()} if val else {})},
-            "stream": stream_settings(source, world, workers, config.shuffle_buffer)}
-    if state is not None:
-        _check_resume(state["args"], args)
+            "stream": stream}
     optimizer = torch.optim.AdamW(weight_decay_groups(model, config.weight_decay), lr=lr, betas=config.betas)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     net: nn.Module = model
@@ -439,7 +444,8 @@ def _check_resume(saved: Mapping[str, Any], args: Mapping[str, Any]) -> None:
                        f"{(args.get('stream') or {}).get('readers')} now)")
     if differs:
         raise invalid_argument("resume", f"the run being resumed used other settings ({', '.join(differs)}); resume "
-                                         "with the run's own settings (resumed_pretrain_config) so it continues as it began")
+                                         "with the run's own settings so it continues as it began (leave out the options that "
+                                         "change them; in Python, resumed_pretrain_config(run))")
 
 
 def _read_records(out_dir: Path) -> list[dict[str, Any]]:

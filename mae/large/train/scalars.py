@@ -53,22 +53,32 @@ def scalars(out_dir: Path, recipe: str, accum: int, notify: Progress, *, enabled
         return
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(log_dir=str(out_dir / FOLDER))
+    # Opened at the run's "start" (when config.json is written), not before: a run refused while it is being set up
+    # leaves no events file behind (nor a folder holding only one).
+    writers: list[Any] = []
     step_tags, epoch_tags = STEP_TAGS[recipe], EPOCH_TAGS[recipe]
 
+    def writer() -> Any:
+        if not writers:
+            writers.append(SummaryWriter(log_dir=str(out_dir / FOLDER)))
+        return writers[0]
+
     def listen(event: str, info: dict[str, Any]) -> None:
-        if event == "step" and (info["step"] + 1) % accum == 0:
+        if event == "start":
+            writer()
+        elif event == "step" and (info["step"] + 1) % accum == 0:
             x = epoch_1000x(info["epoch"], info["step"], info["steps"])
             for tag, key in step_tags.items():
-                writer.add_scalar(tag, info[key], x)
+                writer().add_scalar(tag, info[key], x)
         elif event == "epoch":
             for tag, key in epoch_tags.items():
                 if info.get(key) is not None:
-                    writer.add_scalar(tag, info[key], info["epoch"])
-            writer.flush()
+                    writer().add_scalar(tag, info[key], info["epoch"])
+            writer().flush()
         notify(event, info)
 
     try:
         yield listen
     finally:
-        writer.close()
+        for opened in writers:
+            opened.close()
