@@ -302,13 +302,15 @@ def _prepare(job: Job, v: dict[str, Any], args: argparse.Namespace) -> tuple[Cal
 
 
 def _switch(job: Job, v: dict[str, Any], info: dict[str, dict[str, Any]]) -> None:
-    """Make `v` the running variant (the compiled blocks on or off; the optimiser it uses)."""
-    from mae.large.models.layers import transformer_blocks
+    """Make `v` the running variant (the compiled blocks on or off; the optimiser it uses). Where no variant is compiled
+    the blocks are left alone: a baseline checkout (`--code`, e.g. 904620c's flat package) has no `compile_blocks`."""
+    if any(i["compiled"] is not None for i in info.values()):
+        from mae.large.models.layers import transformer_blocks
 
-    for block in transformer_blocks(job.model):
-        block.__dict__.pop("compiled_forward", None)
-        if info[v["name"]]["compiled"] is not None:
-            block.compiled_forward = info[v["name"]]["compiled"]
+        for block in transformer_blocks(job.model):
+            block.__dict__.pop("compiled_forward", None)
+            if info[v["name"]]["compiled"] is not None:
+                block.compiled_forward = info[v["name"]]["compiled"]
     job.set_optimizer(v["fused"])
 
 
