@@ -416,7 +416,8 @@ class MaskedAutoencoderViT(nn.Module):
         Compiled: `torch.compile(model, fullgraph=True)` makes one graph of this pass for random masks (`noise`
         and `mask_ratio`, or `len_keep`): batches of new noise reuse it. A `mask` is data whose count decides the
         shapes, so it cannot be part of a graph: give `noise_for_mask(mask)` and its `len_keep` instead (the jobs'
-        `compile=True` does). The value check of the images runs inside the graph (`check_images`)."""
+        `compile=True` compiles the blocks alone, so it takes any mask). The value check of the images runs inside
+        the graph (`check_images`)."""
         imgs = self._check_images(imgs)
         latent, mask, ids_restore = self._encode(imgs, mask_ratio, noise, mask, len_keep)
         pred = self.forward_decoder(latent, ids_restore)  # (N, L, p*p*C)

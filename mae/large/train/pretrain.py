@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..checkpoints.folders import checkpoint_inputs
+from ..checkpoints.read import read_checkpoint
 from ..config import MAEConfig
 from ..data import augment
 from ..data.labelled import (
@@ -40,7 +41,7 @@ from ..data.labelled import (
 )
 from ..data.loader import Source, default_workers
 from ..data.sources import open_source
-from ..errors import DatasetError, ImageError, invalid_argument
+from ..errors import DatasetError, invalid_argument
 from ..models.mae import check_mask_ratio
 from ..models.masks import build_mask, parse_mask
 from ..utils import cancel
@@ -260,12 +261,14 @@ def _pretrain(data: Any, out_dir: Path, config: PretrainConfig, checkpoint: Any,
     if state is not None:  # before the model is built: another size or architecture is a setting, not a crash
         _check_resume(state["args"], {"config": config.to_dict(), "world_size": world, "accum_iter": accum,
                                       "effective_batch": config.batch_size * accum * world, "stream": stream})
+    start_from = None  # the checkpoint a new run starts from, read once (its recorded sizes, then its tensors)
     if state is None and checkpoint is not None:
-        config = _sizes_of(checkpoint, config, trust)
+        start_from = read_checkpoint(checkpoint, trust=trust)
+        config = _sizes_of(start_from, config)
     arch = config.architecture()
     if config.mask != "grid":  # before the model is built: a ratio that leaves no patch visible on this grid
         check_mask_ratio(config.mask_ratio, arch.num_patches)
-    started = build_model(arch, checkpoint if state is None else None, target=config.target, seed=config.seed,
+    started = build_model(arch, start_from, target=config.target, seed=config.seed,
                           device=device, trust=trust)
     model = started.model
     if state is not None:
@@ -298,16 +301,16 @@ def _pretrain(data: Any, out_dir: Path, config: PretrainConfig, checkpoint: Any,
     # The run's own generator stream (a checkpoint's generator state is the same in any process); TensorBoard scalars.
     with trainer.generators(), scalars(out_dir, "pretrain", accum, notify, enabled=ctx.is_main) as notify:
         trainer.notify = notify
-        start = Position(0)
+        start, records = Position(0), []  # records: the log's epochs before this call's (loss.png's curve)
         if state is not None:
             start = trainer.restore(state)
             if ctx.is_main:
-                truncate_log(out_dir, start.epoch - 1)
+                records = truncate_log(out_dir, start.epoch - 1)
         transform = augment.TrainTransform(config.input_size, config.scale, hflip=0.5, auto_augment=None, re_prob=0.0)
         recipe = _Recipe(TrainImages(source, transform, config.seed), model.config, config, ctx, workers)
         held = monitor.heldout_images(held_source, config.preview_images, model.config.img_size, model.config.num_patches,
                                       config.seed) if ctx.is_main else None
-        if held is not None and "heldout_initial" not in args:  # before any update: the curve's starting point
+        if held is not None:  # before any update: the curve's starting point
             with eager():
                 args["heldout_initial"] = (state["args"].get("heldout_initial") if state is not None else
                                            monitor.heldout_losses(model, held, config.mask_ratio, device, amp)[0])
@@ -321,7 +324,6 @@ def _pretrain(data: Any, out_dir: Path, config: PretrainConfig, checkpoint: Any,
                          "heldout": os.fspath(val) if val else "the first training images"})
         history: list[dict[str, Any]] = []
         curve: list[tuple[float, float]] = []
-        records = [r for r in _read_records(out_dir) if r["epoch"] < start.epoch] if ctx.is_main else []
 
         def on_step(event: str, info: dict[str, Any]) -> None:
             if event == "step":
@@ -416,12 +418,11 @@ def _images(inputs: list[Any], name: str, image_column: str | None) -> Source:
     return dataclasses.replace(source, labels=None, classes=None, failures=[])
 
 
-def _sizes_of(checkpoint: Any, config: PretrainConfig, trust: bool) -> PretrainConfig:
-    """A run continued from a checkpoint of this tool's runs has the model that run recorded (its encoder and decoder
-    sizes), but for the sizes asked for; the run's settings then name them, so that `--resume` builds it again."""
-    from ..checkpoints.read import read_checkpoint
-
-    recorded = MAEConfig.from_run(read_checkpoint(checkpoint, trust=trust).run)
+def _sizes_of(data: Any, config: PretrainConfig) -> PretrainConfig:
+    """A run continued from a checkpoint of this tool's runs (`data`, read) has the model that run recorded (its
+    encoder and decoder sizes), but for the sizes asked for; the run's settings then name them, so that `--resume`
+    builds it again."""
+    recorded = MAEConfig.from_run(data.run)
     if recorded is None:
         return config
     sizes = {"patch_size": recorded.patch_size, "encoder_depth": recorded.depth, "encoder_dim": recorded.embed_dim,
@@ -448,10 +449,3 @@ def _check_resume(saved: Mapping[str, Any], args: Mapping[str, Any]) -> None:
                                          "change them; in Python, resumed_pretrain_config(run))")
 
 
-def _read_records(out_dir: Path) -> list[dict[str, Any]]:
-    from .state import read_log
-
-    try:
-        return read_log(out_dir)
-    except (ValueError, ImageError):
-        return []

@@ -45,7 +45,7 @@ class StartedModel:
     notes: list[str]  # one line each: a fresh decoder, a decoder of other sizes, a target against the file's
 
 
-def build_model(config: MAEConfig, checkpoint: str | Path | None, *, target: str, seed: int,
+def build_model(config: MAEConfig, checkpoint: str | Path | CheckpointData | None, *, target: str, seed: int,
                 device: torch.device, trust: bool = False) -> StartedModel:
     """The model of a run: `config`'s sizes (the decoder's included), from `checkpoint` when given.
 
@@ -70,18 +70,19 @@ def build_model(config: MAEConfig, checkpoint: str | Path | None, *, target: str
                                   "asked for" if target != "auto" else "the recipe's (PRETRAIN.md: norm_pix_loss)")
             model = MaskedAutoencoderViT(config.replace(norm_pix_loss=choice.norm_pix))
             return StartedModel(model.to(device), "scratch", choice, notes)
-        data = read_checkpoint(checkpoint, trust=trust)
+        data = checkpoint if isinstance(checkpoint, CheckpointData) else read_checkpoint(checkpoint, trust=trust)
+        path = data.path
         data, start, note = _fit_decoder(data, config)
         if note:
             notes.append(note)
-        file_target = known_target(Path(checkpoint), "full", data.run) if start == "full" else None
+        file_target = known_target(path, "full", data.run) if start == "full" else None
         choice = _choose_target(target, file_target, start, notes)
         with warnings.catch_warnings():  # a fresh decoder is what pre-training from an encoder means: said below
             warnings.simplefilter("ignore", UserWarning)
             model = MaskedAutoencoderViT.from_pretrained(data, config.replace(norm_pix_loss=choice.norm_pix),
                                                          trust=trust, device=device)
     if start == "encoder":
-        notes.append(f"{Path(checkpoint).name} holds the encoder only: the decoder starts from the official init "
+        notes.append(f"{path.name} holds the encoder only: the decoder starts from the official init "
                      "(seeded), as pre-training from scratch does")
     return StartedModel(model, start, choice, notes)
 

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -119,7 +118,7 @@ def resume_file(path: str | os.PathLike[str]) -> Path:
     return path
 
 
-RESUME_ADVICE = ("a fine-tuning run's checkpoints hold only tensors and plain data, so resume from one written by a "
+RESUME_ADVICE = ("a training run's checkpoints hold only tensors and plain data, so resume from one written by a "
                  "run (checkpoint-last.pth)")
 
 
@@ -128,14 +127,14 @@ def load_run_checkpoint(path: Path) -> dict[str, Any]:
     pickle: one that asks for more is refused naming the globals), with every entry resuming needs."""
     try:
         state = torch_load(path, advice=RESUME_ADVICE, damaged="it cannot be resumed from: name a checkpoint "
-                           "written by a fine-tuning run (checkpoint-last.pth)")
+                           "written by a training run (checkpoint-last.pth)")
     except CheckpointError as exc:  # a pickle that carries code, or a damaged file: the run's file to fix
         exc.argument = "resume"
         raise
     missing = [k for k in (*RUN_ENTRIES, "rng") if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path} has no {', '.join(missing)} entr{'y' if len(missing) == 1 else 'ies'}; resume "
-                              "from a checkpoint written by a fine-tuning run (checkpoint-last.pth)")
+                              "from a checkpoint written by a training run (checkpoint-last.pth)")
     return state
 
 
@@ -185,11 +184,12 @@ def append_log(run_dir: Path, record: Mapping[str, Any]) -> None:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-def truncate_log(run_dir: Path, last_epoch: int) -> None:
-    """Keep the log lines of epochs <= `last_epoch` (the checkpoint a run resumes from)."""
-    with contextlib.suppress(FileNotFoundError):
-        records = read_log(run_dir)
-        kept = [r for r in records if r.get("epoch", -1) <= last_epoch]
-        if kept != records:
-            with atomic_path(run_dir / LOG) as tmp:
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+def truncate_log(run_dir: Path, last_epoch: int) -> list[dict[str, Any]]:
+    """Keep the log lines of epochs <= `last_epoch` (the checkpoint a run resumes from); returns them (none without
+    a log)."""
+    records = read_log(run_dir)
+    kept = [r for r in records if r.get("epoch", -1) <= last_epoch]
+    if kept != records:
+        with atomic_path(run_dir / LOG) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept

@@ -264,7 +264,7 @@ def _check(value: float | None, failed: int, recipe: Recipe, batch: Any, epoch: 
 
 class Trainer:
     """A run's state between epochs: the model, optimiser and scaler, the checkpoints it writes (rank 0), resume,
-    and the stop request. The recipe's `end_epoch` measures the epoch and decides what the log line says."""
+    and the stop request."""
 
     def __init__(self, model: nn.Module, net: nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, loop: LoopConfig, ctx: DistContext, out_dir: Path, args: dict[str, Any],
