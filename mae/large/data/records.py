@@ -114,6 +114,11 @@ class Concatenated(Records):
     def __len__(self) -> int:
         return self.total
 
+    @property
+    def pieces(self) -> tuple[tuple[int, int], ...]:
+        """(start, end) of each part in the whole, in order (`Source.pieces`)."""
+        return tuple(zip(self.starts, [*self.starts[1:], self.total], strict=True))
+
     def record(self, index: int) -> Record:
         from bisect import bisect_right
 

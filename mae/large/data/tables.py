@@ -221,7 +221,6 @@ def table_source(files: list[Path], kind: str, given: str, *, image_column: str 
     schema = opened[0][2]
     features = _hf_features(schema)
     column = _image_column(schema, features, image_column, files[0])
-    layout = _layout(schema.field(column).type, column, files[0])
     label = label_column if label_column is not None else ("label" if "label" in schema.names else None)
     if label is not None and label not in schema.names:
         raise invalid_argument("label_column", f"{files[0]} has no column label_column={shown(label)}; its columns "
@@ -233,7 +232,7 @@ def table_source(files: list[Path], kind: str, given: str, *, image_column: str 
         if column not in file_schema.names or (label is not None and label not in file_schema.names):
             missing = column if column not in file_schema.names else label
             raise DatasetError(f"{path} has no column {missing!r}, which {files[0]} has; give files of one data set")
-        _layout(file_schema.field(column).type, column, path)
+        layout = _layout(file_schema.field(column).type, column, path)  # each file's own (struct, binary, paths)
         if label is not None:
             _check_label_type(file_schema.field(label).type, label, path)
             labels += _labels(handle, kind, label, path)
@@ -243,11 +242,8 @@ def table_source(files: list[Path], kind: str, given: str, *, image_column: str 
     if label is not None and all(v < 0 for v in labels):
         labels, classes = [], None  # a split without labels (the hub's test splits hold -1)
     origin = {"path": given, "files": [str(p) for p in files], "image_column": column, "label_column": label}
-    starts, pieces = 0, []
-    for part in parts:
-        pieces.append((starts, starts + len(part)))
-        starts += len(part)
-    return Source(Concatenated(parts), labels or None, classes, form=kind, origin=origin, pieces=tuple(pieces))
+    records = Concatenated(parts)
+    return Source(records, labels or None, classes, form=kind, origin=origin, pieces=records.pieces)
 
 
 def _hf_features(schema: Any) -> dict[str, Any]:

@@ -312,16 +312,15 @@ def _small(fd: int, where: tuple[int, int], shard: Path, key: str, ext: str) -> 
 def tar_source(inputs: list[str], *, image_column: str | None = None, label_column: str | None = None) -> Source:
     """A `Source` over the shards the inputs name (`shard_paths`), each shard one piece (`Source.pieces`)."""
     shards = shard_paths(inputs)
-    parts, failures, labels, pieces, start = [], [], [], [], 0
+    parts, failures, labels = [], [], []
     for path in shards:
         index, failed = scan_shard(path, image_column, label_column)
         parts.append(index)
         failures += failed
         labels += index.labels.tolist()
-        pieces.append((start, start + len(index)))
-        start += len(index)
     origin = {"path": " ".join(map(str, inputs)), "files": [str(p) for p in shards], "image_column": image_column,
               "label_column": label_column or "cls"}
     labelled = any(v >= 0 for v in labels)
-    return Source(Concatenated(parts), labels if labelled else None, None, failures, form="webdataset", origin=origin,
-                  pieces=tuple(pieces))
+    records = Concatenated(parts)
+    return Source(records, labels if labelled else None, None, failures, form="webdataset", origin=origin,
+                  pieces=records.pieces)
