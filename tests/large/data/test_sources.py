@@ -267,3 +267,17 @@ def test_a_forked_worker_does_not_inherit_a_held_read_lock() -> None:
             os._exit(0 if free else 1)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_each_parquet_file_is_read_by_its_own_image_layout(digits, tmp_path) -> None:
+    """One file's `image` a struct {bytes, path} (as the hub writes it), the next plain binary: each file's rows are
+    its own bytes (every file used to be read with the first file's layout)."""
+    _, samples, _ = digits
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    first, second = samples[:5], samples[5:9]
+    pq.write_table(pa.table({"image": pa.array([{"bytes": s.data, "path": s.name} for s in first], type=struct)}),
+                   tmp_path / "a.parquet")
+    pq.write_table(pa.table({"image": pa.array([s.data for s in second], type=pa.binary())}), tmp_path / "b.parquet")
+    source = open_source([tmp_path / "a.parquet", tmp_path / "b.parquet"])
+    assert _bytes_of(source) == [s.data for s in first + second]
+    assert source.pieces == ((0, 5), (5, 9))
